@@ -1,0 +1,36 @@
+# gendistill: `make demo` sets everything up and runs the main job; `make test` sets up and runs the tests.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.gendistill-installed
+SUDO      := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+THREADS   := $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: setup data demo test bench backbone clean
+
+setup: data $(STAMP)
+
+data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || test -f $(FMNIST) || \
+	  { echo "installing Debian's dataset-fashion-mnist"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	. $(VENV)/bin/activate && accelerate launch --num_processes 1 --num_cpu_threads_per_process $(THREADS) recipes/latent_dm.py
+
+test: setup
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) benchmarks/dm_speed.py
+
+backbone: setup
+	$(PY) recipes/train_autoencoder.py --dataset fashion-mnist --output assets/backbones/fashion-mnist-vae
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,82 @@
+"""The backbone interface: images in [0, 1] <-> latent codes.
+
+Every kind maps ``encode(x)`` for images (N, *image_shape) in [0, 1] to latents (N, *latent_shape) and
+``decode(z)`` back (not clamped, so gradients flow). ``decode_vjp`` pushes d(loss)/d(image) into the latents in
+chunks (GLaD): objectives never see latents, backbones never see losses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import tensor_sha256
+from ..registry import Registry
+
+BACKBONES: Registry = Registry("backbone kind")
+INFO_FILE = "gendistill.json"
+
+
+class Backbone(nn.Module):
+    kind: str = "base"
+
+    def __init__(self, image_shape: tuple[int, int, int], source: str):
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.source = source
+        self._sha256: str | None = None
+
+    # -- the contract ---------------------------------------------------------------------------------
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scaling(self) -> dict:
+        return {}
+
+    def decode_vjp(self, z: torch.Tensor, grad_x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """d(loss)/d(z) given d(loss)/d(decode(z)), computed ``chunk`` latents at a time (bounded memory)."""
+        if grad_x.shape[0] != z.shape[0]:
+            raise ValueError(f"decode_vjp: {z.shape[0]} latents but {grad_x.shape[0]} image gradients")
+        out = torch.empty_like(z)
+        for i in range(0, z.shape[0], max(1, chunk)):
+            zc = z[i : i + chunk].detach().requires_grad_(True)
+            with torch.enable_grad():
+                xc = self.decode(zc)
+                (g,) = torch.autograd.grad(xc, zc, grad_x[i : i + chunk].to(xc.dtype))
+            out[i : i + chunk] = g
+        return out
+
+    # -- identity ---------------------------------------------------------------------------------------
+    def weights_sha256(self) -> str:
+        if self._sha256 is None:
+            state = self.state_dict()
+            self._sha256 = tensor_sha256(state) if state else tensor_sha256({"pixel": torch.tensor(self.image_shape)})
+        return self._sha256
+
+    def describe(self) -> dict:
+        """The ``gendistill.backbone`` record of a set file."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "sha256": self.weights_sha256(),
+            "latent_shape": list(self.latent_shape),
+            "image_shape": list(self.image_shape),
+            "scaling": self.scaling(),
+        }
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def write_info(directory: str | Path, info: dict) -> None:
+        (Path(directory) / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,298 @@
+"""The ``gendistill`` command: work with distilled-set files.
+
+    gendistill init --ipc 10 --out set.safetensors      an initialised (not yet distilled) set
+    gendistill info set.safetensors                      shapes, IPC, backbone, dataset, run config, bytes
+    gendistill sample set.safetensors --out grid.png     decoded PNG grid, one row per class
+    gendistill export set.safetensors --out images.safetensors   (or --format imagefolder --out DIR)
+    gendistill eval set.safetensors                      the standard evaluation protocol
+    gendistill train-backbone --dataset fashion-mnist --output DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import format_error, USER_ERRORS
+
+
+def run_guarded(main, argv=None) -> int:
+    """Run ``main``; user errors become one line on stderr and exit code 2 (no traceback)."""
+    try:
+        return main(argv) or 0
+    except USER_ERRORS as e:
+        print(format_error(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gendistill: interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _load_set(args):
+    from .backbones import load_backbone
+    from .synthetic import SyntheticSet
+
+    syn = SyntheticSet.load(args.file)
+    source = args.backbone or syn.backbone_meta.get("source")
+    if not source:
+        raise ValueError(f"{args.file!r} does not record its backbone; pass --backbone")
+    backbone = load_backbone(source, image_shape=tuple(syn.dataset_meta.get("image_shape") or ()) or None)
+    syn.check_backbone(backbone, ignore_hash=args.ignore_backbone_hash)
+    return syn, backbone
+
+
+def _device():
+    from accelerate import Accelerator
+
+    return Accelerator().device
+
+
+def _add_backbone_flags(p):
+    p.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
+    p.add_argument("--ignore-backbone-hash", action="store_true", help="decode even if the backbone's weight hash differs from the recorded one")
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def cmd_init(args) -> int:
+    import torch
+
+    from .backbones import load_backbone
+    from .cache import cached_latents
+    from .data import get_dataset
+
+    from .io import check_parent
+    check_parent(args.out)
+    train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    backbone = load_backbone(args.backbone, image_shape=train.image_shape)
+    backbone.to(_device())
+    real = cached_latents(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))
+    from .synthetic import SyntheticSet
+
+    run = {"method": "init", "ipc": args.ipc, "steps": 0, "seed": args.seed, "config": {k: v for k, v in vars(args).items() if k != "func"}}
+    syn = SyntheticSet.initialise(args.init, real, args.ipc, backbone, train.meta(), torch.Generator().manual_seed(args.seed), run=run)
+    syn.save(args.out)
+    print(f"wrote {args.out}: {len(syn)} latents of shape {tuple(syn.latents.shape[1:])}, ipc {args.ipc}, init {args.init}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .io import load_safetensors
+    from .synthetic import read_metadata
+
+    tensors, meta = load_safetensors(args.file)
+    records = read_metadata(args.file, meta)
+    info = {
+        "file": args.file,
+        "bytes": os.path.getsize(args.file),
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()},
+        "decoded": meta.get("gendistill.decoded") == "1",
+        **records,
+    }
+    labels = tensors.get("labels")
+    if labels is not None and labels.numel():
+        hard = labels.argmax(1) if labels.ndim == 2 else labels
+        counts = hard.bincount(minlength=int(records["dataset"].get("num_classes", 0) or 0)).tolist()
+        info["ipc"] = max(counts)
+        info["per_class"] = counts
+        info["soft_labels"] = labels.ndim == 2
+    if "lr" in tensors:
+        info["lr"] = float(tensors["lr"])
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return 0
+    b, d, r = records["backbone"], records["dataset"], records["run"]
+    print(f"file      {args.file} ({info['bytes']:,} bytes, format {meta['gendistill.format']}{', decoded images' if info['decoded'] else ''})")
+    for k, v in info["tensors"].items():
+        print(f"tensor    {k}: {v['dtype']} {tuple(v['shape'])}")
+    print(f"ipc       {info.get('ipc')} per class ({'soft' if info.get('soft_labels') else 'hard'} labels)")
+    print(f"backbone  {b.get('kind')} {b.get('source')} sha256 {str(b.get('sha256'))[:16]} latent {tuple(b.get('latent_shape', ()))}")
+    print(f"dataset   {d.get('name')} {d.get('num_classes')} classes, images {tuple(d.get('image_shape', ()))}")
+    print(f"run       method {r.get('method')} steps {r.get('steps')} seed {r.get('seed')} gendistill {r.get('package_version')}")
+    if "lr" in info:
+        print(f"lr        {info['lr']:.6g}")
+    print(f"config    {json.dumps(r.get('config', {}), sort_keys=True, default=str)}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .io import check_parent
+    from .plots import image_grid, save_png
+
+    check_parent(args.out)
+    syn, backbone = _load_set(args)
+    backbone.to(_device())
+    images = syn.decode(backbone).cpu()
+    save_png(image_grid(images, syn.labels, syn.num_classes, per_class=args.per_class, scale=args.scale), args.out)
+    print(f"wrote {args.out}: {syn.num_classes} rows x up to {args.per_class or syn.ipc} images")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .io import atomic_dir, check_parent, save_safetensors
+
+    check_parent(args.out)
+    syn, backbone = _load_set(args)
+    backbone.to(_device())
+    images = syn.decode(backbone).float().cpu()
+    if args.format == "safetensors":
+        meta = syn.metadata() | {"gendistill.decoded": "1"}
+        save_safetensors({"images": images, "labels": syn.labels}, args.out, meta)
+    else:
+        from PIL import Image
+
+        names = syn.dataset_meta.get("classes") or [str(c) for c in range(syn.num_classes)]
+        hard = syn.hard_labels.cpu()
+        with atomic_dir(args.out) as tmp:
+            for c, name in enumerate(names):
+                folder = tmp / f"{c:03d}_{_safe(name)}"
+                folder.mkdir()
+                for j, i in enumerate((hard == c).nonzero().flatten().tolist()):
+                    a = (images[i].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+                    Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(folder / f"{j:05d}.png")
+            (tmp / "metadata.json").write_text(json.dumps({k: v for k, v in syn.metadata().items()}, indent=2) + "\n")
+    print(f"wrote {args.out}: {len(images)} images of shape {tuple(images.shape[1:])} ({args.format})")
+    return 0
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import get_dataset
+    from .evaluate import EvalConfig, evaluate
+    from .io import check_parent, load_safetensors, write_json
+    from .synthetic import read_metadata
+
+    if args.out:
+        check_parent(args.out)
+    tensors, meta = load_safetensors(args.file)
+    records = read_metadata(args.file, meta)
+    if meta.get("gendistill.decoded") == "1":
+        if "images" not in tensors or "labels" not in tensors:
+            raise ValueError(f"{args.file!r} is marked decoded but lacks 'images' or 'labels'; re-export it")
+        images, labels, lr = tensors["images"], tensors["labels"], None
+        if len(images) != len(labels):
+            raise ValueError(f"{args.file!r}: {len(images)} images but {len(labels)} labels; re-export it")
+    else:
+        syn, backbone = _load_set(args)
+        backbone.to(_device())
+        images, labels = syn.decode(backbone).cpu(), syn.labels
+        lr = float(syn.lr) if syn.lr is not None and not args.ignore_lr else None
+        if lr is not None and not (lr > 0 and torch.isfinite(torch.tensor(lr))):
+            raise ValueError(f"{args.file!r} holds a learned lr of {lr}, not a positive finite number; pass --ignore-lr")
+    name = args.dataset or records["dataset"].get("name")
+    if not name:
+        raise ValueError(f"{args.file!r} does not record its dataset; pass --dataset")
+    test = get_dataset(name, "test", args.data_dir, args.download)
+    cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
+    archs = args.arch.split(",")
+    result = evaluate(images, labels, test, cfg, device=_device(), lr=lr, archs=archs)
+    result["set"] = args.file
+    out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
+    write_json(result, out)
+    for arch, r in result["archs"].items():
+        print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {cfg.runs} runs, {cfg.epochs} epochs ({name} test split) -> {out}")
+    return 0
+
+
+def cmd_train_backbone(args, rest) -> int:
+    from importlib import util
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_autoencoder.py"
+    if not recipe.exists():
+        raise FileNotFoundError(f"{recipe} not found; train-backbone needs the repository's recipes/ folder")
+    spec = util.spec_from_file_location("train_autoencoder", recipe)
+    mod = util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import DEFAULT_BACKBONE
+    from .data import list_datasets
+    from .nets import list_nets
+    from .synthetic import INITS
+
+    p = argparse.ArgumentParser(prog="gendistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help="write an initialised (not yet distilled) set")
+    s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--download", action="store_true")
+    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE directory or a hub id")
+    s.add_argument("--ipc", type=int, default=10)
+    s.add_argument("--init", default="real", choices=INITS.names())
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cache-dir", default=None)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("info", help="describe a set or decoded-images file")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("sample", help="decode a set into a PNG grid (one row per class)")
+    s.add_argument("file")
+    s.add_argument("--out", required=True)
+    s.add_argument("--per-class", type=int, default=None)
+    s.add_argument("--scale", type=int, default=2)
+    _add_backbone_flags(s)
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("export", help="decode a set into an images file anyone can train on")
+    s.add_argument("file")
+    s.add_argument("--out", required=True)
+    s.add_argument("--format", default="safetensors", choices=["safetensors", "imagefolder"])
+    _add_backbone_flags(s)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("eval", help="the standard evaluation protocol on a set or decoded-images file")
+    s.add_argument("file")
+    s.add_argument("--arch", default="convnet", help=f"comma-separated, from: {', '.join(list_nets())}")
+    s.add_argument("--epochs", type=int, default=1000)
+    s.add_argument("--runs", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dataset", default=None, help="test split to use (default: the one recorded)")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--download", action="store_true")
+    s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
+    s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
+    _add_backbone_flags(s)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("train-backbone", help="train an autoencoder backbone (recipes/train_autoencoder.py)", add_help=False)
+    s.set_defaults(func=cmd_train_backbone)
+    return p
+
+
+def _main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "train-backbone":
+        return cmd_train_backbone(None, argv[1:])
+    args = parser.parse_args(argv)
+    for name in ("ipc",):
+        if getattr(args, name, 1) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    return args.func(args)
+
+
+def main(argv=None) -> int:
+    sys.exit(run_guarded(_main, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The one distillation loop for every objective, run by Accelerate.
+
+Match spaces: ``latent`` (the objective sees latents; real latents come from the cache) and ``pixel``
+(GLaD-style decode-through: latents are decoded without grad, the objective gives d(loss)/d(image), and
+``backbone.decode_vjp`` pushes it back into the latents in chunks). With the pixel backbone both are the same.
+
+Randomness comes from two generators kept in the checkpoint: ``shared`` (nets, augmentation; identical on every
+process) and ``data`` (real batches; seeded per rank, each rank reads its own shard of the real data).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .cache import LatentSplit
+from .data import normalize
+from .objectives import Objective, StepContext
+from .synthetic import SyntheticSet
+
+MATCH_SPACES = ("latent", "pixel")
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 1000
+    lr: float = 0.05  # learning rate of the latents
+    optimizer: str = "adam"  # adam | sgd
+    momentum: float = 0.5  # sgd only
+    batch_real: int = 256  # real samples per class per step (per process)
+    match_space: str = "latent"
+    vjp_chunk: int = 64  # latents per decode_vjp chunk (pixel match space)
+    checkpoint_every: int = 0  # 0: only when interrupted and at the end
+    log_every: int = 10
+    seed: int = 0
+
+
+class TrainState:
+    """Step, loss history and generator states: everything besides the set and optimiser a resume needs."""
+
+    def __init__(self, seed: int, rank: int):
+        self.step = 0
+        self.losses: list[float] = []
+        self.shared = torch.Generator().manual_seed(seed)
+        self.data = torch.Generator().manual_seed(seed * 1000 + 1 + rank)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "losses": list(self.losses), "shared": self.shared.get_state(), "data": self.data.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.losses = int(state["step"]), list(state["losses"])
+        self.shared.set_state(state["shared"])
+        self.data.set_state(state["data"])
+
+
+class CSVTracker(GeneralTracker):
+    """Loss (and any logged scalar) per step appended to ``<dir>/log.csv``."""
+
+    name = "csv"
+    requires_logging_directory = True
+
+    def __init__(self, logging_dir: str):
+        super().__init__()
+        self.path = Path(logging_dir) / "log.csv"
+
+    @property
+    def tracker(self):
+        return self.path
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", *values])
+            w.writerow([step, *values.values()])
+
+
+def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None, output: str | Path | None = None, cpu: bool = False) -> Accelerator:
+    if mixed_precision not in (None, "no", "fp16", "bf16"):
+        raise ValueError(f"unknown mixed precision {mixed_precision!r}; use no, fp16 or bf16")
+    trackers = None
+    if log_with:
+        trackers = [CSVTracker(str(output)) if name == "csv" else name for name in log_with.split(",")]
+    return Accelerator(mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output) if output else None, cpu=cpu)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_root(workdir: str | Path) -> Path:
+    return Path(workdir) / "checkpoints"
+
+
+def latest_checkpoint(workdir: str | Path) -> Path | None:
+    found = sorted(p for p in checkpoint_root(workdir).glob("step_*") if p.is_dir() and (p / "config.json").exists())
+    return found[-1] if found else None
+
+
+def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState, fingerprint: dict) -> Path:
+    root = checkpoint_root(workdir)
+    final = root / f"step_{state.step:07d}"
+    tmp = root / f".tmp_step_{state.step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "config.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True, default=str) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # atomic: a checkpoint directory exists only once complete
+        for old in root.glob("step_*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _check_fingerprint(path: Path, fingerprint: dict) -> None:
+    saved = json.loads((path / "config.json").read_text())
+    current = json.loads(json.dumps(fingerprint, default=str))
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"checkpoint {path} was made with a different config ({pairs}); rerun with the same settings or a new --output")
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: LatentSplit, cfg: DistillConfig,
+            accelerator: Accelerator, dataset_meta: dict, workdir: str | Path | None = None, resume: bool = False,
+            fingerprint: dict | None = None) -> TrainState:
+    """Optimise ``syn.latents`` for ``cfg.steps`` steps of ``objective`` against ``real`` (latents or images)."""
+    if cfg.match_space not in MATCH_SPACES:
+        raise ValueError(f"unknown match space {cfg.match_space!r}; use one of {', '.join(MATCH_SPACES)}")
+    device = accelerator.device
+    space = "pixel" if backbone.kind == "pixel" else cfg.match_space
+    decode_through = space == "pixel" and backbone.kind != "pixel"
+    in_shape = tuple(backbone.image_shape if space == "pixel" else backbone.latent_shape)
+    mean, std = dataset_meta["mean"], dataset_meta["std"]
+    transform = (lambda x: normalize(x, mean, std)) if space == "pixel" else (lambda x: x)
+    real = real.shard(accelerator.process_index, accelerator.num_processes)
+
+    backbone.to(device)
+    syn.to(device)
+    params = [syn.latents]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
+    opt = accelerator.prepare_optimizer(opt)
+    state = TrainState(cfg.seed, accelerator.process_index)
+    accelerator.register_for_checkpointing(syn, state)
+    fingerprint = dict(fingerprint or asdict(cfg))
+
+    if resume:
+        if workdir is None or latest_checkpoint(workdir) is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {workdir}/checkpoints; run without --resume to start")
+        ckpt = latest_checkpoint(workdir)
+        _check_fingerprint(ckpt, fingerprint)
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} at step {state.step}")
+
+    labels = syn.hard_labels.to(device)
+    last_good = latest_checkpoint(workdir) if workdir else None
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"distill ({space} space)", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    start = time.time()
+
+    def real_batch(c: int) -> torch.Tensor:
+        return real.latents[real.sample_class(c, min(cfg.batch_real, len(real.class_indices(c))), state.data)].to(device)
+
+    try:
+        while state.step < cfg.steps:
+            ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, transform, space)
+            opt.zero_grad(set_to_none=True)
+            if decode_through:
+                with torch.no_grad(), accelerator.autocast():
+                    images = torch.cat([backbone.decode(syn.latents[i : i + cfg.vjp_chunk]) for i in range(0, len(syn), cfg.vjp_chunk)]).float()
+                images.requires_grad_(True)
+                with accelerator.autocast():
+                    loss = objective(images, labels, real_batch, ctx)
+                accelerator.backward(loss)
+                with accelerator.autocast():
+                    syn.latents.grad = backbone.decode_vjp(syn.latents.detach(), images.grad, cfg.vjp_chunk).float()
+            else:
+                with accelerator.autocast():
+                    loss = objective(syn.latents, labels, real_batch, ctx)
+                accelerator.backward(loss)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                where = f"; the last good checkpoint is {last_good}" if last_good else ""
+                raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
+            if accelerator.num_processes > 1:
+                syn.latents.grad = accelerator.reduce(syn.latents.grad, reduction="mean")
+            opt.step()
+            state.step += 1
+            state.losses.append(value)
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                bar.set_postfix(loss=f"{value:.4g}")
+                accelerator.log({"loss": value}, step=state.step)
+            if workdir and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+                last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+    except KeyboardInterrupt:
+        if workdir:
+            path = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+            accelerator.print(f"\ninterrupted at step {state.step}; checkpoint saved in {path}; continue with --resume")
+        raise
+    finally:
+        bar.close()
+    if workdir:
+        _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+    state.seconds = time.time() - start
+    return state

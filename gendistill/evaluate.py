@@ -1,0 +1,130 @@
+"""The field's standard evaluation protocol, as one function with its settings saved next to every result.
+
+Train ``runs`` fresh networks from scratch on the (decoded) synthetic images: SGD (lr 0.01, momentum 0.9,
+weight decay 5e-4), batch 256, lr x0.1 at half the epochs, DSA augmentation, cross-entropy on hard or soft
+labels; test each on the real test split; report mean and std of the accuracies.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .augment import get_augment
+from .data import ImageDataset, normalize
+from .nets import fresh_net
+
+PROTOCOL = "gendistill-standard-v1"
+
+
+@dataclass
+class EvalConfig:
+    arch: str = "convnet"
+    epochs: int = 1000  # as in the DM paper; the demo uses fewer and says so
+    runs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch: int = 256
+    augment: str = "dsa"
+    seed: int = 0
+    test_batch: int = 1000
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y.float() if y.ndim == 2 else y)
+
+
+@torch.no_grad()
+def test_accuracy(net: torch.nn.Module, test: ImageDataset, mean, std, device, batch: int = 1000) -> float:
+    net.eval()
+    correct = 0
+    for i in range(0, len(test), batch):
+        x = normalize(test.float_images(slice(i, i + batch)).to(device), mean, std)
+        correct += (net(x).argmax(1).cpu() == test.labels[i : i + batch]).sum().item()
+    return correct / len(test)
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig, generator: torch.Generator,
+                   device, mean, std, lr: float | None = None, arch: str | None = None) -> float:
+    """One fresh network trained on ``images`` (N, C, H, W) in [0, 1]; its accuracy on ``test``."""
+    num_classes = test.num_classes
+    net = fresh_net(arch or cfg.arch, tuple(images.shape[1:]), num_classes, generator).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=lr or cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
+    augment = get_augment(cfg.augment)
+    x_all, y_all = normalize(images.to(device), mean, std), labels.to(device)
+    net.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x_all), generator=generator).to(device)
+        for i in range(0, len(order), cfg.batch):
+            b = order[i : i + cfg.batch]
+            x = augment(x_all[b], generator)
+            loss = _loss(net(x), y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    return test_accuracy(net, test, mean, std, device, cfg.test_batch)
+
+
+def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig | None = None,
+             device=None, lr: float | None = None, archs: list[str] | None = None, progress: bool = True) -> dict:
+    """The standard protocol: mean and std test accuracy of ``cfg.runs`` fresh nets per architecture."""
+    cfg = cfg or EvalConfig()
+    device = device or torch.device("cpu")
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(test.image_shape):
+        raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match the {test.name} test split {test.image_shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    mean, std = test.mean, test.std
+    result = {"protocol": PROTOCOL, "settings": asdict(cfg), "dataset": test.name, "num_images": len(images),
+              "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr, "archs": {}}
+    start = time.time()
+    for arch in archs or [cfg.arch]:
+        accs = []
+        for run in tqdm(range(cfg.runs), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True, leave=False):
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
+            accs.append(train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch))
+        result["archs"][arch] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs)}
+    first = result["archs"][(archs or [cfg.arch])[0]]
+    result.update(mean=first["mean"], std=first["std"], seconds=round(time.time() - start, 1))
+    return result
+
+
+def train_reference_classifier(train: ImageDataset, device=None, epochs: int = 2, arch: str = "convnet", seed: int = 0,
+                               batch: int = 256, lr: float = 0.01, progress: bool = True) -> torch.nn.Module:
+    """One fixed classifier trained on the whole real train split (used to judge reconstructions and samples)."""
+    device = device or torch.device("cpu")
+    g = torch.Generator().manual_seed(seed)
+    net = fresh_net(arch, train.image_shape, train.num_classes, g).to(device)
+    steps = epochs * ((len(train) + batch - 1) // batch)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr * 5, total_steps=steps)
+    bar = tqdm(total=steps, desc=f"reference {arch}", disable=not progress, dynamic_ncols=True, leave=False)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=g)
+        for i in range(0, len(order), batch):
+            b = order[i : i + batch]
+            x = normalize(train.float_images(b).to(device), train.mean, train.std)
+            loss = F.cross_entropy(net(x), train.labels[b].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return net.eval()
+
+
+@torch.no_grad()
+def classify(net: torch.nn.Module, images: torch.Tensor, mean, std, device=None, batch: int = 1000) -> torch.Tensor:
+    """Predicted class ids for images (N, C, H, W) in [0, 1]."""
+    device = device or torch.device("cpu")
+    return torch.cat([net(normalize(images[i : i + batch].to(device), mean, std)).argmax(1).cpu() for i in range(0, len(images), batch)])

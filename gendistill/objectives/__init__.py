@@ -1,0 +1,42 @@
+"""Matching objectives behind one registry; each method lives in its own module.
+
+An objective is called once per distillation step with the synthetic batch (in the match space), a function
+that returns a real batch of a class, and a :class:`StepContext`; it returns the scalar loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from ..registry import Registry
+
+OBJECTIVES: Registry = Registry("objective")
+
+
+@dataclass
+class StepContext:
+    step: int
+    generator: torch.Generator  # shared by every process: nets and augmentation are identical across ranks
+    in_shape: tuple[int, ...]
+    num_classes: int
+    device: torch.device
+    space: str = "latent"  # the match space: "latent" or "pixel"
+    transform: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda x: x)  # e.g. normalisation of images
+
+
+class Objective(Protocol):
+    def __call__(self, syn: torch.Tensor, syn_labels: torch.Tensor, real: Callable[[int], torch.Tensor], ctx: StepContext) -> torch.Tensor: ...
+
+
+def get_objective(name: str, **kwargs) -> Objective:
+    return OBJECTIVES.get(name)(**kwargs)
+
+
+def list_objectives() -> list[str]:
+    return OBJECTIVES.names()
+
+
+from . import distribution  # noqa: E402,F401  (registers "dm")

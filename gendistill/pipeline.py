@@ -1,0 +1,93 @@
+"""The steps every distillation recipe shares: build the pieces from names, distil, write the outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from . import __version__
+from .backbones import Backbone, load_backbone
+from .cache import LatentSplit, cached_latents
+from .data import ImageDataset, get_dataset
+from .distill import DistillConfig, TrainState, distill
+from .evaluate import EvalConfig, evaluate
+from .io import write_json
+from .objectives import Objective
+from .plots import image_grid, loss_plot, save_png
+from .synthetic import SyntheticSet
+
+# keys that may change between an interrupted run and its resume
+RESUME_FREE = {"steps", "resume", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output", "mixed_precision", "cache_dir"}
+
+
+def run_name(method: str, cfg) -> str:
+    backbone = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.backbone).name)
+    return f"{method}-{cfg.dataset}-ipc{cfg.ipc}-{backbone}-{cfg.match_space}"
+
+
+@dataclasses.dataclass
+class Pieces:
+    train: ImageDataset
+    test: ImageDataset
+    backbone: Backbone
+    real_latents: LatentSplit  # the train split in the backbone's latent space (cached)
+    real: LatentSplit  # what the objective is matched against: latents or images, by match space
+    syn: SyntheticSet
+
+
+def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
+    """Dataset, backbone, latent cache and an initialised set from a recipe config's names."""
+    train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
+    test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape)
+    if tuple(backbone.image_shape) != tuple(train.image_shape):
+        raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has {train.image_shape}; train one with recipes/train_autoencoder.py")
+    backbone.to(accelerator.device)
+    with accelerator.main_process_first():
+        real_latents = cached_latents(backbone, train, cfg.cache_dir, device=accelerator.device, log=accelerator.print)
+    pixel_space = cfg.match_space == "pixel" or backbone.kind == "pixel"
+    real = LatentSplit(train.float_images(), train.labels.clone(), train.num_classes) if pixel_space else real_latents
+    gen = torch.Generator().manual_seed(cfg.seed)
+    run = {"method": method, "ipc": cfg.ipc, "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
+           "config": dataclasses.asdict(cfg)}
+    syn = SyntheticSet.initialise(cfg.init, real_latents, cfg.ipc, backbone, train.meta(), gen, run=run)
+    return Pieces(train, test, backbone, real_latents, real, syn)
+
+
+def distill_config(cfg) -> DistillConfig:
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    return DistillConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names})
+
+
+def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelerator, outdir: Path) -> TrainState:
+    fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
+    fingerprint["backbone_sha256"] = pieces.backbone.weights_sha256()
+    return distill(pieces.syn, objective, pieces.backbone, pieces.real, distill_config(cfg), accelerator,
+                   pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint)
+
+
+def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path) -> dict | None:
+    """set.safetensors, grid.png, loss.png and (unless --eval-runs 0) eval.json; returns the eval result."""
+    if not accelerator.is_main_process:
+        return None
+    syn, backbone = pieces.syn, pieces.backbone
+    syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(getattr(state, "seconds", 0.0), 1)})
+    images = syn.decode(backbone)
+    save_png(image_grid(images, syn.labels.cpu(), syn.num_classes), outdir / "grid.png")
+    save_png(loss_plot(state.losses, title=f"{syn.run_meta.get('method', '')} loss"), outdir / "loss.png")
+    if cfg.eval_runs <= 0:
+        accelerator.print(f"wrote {outdir}/set.safetensors (evaluation skipped: --eval-runs 0)")
+        return None
+    ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed)
+    lr = float(syn.lr) if syn.lr is not None else None
+    result = evaluate(images.cpu() if accelerator.device.type == "cpu" else images, syn.labels, pieces.test, ecfg,
+                      device=accelerator.device, lr=lr)
+    result["set"] = str(outdir / "set.safetensors")
+    write_json(result, outdir / "eval.json")
+    accelerator.print(json.dumps({k: result[k] for k in ("mean", "std", "seconds")}))
+    return result

@@ -1,0 +1,33 @@
+"""A tiny registry: names to builders, a duplicate name raises (torchvision ``models/_api.py`` style)."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, what: str):
+        self.what = what
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def wrap(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.what} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return wrap
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise ValueError(f"unknown {self.what} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items

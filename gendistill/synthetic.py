@@ -1,0 +1,193 @@
+"""The synthetic set: latents (a parameter), labels (hard ids or soft), an optional learnable eval lr.
+
+File contract (``*.safetensors``): tensors ``latents``, ``labels`` and optional ``lr``; string metadata
+``gendistill.format``, ``gendistill.backbone`` / ``gendistill.dataset`` / ``gendistill.run`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .backbones import Backbone
+from .cache import LatentSplit
+from .io import load_safetensors, save_safetensors
+from .registry import Registry
+
+FORMAT_VERSION = "1"
+INITS: Registry = Registry("initialisation")
+HASH_FLAG = "--ignore-backbone-hash"
+
+
+class SyntheticSet(nn.Module):
+    def __init__(self, latents: torch.Tensor, labels: torch.Tensor, lr: float | torch.Tensor | None = None,
+                 backbone: dict | None = None, dataset: dict | None = None, run: dict | None = None):
+        super().__init__()
+        if labels.ndim not in (1, 2) or len(labels) != len(latents):
+            raise ValueError(f"{len(latents)} latents but labels of shape {tuple(labels.shape)}; expected ({len(latents)},) or ({len(latents)}, classes)")
+        self.latents = nn.Parameter(latents.detach().clone().float())
+        self.register_buffer("labels", labels.detach().clone())
+        self.lr = None if lr is None else nn.Parameter(torch.as_tensor(lr, dtype=torch.float32).detach().clone().reshape(()))
+        self.backbone_meta = dict(backbone or {})
+        self.dataset_meta = dict(dataset or {})
+        self.run_meta = dict(run or {})
+
+    # -- views ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    @property
+    def soft(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        return self.labels.argmax(1) if self.soft else self.labels
+
+    @property
+    def num_classes(self) -> int:
+        if "num_classes" in self.dataset_meta:
+            return int(self.dataset_meta["num_classes"])
+        return self.labels.shape[1] if self.soft else int(self.labels.max()) + 1
+
+    @property
+    def ipc(self) -> int:
+        counts = torch.bincount(self.hard_labels, minlength=self.num_classes)
+        return int(counts.max())
+
+    def class_indices(self, c: int) -> torch.Tensor:
+        return torch.nonzero(self.hard_labels == c).flatten()
+
+    # -- creation ---------------------------------------------------------------------------------------
+    @classmethod
+    def initialise(cls, method: str, real: LatentSplit, ipc: int, backbone: Backbone, dataset: dict,
+                   generator: torch.Generator | None = None, run: dict | None = None) -> "SyntheticSet":
+        """``ipc`` latents per class from ``real`` (cached latents of the train split) by an INITS method."""
+        if ipc < 1:
+            raise ValueError(f"--ipc must be at least 1, got {ipc}")
+        make = INITS.get(method)
+        latents = torch.cat([make(real, c, ipc, generator) for c in range(real.num_classes)])
+        labels = torch.arange(real.num_classes).repeat_interleave(ipc)
+        return cls(latents, labels, backbone=backbone.describe(), dataset=dataset, run={"init": method, **(run or {})})
+
+    # -- decoding -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, backbone: Backbone, batch: int = 256, clamp: bool = True) -> torch.Tensor:
+        """Images in [0, 1] (N, C, H, W), decoded ``batch`` latents at a time."""
+        device = next(backbone.parameters(), self.latents).device
+        out = [backbone.decode(self.latents[i : i + batch].to(device)).float() for i in range(0, len(self), batch)]
+        x = torch.cat(out)
+        return x.clamp(0, 1) if clamp else x
+
+    # -- files --------------------------------------------------------------------------------------------
+    def metadata(self, run: dict | None = None) -> dict[str, str]:
+        return {
+            "gendistill.format": FORMAT_VERSION,
+            "gendistill.backbone": json.dumps(self.backbone_meta, sort_keys=True),
+            "gendistill.dataset": json.dumps(self.dataset_meta, sort_keys=True),
+            "gendistill.run": json.dumps({"package_version": __version__, **self.run_meta, **(run or {})}, sort_keys=True, default=str),
+        }
+
+    def save(self, path: str | Path, run: dict | None = None) -> None:
+        tensors = {"latents": self.latents.detach().float(), "labels": self.labels}
+        if self.lr is not None:
+            tensors["lr"] = self.lr.detach().reshape(())
+        save_safetensors(tensors, path, self.metadata(run))
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: Backbone | None = None, ignore_hash: bool = False) -> "SyntheticSet":
+        tensors, meta = load_safetensors(path)
+        records = read_metadata(path, meta)
+        for name in ("latents", "labels"):
+            if name not in tensors:
+                raise ValueError(f"{str(path)!r} has no {name!r} tensor; it is not a gendistill set file")
+        latents, labels = tensors["latents"], tensors["labels"]
+        if labels.ndim not in (1, 2) or len(labels) != len(latents):
+            raise ValueError(f"{str(path)!r}: {len(latents)} latents but labels of shape {tuple(labels.shape)}; the file is inconsistent, re-create it")
+        recorded = records["backbone"].get("latent_shape")
+        if recorded is not None and list(latents.shape[1:]) != list(recorded):
+            raise ValueError(f"{str(path)!r}: latents of shape {tuple(latents.shape[1:])} but the recorded backbone latent shape is {tuple(recorded)}")
+        s = cls(latents, labels, tensors.get("lr"), records["backbone"], records["dataset"], records["run"])
+        if backbone is not None:
+            s.check_backbone(backbone, ignore_hash)
+        return s
+
+    def check_backbone(self, backbone: Backbone, ignore_hash: bool = False) -> None:
+        if tuple(self.latents.shape[1:]) != tuple(backbone.latent_shape):
+            raise ValueError(f"the set's latents have shape {tuple(self.latents.shape[1:])} but backbone {backbone.source!r} makes {tuple(backbone.latent_shape)}; use the backbone the set was made with ({self.backbone_meta.get('source')})")
+        want, have = self.backbone_meta.get("sha256"), backbone.weights_sha256()
+        if want != have and not ignore_hash:
+            raise ValueError(f"backbone hash mismatch: the set was made with {str(want)[:16]}, {backbone.source!r} has {have[:16]}; pass the recorded backbone ({self.backbone_meta.get('source')}) or {HASH_FLAG} to decode anyway")
+
+
+def read_metadata(path, meta: dict[str, str]) -> dict:
+    """The parsed ``gendistill.*`` records of a file, with one-line errors for missing or unknown versions."""
+    if "gendistill.format" not in meta:
+        raise ValueError(f"{str(path)!r} has no gendistill metadata; it was not written by gendistill (use `gendistill init` or a recipe)")
+    if meta["gendistill.format"] != FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} has format version {meta['gendistill.format']!r}; this gendistill reads version {FORMAT_VERSION!r}; upgrade gendistill or re-create the file")
+    out = {}
+    for key in ("backbone", "dataset", "run"):
+        try:
+            out[key] = json.loads(meta.get(f"gendistill.{key}", "{}"))
+        except json.JSONDecodeError:
+            raise ValueError(f"{str(path)!r}: metadata gendistill.{key} is not valid JSON; re-create the file") from None
+    return out
+
+
+# -------------------------------------------------------------------------------------------- initialisers
+
+
+@INITS.register("real")
+def init_real(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
+    """Random real samples of the class (their cached latents)."""
+    return real.latents[real.sample_class(c, ipc, generator)]
+
+
+@INITS.register("mean")
+def init_mean(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
+    """The class-mean latent, plus a little noise so the ipc copies differ."""
+    z = real.latents[real.class_indices(c)]
+    mean, std = z.mean(0), z.std(0)
+    return mean + 0.1 * std * torch.randn((ipc, *z.shape[1:]), generator=generator)
+
+
+@INITS.register("noise")
+def init_noise(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
+    """Gaussian noise with the per-element statistics of the real latents."""
+    z = real.latents
+    return z.mean(0) + z.std(0) * torch.randn((ipc, *z.shape[1:]), generator=generator)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on rows of ``x`` (N, D): centres (k, D) and assignments (N,)."""
+    centres = x[torch.randperm(len(x), generator=generator)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centres[j] = members.mean(0)
+    return centres, torch.cdist(x, centres).argmin(1)
+
+
+@INITS.register("kmeans")
+def init_kmeans(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
+    """Representative real samples (DREAM): the member nearest each of ``ipc`` k-means centres of the class."""
+    idx = real.class_indices(c)
+    if ipc > len(idx):
+        raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {ipc} asked for; lower --ipc")
+    z = real.latents[idx].flatten(1)
+    centres, _ = kmeans(z, ipc, generator=generator)
+    d = torch.cdist(centres, z)
+    chosen = []
+    for j in range(ipc):  # nearest member not already taken, so the ipc latents are distinct
+        for i in d[j].argsort():
+            if int(i) not in chosen:
+                chosen.append(int(i))
+                break
+    return real.latents[idx[torch.tensor(chosen)]]
