@@ -214,6 +214,7 @@ def cmd_train_backbone(args, rest) -> int:
         raise FileNotFoundError(f"{recipe} not found; train-backbone needs the repository's recipes/ folder")
     spec = util.spec_from_file_location("train_autoencoder", recipe)
     mod = util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod.main(rest)
 

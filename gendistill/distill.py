@@ -187,7 +187,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
 
     try:
         while state.step < cfg.steps:
-            ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, transform, space)
+            ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform)
             opt.zero_grad(set_to_none=True)
             if decode_through:
                 with torch.no_grad(), accelerator.autocast():

@@ -40,7 +40,8 @@ class DistributionMatching:
             x_syn = syn[syn_labels == c]
             x_real = real(c)
             params = augment.make_params(max(len(x_real), len(x_syn)), ctx.generator, ctx.device)
-            emb_real = net.embed(augment.apply(ctx.transform(x_real), params))
+            with torch.no_grad():  # the real side needs no graph
+                emb_real = net.embed(augment.apply(ctx.transform(x_real), params))
             emb_syn = net.embed(augment.apply(ctx.transform(x_syn), params))
             loss = loss + mean_embedding_loss(emb_real.float(), emb_syn.float())
         return loss

@@ -1,0 +1,134 @@
+"""Proxy and evaluation networks behind a registry.
+
+``convnet`` is the field's ConvNet (DC/DSA/DM/MTT): ``depth`` blocks of conv3x3(width) -> norm -> ReLU -> 2x2
+pool, then a linear classifier. "instancenorm" is ``GroupNorm(width, width)`` as in the reference code. A pooling
+stage is skipped once the feature map is smaller than 2x2, so latent-shaped inputs (4x7x7) work with depth 3.
+Every net exposes ``embed(x)`` (flattened features, used by distribution matching) and ``feature_dim``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+NETS: Registry = Registry("network")
+
+
+@dataclass
+class NetConfig:
+    width: int = 128
+    depth: int = 3
+    norm: str = "instancenorm"
+    act: str = "relu"
+    pool: str = "avgpooling"
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if kind == "layernorm":
+        return nn.GroupNorm(1, channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; use instancenorm, batchnorm, layernorm or none")
+
+
+def _act(kind: str) -> nn.Module:
+    acts = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}
+    if kind not in acts:
+        raise ValueError(f"unknown activation {kind!r}; use {', '.join(acts)}")
+    return acts[kind]()
+
+
+def _pool(kind: str) -> nn.Module:
+    pools = {"avgpooling": lambda: nn.AvgPool2d(2, 2), "maxpooling": lambda: nn.MaxPool2d(2, 2)}
+    if kind not in pools:
+        raise ValueError(f"unknown pooling {kind!r}; use {', '.join(pools)}")
+    return pools[kind]()
+
+
+class ConvNet(nn.Module):
+    def __init__(self, in_shape, num_classes: int, cfg: NetConfig):
+        super().__init__()
+        c, h, w = in_shape
+        layers = []
+        for _ in range(cfg.depth):
+            layers += [nn.Conv2d(c, cfg.width, 3, padding=1), _norm(cfg.norm, cfg.width), _act(cfg.act)]
+            c = cfg.width
+            if cfg.pool != "none" and min(h, w) >= 2:
+                layers.append(_pool(cfg.pool))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = c * h * w
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_shape, num_classes: int, cfg: NetConfig):
+        super().__init__()
+        d = math.prod(in_shape)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(d, 128), _act(cfg.act), nn.Linear(128, 128), _act(cfg.act))
+        self.feature_dim = 128
+        self.classifier = nn.Linear(128, num_classes)
+
+    def embed(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+@NETS.register("convnet")
+def convnet(in_shape, num_classes, **overrides):
+    return ConvNet(in_shape, num_classes, replace(NetConfig(), **overrides))
+
+
+@NETS.register("convnet-bn")
+def convnet_bn(in_shape, num_classes, **overrides):
+    return ConvNet(in_shape, num_classes, replace(NetConfig(norm="batchnorm"), **overrides))
+
+
+@NETS.register("mlp")
+def mlp(in_shape, num_classes, **overrides):
+    return MLP(in_shape, num_classes, replace(NetConfig(), **overrides))
+
+
+def list_nets() -> list[str]:
+    return NETS.names()
+
+
+def get_net(name: str, in_shape, num_classes: int, **overrides) -> nn.Module:
+    return NETS.get(name)(tuple(in_shape), num_classes, **overrides)
+
+
+@torch.no_grad()
+def init_weights(net: nn.Module, generator: torch.Generator) -> nn.Module:
+    """PyTorch's default init (uniform +-1/sqrt(fan_in) for conv/linear weights and biases), drawn from ``generator``."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            bound = 1.0 / math.sqrt(m.weight[0].numel())
+            m.weight.copy_(torch.empty(m.weight.shape).uniform_(-bound, bound, generator=generator))
+            if m.bias is not None:
+                m.bias.copy_(torch.empty(m.bias.shape).uniform_(-bound, bound, generator=generator))
+        elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) and m.affine:
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+    return net
+
+
+def fresh_net(name: str, in_shape, num_classes: int, generator: torch.Generator, **overrides) -> nn.Module:
+    """A newly initialised network whose weights come only from ``generator`` (reproducible, no global seed)."""
+    return init_weights(get_net(name, in_shape, num_classes, **overrides), generator)

@@ -1,0 +1,186 @@
+"""The distillation loop, DM objective, evaluation and the latent_dm recipe (tiny data, tiny random VAE)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from gendistill.objectives import StepContext, get_objective
+from gendistill.objectives.distribution import mean_embedding_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "latent_dm.py"
+
+
+def load_recipe(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the recipe is imported
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+def run_recipe(tmp_path, *args, name="run"):
+    out = tmp_path / name
+    argv = ["--output", str(out), "--ipc", "2", "--batch-real", "4", "--eval-runs", "0", "--depth", "2", "--width", "8", *map(str, args)]
+    assert load_recipe(RECIPE).main(argv) == 0
+    return out
+
+
+def test_dm_loss_matches_formula():
+    torch.manual_seed(0)
+    emb_real, emb_syn = torch.randn(7, 5), torch.randn(3, 5)
+    expected = sum((emb_real[:, k].mean() - emb_syn[:, k].mean()) ** 2 for k in range(5))
+    assert torch.allclose(mean_embedding_loss(emb_real, emb_syn), expected)
+
+
+def test_dm_objective_is_sum_over_classes_of_mean_embedding_gap():
+    """With no augmentation, the objective equals the formula computed with the same freshly drawn net."""
+    from gendistill.nets import fresh_net
+
+    obj = get_objective("dm", depth=2, width=8, augment="none")
+    syn = torch.randn(4, 2, 8, 8, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1])
+    real = {0: torch.randn(5, 2, 8, 8), 1: torch.randn(6, 2, 8, 8)}
+    ctx = StepContext(0, torch.Generator().manual_seed(3), (2, 8, 8), 2, torch.device("cpu"))
+    loss = obj(syn, labels, real.__getitem__, ctx)
+    net = fresh_net("convnet", (2, 8, 8), 2, torch.Generator().manual_seed(3), depth=2, width=8)
+    expected = sum(((net.embed(real[c]).mean(0) - net.embed(syn[labels == c]).mean(0)) ** 2).sum() for c in (0, 1))
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    loss.backward()
+    assert syn.grad is not None and syn.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_recipe_writes_set_grid_loss(tmp_path, tiny_vae_dir, space):
+    out = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--match-space", space, "--steps", 3)
+    for name in ("set.safetensors", "grid.png", "loss.png"):
+        assert (out / name).stat().st_size > 0
+    with safe_open(str(out / "set.safetensors"), "pt") as f:
+        run = json.loads(f.metadata()["gendistill.run"])
+        assert f.get_tensor("latents").shape == (20, 2, 14, 14)
+    assert run["method"] == "dm" and run["steps_done"] == 3 and run["config"]["match_space"] == space
+
+
+def test_pixel_backbone_is_classic_dm(tmp_path):
+    out = run_recipe(tmp_path, "--backbone", "pixel", "--steps", 2)
+    with safe_open(str(out / "set.safetensors"), "pt") as f:
+        assert f.get_tensor("latents").shape == (20, 1, 28, 28)
+        assert json.loads(f.metadata()["gendistill.backbone"])["kind"] == "pixel"
+
+
+def test_distillation_changes_the_set_and_lowers_loss(tmp_path, tiny_vae_dir):
+    from gendistill.synthetic import SyntheticSet
+
+    out = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 12, "--lr", 0.05, "--init", "noise")
+    final = SyntheticSet.load(out / "set.safetensors")
+    first = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 0, "--init", "noise", name="init")
+    init = SyntheticSet.load(first / "set.safetensors")
+    assert not torch.allclose(final.latents, init.latents)
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir):
+    from gendistill.synthetic import SyntheticSet
+
+    full = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, name="full")
+    part = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 3, "--checkpoint-every", 2, name="part")
+    assert (part / "checkpoints" / "step_0000003").is_dir()
+    run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, "--resume", name="part")
+    a, b = SyntheticSet.load(full / "set.safetensors"), SyntheticSet.load(part / "set.safetensors")
+    assert torch.equal(a.latents, b.latents)
+
+
+def test_resume_with_other_config_fails(tmp_path, tiny_vae_dir):
+    run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 2, name="r")
+    with pytest.raises(ValueError, match="different config.*lr"):
+        run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 4, "--lr", 0.5, "--resume", name="r")
+
+
+def test_resume_without_checkpoint_fails(tmp_path, tiny_vae_dir):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 2, "--resume", name="none")
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_vae_dir, monkeypatch):
+    from gendistill.objectives import distribution
+
+    calls = {"n": 0}
+    real_loss = distribution.mean_embedding_loss
+
+    def flaky(a, b):
+        calls["n"] += 1
+        return real_loss(a, b) * (float("nan") if calls["n"] > 10 * 4 else 1.0)  # NaN from step 5 on
+
+    monkeypatch.setattr(distribution, "mean_embedding_loss", flaky)
+    with pytest.raises(FloatingPointError, match=r"at step 4; the last good checkpoint is .*step_0000004"):
+        run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 8, "--checkpoint-every", 2, name="nan")
+    assert [p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*")] == ["step_0000004"]
+    assert not (tmp_path / "nan" / "set.safetensors").exists()
+
+
+def test_evaluate_returns_protocol_fields(tiny_idx_dir):
+    from gendistill.data import get_dataset
+    from gendistill.evaluate import EvalConfig, evaluate
+
+    train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
+    idx = torch.cat([train.sample_class(c, 2, torch.Generator().manual_seed(0)) for c in range(10)])
+    cfg = EvalConfig(epochs=2, runs=2)
+    r = evaluate(train.float_images(idx), train.labels[idx], test, cfg)
+    assert set(r) >= {"mean", "std", "settings", "protocol", "archs", "num_images", "seconds"}
+    assert r["settings"]["lr"] == 0.01 and r["settings"]["momentum"] == 0.9 and r["settings"]["weight_decay"] == 5e-4
+    assert r["settings"]["batch"] == 256 and r["num_images"] == 20 and len(r["archs"]["convnet"]["accs"]) == 2
+    soft = torch.nn.functional.one_hot(train.labels[idx], 10).float()
+    assert 0 <= evaluate(train.float_images(idx), soft, test, cfg)["mean"] <= 1
+
+
+def _launch(args, tmp_path, env_extra=None):
+    env = {**os.environ, "TQDM_DISABLE": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+           "--dynamo_backend", "no", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("extra", [["--match-space", "latent"], ["--match-space", "pixel"], ["--backbone", "pixel"]])
+def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
+    backbone = [] if "--backbone" in extra else ["--backbone", str(tiny_vae_dir)]
+    out = tmp_path / "launched"
+    proc = _launch(["--mixed_precision", "no", str(RECIPE), *backbone, *extra, "--steps", "3", "--ipc", "2", "--batch-real", "4",
+                    "--depth", "2", "--width", "8", "--eval-runs", "1", "--eval-epochs", "2", "--output", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy" in proc.stdout.strip().splitlines()[-1]
+    assert json.loads((out / "eval.json").read_text())["settings"]["epochs"] == 2
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_vae_dir):
+    out = tmp_path / "bf16"
+    proc = _launch(["--mixed_precision", "bf16", str(RECIPE), "--backbone", str(tiny_vae_dir), "--match-space", "pixel", "--steps", "2",
+                    "--ipc", "2", "--batch-real", "4", "--depth", "2", "--width", "8", "--eval-runs", "0", "--output", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "set.safetensors").exists()
+
+
+def test_recipe_bad_input_is_one_line(tmp_path, tiny_vae_dir):
+    proc = subprocess.run([sys.executable, str(RECIPE), "--backbone", str(tiny_vae_dir), "--ipc", "500", "--output", str(tmp_path / "x")],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert "lower --ipc" in proc.stderr
