@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	. $(VENV)/bin/activate && accelerate launch --num_processes 1 --num_cpu_threads_per_process $(THREADS) recipes/latent_dm.py
+	. $(VENV)/bin/activate && OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(THREADS)} accelerate launch recipes/latent_dm.py
 
 test: setup
 	$(VENV)/bin/pytest

@@ -78,6 +78,8 @@ def _read(directory: Path, backbone: Backbone, dataset: ImageDataset, fingerprin
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError:
         raise ValueError("meta.json is not valid JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("counts"), list) or len(meta["counts"]) != dataset.num_classes:
+        raise ValueError("meta.json is malformed")
     expect = {"format": CACHE_FORMAT, "backbone_sha256": backbone.weights_sha256(), "dataset_fingerprint": fingerprint,
               "latent_shape": list(backbone.latent_shape), "num_classes": dataset.num_classes}
     for key, value in expect.items():

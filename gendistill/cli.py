@@ -71,6 +71,9 @@ def cmd_init(args) -> int:
     from .io import check_parent
     check_parent(args.out)
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
+    if args.ipc > smallest:
+        raise ValueError(f"--ipc {args.ipc} is more than the {smallest} images of the smallest class of {args.dataset}; lower --ipc")
     backbone = load_backbone(args.backbone, image_shape=train.image_shape)
     backbone.to(_device())
     real = cached_latents(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))
@@ -139,6 +142,9 @@ def cmd_export(args) -> int:
     from .io import atomic_dir, check_parent, save_safetensors
 
     check_parent(args.out)
+    out = Path(args.out)
+    if args.format == "imagefolder" and out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metadata.json").exists())):
+        raise ValueError(f"{args.out!r} exists and is not an earlier export; choose a new --out (it would be replaced)")
     syn, backbone = _load_set(args)
     backbone.to(_device())
     images = syn.decode(backbone).float().cpu()

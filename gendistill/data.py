@@ -137,11 +137,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _find_fashion_dir(data_dir: str | None) -> Path:
+    explicit = data_dir or os.environ.get(FASHION_ENV)
+    if explicit:  # a path the user named is used or refused, never silently replaced by another copy
+        d = Path(explicit)
+        if any((d / f"train-images-idx3-ubyte{ext}").exists() for ext in (".gz", "")):
+            return d
+        how = "--data-dir" if data_dir else FASHION_ENV
+        raise FileNotFoundError(f"Fashion-MNIST idx files not found in {explicit!r} ({how}); point it at the folder with train-images-idx3-ubyte.gz, or install them with `{FASHION_APT}`")
     candidates = []
-    if data_dir:
-        candidates.append(Path(data_dir))
-    if os.environ.get(FASHION_ENV):
-        candidates.append(Path(os.environ[FASHION_ENV]))
     if shutil.which("dpkg"):
         try:
             out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=30).stdout
@@ -152,8 +155,7 @@ def _find_fashion_dir(data_dir: str | None) -> Path:
     for c in candidates:
         if any((c / f"train-images-idx3-ubyte{ext}").exists() for ext in (".gz", "")):
             return c
-    where = f" in {data_dir!r}" if data_dir else ""
-    raise FileNotFoundError(f"Fashion-MNIST idx files not found{where}; install them with `{FASHION_APT}` or set {FASHION_ENV}=DIR")
+    raise FileNotFoundError(f"Fashion-MNIST idx files not found; install them with `{FASHION_APT}` or set {FASHION_ENV}=DIR")
 
 
 def _idx_file(d: Path, stem: str) -> Path:
@@ -233,15 +235,18 @@ def imagefolder(split: str, data_dir: str | None = None, download: bool = False)
     files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir()) if f.suffix.lower() in IMAGE_EXTS]
     if not files:
         raise ValueError(f"no images found under {str(root)!r}")
-    pil = [Image.open(f) for f, _ in files]
-    gray = all(im.mode in ("L", "1", "I", "I;16") for im in pil)
-    size = Image.open(next(iter(files))[0]).size
+    gray, size = True, None
+    for f, _ in files:  # first pass: colour mode and the reference size, one file open at a time
+        with Image.open(f) as im:
+            gray = gray and im.mode in ("L", "1", "I", "I;16")
+            size = size or im.size
     arrays = []
-    for im in pil:
-        im = im.convert("L" if gray else "RGB")
-        if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
+    for f, _ in files:
+        with Image.open(f) as im:
+            im = im.convert("L" if gray else "RGB")
+            if im.size != size:
+                im = im.resize(size, Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
         arrays.append(a[None] if gray else a.transpose(2, 0, 1))
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([c for _, c in files], dtype=torch.int64)

@@ -2,14 +2,17 @@
 
 ``convnet`` is the field's ConvNet (DC/DSA/DM/MTT): ``depth`` blocks of conv3x3(width) -> norm -> ReLU -> 2x2
 pool, then a linear classifier. "instancenorm" is ``GroupNorm(width, width)`` as in the reference code. A pooling
-stage is skipped once the feature map is smaller than 2x2, so latent-shaped inputs (4x7x7) work with depth 3.
+stage is skipped once the feature map is smaller than 2x2, so latent-shaped inputs (4x7x7) work with depth 3
+(7 -> 3 -> 1); a block working on a 1x1 map gets no instance norm, which there would zero every feature.
 Every net exposes ``embed(x)`` (flattened features, used by distribution matching) and ``feature_dim``.
+Unlike the DC reference, the first conv of a 1-channel net is not padded by 3 (which turns 28x28 into 32x32 and
+a 128*4*4 feature): every conv pads by 1, so 1x28x28 pools 28->14->7->3 and the feature is 128*3*3.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -59,8 +62,16 @@ class ConvNet(nn.Module):
         super().__init__()
         c, h, w = in_shape
         layers = []
-        for _ in range(cfg.depth):
-            layers += [nn.Conv2d(c, cfg.width, 3, padding=1), _norm(cfg.norm, cfg.width), _act(cfg.act)]
+        # DC's convention for 1-channel 28x28 images (MNIST family): the first conv pads by 3 (28 -> 32), so depth 3
+        # gives 4x4 features as in the published Fashion-MNIST/MNIST ConvNet-3
+        first_pad = 3 if (c, h, w) == (1, 28, 28) else 1
+        for d in range(cfg.depth):
+            pad = first_pad if d == 0 else 1
+            h, w = h + 2 * pad - 2, w + 2 * pad - 2
+            # instance norm of a 1x1 map subtracts each value from itself: the block's output would not depend on
+            # its input (a 4x7x7 latent reaches 1x1 in block 3), so a block running at 1x1 has no instance norm
+            norm = "none" if cfg.norm == "instancenorm" and h * w == 1 else cfg.norm
+            layers += [nn.Conv2d(c, cfg.width, 3, padding=pad), _norm(norm, cfg.width), _act(cfg.act)]
             c = cfg.width
             if cfg.pool != "none" and min(h, w) >= 2:
                 layers.append(_pool(cfg.pool))
@@ -110,8 +121,17 @@ def list_nets() -> list[str]:
     return NETS.names()
 
 
-def get_net(name: str, in_shape, num_classes: int, **overrides) -> nn.Module:
-    return NETS.get(name)(tuple(in_shape), num_classes, **overrides)
+def get_net(name: str, in_shape: tuple[int, int, int], num_classes: int, **overrides) -> nn.Module:
+    """A network for (C, H, W) inputs; ``overrides`` replace :class:`NetConfig` fields (``depth=2, width=8``)."""
+    builder = NETS.get(name)
+    in_shape = tuple(int(d) for d in in_shape)
+    if len(in_shape) != 3 or min(in_shape) < 1:
+        raise ValueError(f"in_shape must be (channels, height, width) with positive sizes, got {in_shape}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(NetConfig)})
+    if unknown:
+        raise ValueError(f"unknown network setting(s) {', '.join(unknown)}; NetConfig has: "
+                         f"{', '.join(f.name for f in fields(NetConfig))}")
+    return builder(in_shape, num_classes, **overrides)
 
 
 @torch.no_grad()

@@ -58,9 +58,16 @@ class Backbone(nn.Module):
 
     # -- identity ---------------------------------------------------------------------------------------
     def weights_sha256(self) -> str:
+        """sha256 of the weights (names, dtypes, shapes, bytes) and of the latent conventions (scaling).
+
+        Scaling lives in the config, not the weights, but changes what a latent means: it is part of the identity.
+        """
         if self._sha256 is None:
-            state = self.state_dict()
-            self._sha256 = tensor_sha256(state) if state else tensor_sha256({"pixel": torch.tensor(self.image_shape)})
+            state = dict(self.state_dict()) or {"pixel": torch.tensor(self.image_shape)}
+            scaling = self.scaling()
+            if scaling:
+                state["__scaling__"] = torch.tensor([float(scaling[k]) for k in sorted(scaling)], dtype=torch.float64)
+            self._sha256 = tensor_sha256(state)
         return self._sha256
 
     def describe(self) -> dict:
