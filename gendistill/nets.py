@@ -5,8 +5,8 @@ pool, then a linear classifier. "instancenorm" is ``GroupNorm(width, width)`` as
 stage is skipped once the feature map is smaller than 2x2, so latent-shaped inputs (4x7x7) work with depth 3
 (7 -> 3 -> 1); a block working on a 1x1 map gets no instance norm, which there would zero every feature.
 Every net exposes ``embed(x)`` (flattened features, used by distribution matching) and ``feature_dim``.
-Unlike the DC reference, the first conv of a 1-channel net is not padded by 3 (which turns 28x28 into 32x32 and
-a 128*4*4 feature): every conv pads by 1, so 1x28x28 pools 28->14->7->3 and the feature is 128*3*3.
+As in the DC reference, the first conv of a 1x28x28 net pads by 3 (28 -> 32), so ConvNet-3 pools 32->16->8->4
+and its feature is 128*4*4 = 2048, the published Fashion-MNIST/MNIST ConvNet-3.
 """
 
 from __future__ import annotations

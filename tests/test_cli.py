@@ -402,7 +402,7 @@ def test_bad_ipc(capsys, tmp_path, tiny_vae_dir):
     code, _, err = cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc", 21, "--out", out)
     # the cache may log its "encoding ..." line first; the error is still one clean line
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: ") and "fewer than" in err and err.count("error:") == 1
+    assert err.strip().splitlines()[-1].startswith("error: ") and "lower --ipc" in err and err.count("error:") == 1
     assert not out.exists()
 
 

@@ -106,7 +106,7 @@ def test_decode(syn, vae):
     x = syn.decode(vae, batch=7)
     assert x.shape == (len(syn), 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     assert not x.requires_grad
-    torch.testing.assert_close(x, vae.decode(syn.latents.detach()).clamp(0, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x, vae.decode(syn.latents.detach()).clamp(0, 1), rtol=1e-4, atol=1e-5)
     raw = syn.decode(vae, clamp=False)
     assert raw.shape == x.shape
 
