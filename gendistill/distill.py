@@ -44,6 +44,9 @@ class DistillConfig:
     checkpoint_every: int = 0  # 0: only when interrupted and at the end
     log_every: int = 10
     seed: int = 0
+    # learnable extras, trained beside the latents when the set has them (trajectory matching, DATM):
+    lr_lr: float = 1e-5  # learning rate of the set's learnable eval lr (``syn.lr``), if it has one
+    lr_labels: float = 2.0  # learning rate of learnable soft labels (``syn.labels`` as an nn.Parameter)
 
 
 class TrainState:
@@ -156,16 +159,23 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
 
     backbone.to(device)
     syn.to(device)
-    params = [syn.latents]
+    groups = [{"params": [syn.latents], "lr": cfg.lr}]
+    if syn.lr is not None and syn.lr.requires_grad:
+        groups.append({"params": [syn.lr], "lr": cfg.lr_lr})
+    if isinstance(syn.labels, torch.nn.Parameter):
+        groups.append({"params": [syn.labels], "lr": cfg.lr_labels})
+    learnables = [p for g in groups for p in g["params"]]
     if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.Adam(groups, lr=cfg.lr)
     elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
     opt = accelerator.prepare_optimizer(opt)
     state = TrainState(cfg.seed, accelerator.process_index)
     accelerator.register_for_checkpointing(syn, state)
+    if hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict"):
+        accelerator.register_for_checkpointing(objective)  # stateful objectives (DC's inner-loop net) resume exactly
     fingerprint = dict(fingerprint or asdict(cfg))
 
     if resume:
@@ -187,7 +197,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
 
     try:
         while state.step < cfg.steps:
-            ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform)
+            ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform,
+                              syn_lr=syn.lr, soft_labels=syn.labels if syn.soft else None)
             opt.zero_grad(set_to_none=True)
             if decode_through:
                 with torch.no_grad(), accelerator.autocast():
@@ -207,8 +218,13 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 where = f"; the last good checkpoint is {last_good}" if last_good else ""
                 raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
             if accelerator.num_processes > 1:
-                syn.latents.grad = accelerator.reduce(syn.latents.grad, reduction="mean")
+                for p in learnables:
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
             opt.step()
+            if syn.lr is not None and not math.isfinite(float(syn.lr.detach())):
+                where = f"; the last good checkpoint is {last_good}" if last_good else ""
+                raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
             state.step += 1
             state.losses.append(value)
             bar.update(1)

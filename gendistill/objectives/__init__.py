@@ -2,6 +2,9 @@
 
 An objective is called once per distillation step with the synthetic batch (in the match space), a function
 that returns a real batch of a class, and a :class:`StepContext`; it returns the scalar loss.
+``syn_labels`` are always hard class ids; soft labels and the learnable lr come in the context. An objective that
+keeps state between steps (DC's inner-loop network) defines ``state_dict`` / ``load_state_dict`` and the loop
+checkpoints it with the set.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class StepContext:
     device: torch.device
     space: str = "latent"  # the match space: "latent" or "pixel"
     transform: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda x: x)  # e.g. normalisation of images
+    syn_lr: torch.Tensor | None = None  # the set's learnable eval lr (trajectory matching), if it has one
+    soft_labels: torch.Tensor | None = None  # (N, K) soft labels when the set has them (learnable for DATM)
 
 
 class Objective(Protocol):
