@@ -90,6 +90,8 @@ def cmd_info(args) -> int:
     from .io import load_safetensors
     from .synthetic import read_metadata
 
+    if Path(args.file).is_dir():
+        return _info_experts(args)
     tensors, meta = load_safetensors(args.file)
     records = read_metadata(args.file, meta)
     info = {
@@ -122,6 +124,26 @@ def cmd_info(args) -> int:
     if "lr" in info:
         print(f"lr        {info['lr']:.6g}")
     print(f"config    {json.dumps(r.get('config', {}), sort_keys=True, default=str)}")
+    return 0
+
+
+def _info_experts(args) -> int:
+    from .experts import summary
+
+    info = summary(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return 0
+    t, b, n = info["training"], info["backbone"], info["net"]
+    print(f"experts   {args.file}: {info['complete']}/{t['num_experts']} experts x {t['epochs']} epochs, {info['space']} space, {info['num_params']:,} parameters")
+    print(f"backbone  {b.get('kind')} {b.get('source', '')} sha256 {str(b.get('sha256', '-'))[:16]}")
+    print(f"dataset   {info['dataset'].get('name')} {info['num_classes']} classes, input {tuple(info['in_shape'])}")
+    print(f"net       {n['name']} depth {n['depth']} width {n['width']}")
+    print(f"training  sgd lr {t['lr']} momentum {t['momentum']} weight decay {t['weight_decay']} batch {t['batch']} augment {t['augment']} seed {t['seed']}")
+    for row in info["files"]:
+        acc = f" test acc {row['test_acc']}" if "test_acc" in row else ""
+        size = f"{row['bytes']:,} bytes" if row["present"] else "(missing)"
+        print(f"file      {row['file']} {size}{acc}")
     return 0
 
 
@@ -246,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("info", help="describe a set or decoded-images file")
+    s = sub.add_parser("info", help="describe a set or decoded-images file, or an experts directory")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)

@@ -45,3 +45,4 @@ def list_objectives() -> list[str]:
 
 
 from . import distribution  # noqa: E402,F401  (registers "dm")
+from . import trajectory  # noqa: E402,F401  (registers "mtt", "tesla", "datm")

@@ -1,0 +1,123 @@
+"""Trajectory matching (MTT, TESLA's constant-memory gradient, DATM) in the latent space of a pretrained backbone.
+
+    python recipes/train_experts.py --output experts/fmnist-latent                 # experts once (or let this recipe
+    accelerate launch recipes/latent_mtt.py --experts experts/fmnist-latent         #   train default ones into the cache)
+    accelerate launch recipes/latent_mtt.py --method tesla                          # same gradient, constant memory
+    accelerate launch recipes/latent_mtt.py --method datm                           # + difficulty window, soft labels
+    accelerate launch recipes/latent_mtt.py --match-space pixel                     # GLaD-style, experts on images
+
+Learns the latents, the set's eval lr (saved as ``lr``, used by `gendistill eval`) and, for DATM, soft labels (saved
+as probabilities). Writes set.safetensors, grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
+Objective settings left unset (None) take the method's defaults (gendistill/objectives/trajectory.py).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gendistill.cli import run_guarded
+from gendistill.config import parse_config
+from gendistill.distill import make_accelerator
+from gendistill.experts import ExpertConfig, NetSpec, build_experts, identity, load_experts
+from gendistill.objectives import get_objective
+from gendistill.objectives.trajectory import finish_soft_labels, init_soft_labels, match_space_inputs
+from gendistill.pipeline import build, run_distill, run_name, write_outputs
+
+METHODS = ("mtt", "tesla", "datm")
+OBJECTIVE_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "max_start_epoch_final",
+                  "expansion_end_step", "batch_syn", "augment", "unroll", "threshold")
+
+
+@dataclass
+class LatentMTTConfig:
+    method: str = "mtt"  # mtt | tesla | datm
+    experts: str | None = None  # experts directory; None: default experts, trained once into the cache
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    backbone: str = "fashion-mnist-vae"
+    match_space: str = "latent"
+    ipc: int = 10
+    init: str = "real"
+    steps: int = 1000
+    lr: float = 1000.0  # of the latents (MTT's lr_img; latent grads are ~1e-5), SGD with momentum 0.5 as MTT
+    optimizer: str = "sgd"
+    momentum: float = 0.5
+    lr_lr: float = 1e-5  # of the learned eval lr
+    syn_lr_init: float = 0.01  # the learned eval lr starts at the experts' lr
+    lr_labels: float = 2.0  # of DATM's soft-label logits
+    syn_steps: int | None = None
+    expert_epochs: int | None = None
+    max_start_epoch: int | None = None
+    min_start_epoch: int | None = None
+    max_start_epoch_final: int | None = None
+    expansion_end_step: int | None = None
+    batch_syn: int | None = None
+    augment: str | None = None
+    unroll: str | None = None  # datm: autograd (default) or constant
+    threshold: float | None = None
+    label_epoch: int = -1  # expert snapshot that initialises DATM's soft labels (-1: the last)
+    net: str = "convnet"
+    depth: int = 3
+    width: int = 128
+    num_experts: int = 5  # default experts (no --experts)
+    expert_train_epochs: int = 8
+    vjp_chunk: int = 64
+    seed: int = 0
+    output: str | None = None
+    checkpoint_every: int = 200
+    resume: bool = False
+    mixed_precision: str | None = None
+    log_with: str | None = None
+    cache_dir: str | None = None
+    eval_epochs: int = 300
+    eval_runs: int = 3
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(LatentMTTConfig, argv, __doc__)
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown --method {cfg.method!r}; use one of {', '.join(METHODS)}")
+    if not (cfg.syn_lr_init > 0 and math.isfinite(cfg.syn_lr_init)):
+        raise ValueError(f"--syn-lr-init must be a positive number, got {cfg.syn_lr_init}")
+    outdir = Path(cfg.output or Path("outputs") / run_name(cfg.method, cfg))
+    outdir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, outdir)
+    if cfg.log_with:
+        accelerator.init_trackers("latent_mtt", config={k: v for k, v in vars(cfg).items() if v is not None})
+    pieces = build(cfg, cfg.method, accelerator)
+    backbone, train = pieces.backbone, pieces.train
+    space = "pixel" if backbone.kind == "pixel" else cfg.match_space
+    net = NetSpec(cfg.net, cfg.depth, cfg.width)
+    in_shape = backbone.image_shape if space == "pixel" else backbone.latent_shape
+    directory = cfg.experts or build_experts(None, space, backbone, train, net, ExpertConfig(cfg.num_experts, cfg.expert_train_epochs),
+                                             cfg.cache_dir, pieces.test, accelerator, log=accelerator.print)
+    experts = load_experts(directory, expect=identity(space, backbone, train.meta(), net, in_shape, train.num_classes))
+    knobs = {k: getattr(cfg, k) for k in OBJECTIVE_KEYS if getattr(cfg, k) is not None}
+    objective = get_objective(cfg.method, experts=experts, **knobs)
+
+    syn = pieces.syn
+    syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
+    if cfg.method == "datm":
+        to_input = match_space_inputs(backbone, space, train.meta())
+        with torch.no_grad():
+            info = init_soft_labels(syn, experts, to_input, pieces.real_latents, torch.Generator().manual_seed(cfg.seed), cfg.label_epoch)
+        accelerator.print(f"datm: soft labels from expert logits; {info['correct_by_any_expert']}/{info['samples']} samples correctly "
+                          f"classified, {info['fallback']} filled with the most confident")
+    state = run_distill(cfg, pieces, objective, accelerator, outdir)
+    finish_soft_labels(syn)
+    result = write_outputs(cfg, pieces, state, accelerator, outdir)
+    accelerator.end_training()
+    if result is not None:
+        print(f"{cfg.method} {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- "
+              f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs, learned lr {float(syn.lr):.4g} -> {outdir}/eval.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))

@@ -1,0 +1,65 @@
+"""Train expert trajectories for trajectory matching (MTT / TESLA / DATM) and store them in --output.
+
+    python recipes/train_experts.py --output experts/fmnist-latent                 # shipped VAE latents
+    python recipes/train_experts.py --space pixel --output experts/fmnist-pixel    # normalised images
+    accelerate launch --num_processes 2 recipes/train_experts.py --output DIR      # experts split over processes
+
+Each expert is a fresh network (the objective's --net/--depth/--width) trained with SGD (lr 0.01, no momentum,
+no weight decay, as MTT's buffer.py) and the space's augmentation; one parameter snapshot per epoch (epoch 0
+included) goes into DIR/expert_NNNN.safetensors, the settings into DIR/experts.json. Re-running continues a
+stopped job (finished experts are skipped). `gendistill info DIR` describes the result.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+
+from gendistill.backbones import load_backbone
+from gendistill.cli import run_guarded
+from gendistill.config import parse_config
+from gendistill.data import get_dataset
+from gendistill.distill import make_accelerator
+from gendistill.experts import ExpertConfig, NetSpec, build_experts
+
+
+@dataclass
+class TrainExpertsConfig:
+    output: str | None = None
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    backbone: str = "fashion-mnist-vae"
+    space: str = "latent"  # latent: the backbone's cached latents; pixel: normalised images
+    net: str = "convnet"
+    depth: int = 3
+    width: int = 128
+    num_experts: int = 5
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch: int = 256
+    augment: str = "auto"
+    seed: int = 0
+    test: bool = True  # test accuracy of each finished expert, stored in its file
+    cache_dir: str | None = None
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(TrainExpertsConfig, argv, __doc__)
+    if not cfg.output:
+        raise ValueError("--output DIR is required (the experts directory to write or continue)")
+    accelerator = make_accelerator(None)
+    train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
+    test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download) if cfg.test else None
+    backbone = load_backbone(cfg.backbone if cfg.space == "latent" else "pixel", image_shape=train.image_shape).to(accelerator.device)
+    ecfg = ExpertConfig(**{f.name: getattr(cfg, f.name) for f in fields(ExpertConfig)})
+    out = build_experts(cfg.output, cfg.space, backbone, train, NetSpec(cfg.net, cfg.depth, cfg.width), ecfg, cfg.cache_dir, test,
+                        accelerator, log=accelerator.print)
+    accelerator.print(f"experts in {out}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); `gendistill info {out}` describes them")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))
