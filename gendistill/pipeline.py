@@ -14,7 +14,7 @@ from . import __version__
 from .backbones import Backbone, load_backbone
 from .cache import LatentSplit, cached_latents
 from .data import ImageDataset, get_dataset
-from .distill import DistillConfig, TrainState, distill
+from .distill import DistillConfig, TrainState, distill, make_accelerator
 from .evaluate import EvalConfig, evaluate
 from .io import write_json
 from .objectives import Objective
@@ -90,4 +90,21 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     result["set"] = str(outdir / "set.safetensors")
     write_json(result, outdir / "eval.json")
     accelerator.print(json.dumps({k: result[k] for k in ("mean", "std", "seconds")}))
+    return result
+
+
+def run_recipe(cfg, method: str, objective: Objective) -> dict | None:
+    """A distillation recipe's whole body: output dir, accelerator, build, distil, write; returns the eval result."""
+    outdir = Path(cfg.output or Path("outputs") / run_name(method, cfg))
+    outdir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, outdir)
+    if cfg.log_with:
+        accelerator.init_trackers(f"latent_{method}", config={k: v for k, v in vars(cfg).items() if v is not None})
+    pieces = build(cfg, method, accelerator)
+    state = run_distill(cfg, pieces, objective, accelerator, outdir)
+    result = write_outputs(cfg, pieces, state, accelerator, outdir)
+    accelerator.end_training()
+    if result is not None:
+        print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- "
+              f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs -> {outdir}/eval.json")
     return result

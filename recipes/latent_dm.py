@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
-from gendistill.distill import make_accelerator
 from gendistill.objectives import get_objective
-from gendistill.pipeline import build, run_distill, run_name, write_outputs
+from gendistill.pipeline import run_recipe
 
 
 @dataclass
@@ -52,19 +50,7 @@ class LatentDMConfig:
 
 def main(argv=None) -> int:
     cfg = parse_config(LatentDMConfig, argv, __doc__)
-    outdir = Path(cfg.output or Path("outputs") / run_name("dm", cfg))
-    outdir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, outdir)
-    if cfg.log_with:
-        accelerator.init_trackers("latent_dm", config={k: v for k, v in vars(cfg).items() if v is not None})
-    pieces = build(cfg, "dm", accelerator)
-    objective = get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, augment=cfg.augment)
-    state = run_distill(cfg, pieces, objective, accelerator, outdir)
-    result = write_outputs(cfg, pieces, state, accelerator, outdir)
-    accelerator.end_training()
-    if result is not None:
-        print(f"dm {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- {100 * result['std']:.2f} % "
-              f"over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs -> {outdir}/eval.json")
+    run_recipe(cfg, "dm", get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, augment=cfg.augment))
     return 0
 
 

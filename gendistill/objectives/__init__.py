@@ -45,4 +45,5 @@ def list_objectives() -> list[str]:
 
 
 from . import distribution  # noqa: E402,F401  (registers "dm")
+from . import gradient  # noqa: E402,F401  (registers "dc", "dsa")
 from . import trajectory  # noqa: E402,F401  (registers "mtt", "tesla", "datm")
