@@ -356,8 +356,12 @@ def summary(directory: str | Path) -> dict:
 
 def build_experts(directory: str | Path | None, space: str, backbone: Backbone, train: ImageDataset, net: NetSpec,
                   cfg: ExpertConfig, cache_dir: str | Path | None = None, test: ImageDataset | None = None,
-                  accelerator=None, log=print) -> Path:
-    """Train (or finish) the experts of a run into ``directory`` (default: the cache, keyed by what they depend on)."""
+                  accelerator=None, log=print, shard: tuple[int, int] | None = None) -> Path:
+    """Train (or finish) the experts of a run into ``directory`` (default: the cache, keyed by what they depend on).
+
+    The experts are split over the processes of a distributed launch, or by ``shard`` = (i, n): this call trains
+    experts i, i+n, ... (independent processes, e.g. one per CPU core, can share one directory).
+    """
     from .cache import cached_latents
 
     if backbone.kind == "pixel":
@@ -373,6 +377,13 @@ def build_experts(directory: str | Path | None, space: str, backbone: Backbone, 
     x, y = expert_inputs(space, backbone, train, cached)
     test_xy = expert_inputs(space, backbone, test, cached) if test is not None else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    if shard is not None:
+        if world > 1:
+            raise ValueError("--shard splits the experts over independent processes; do not combine it with a distributed launch")
+        rank, world = shard
+        prepare_directory(directory, ident, cfg, fingerprint)  # every shard writes the same experts.json (atomically)
+        train_experts(directory, ident, cfg, x, y, test_xy, device, fingerprint, rank, world, progress=True, log=log)
+        return Path(directory)
     if world > 1:  # rank 0 writes experts.json before the others read it; then every process trains its share
         if accelerator.is_main_process:
             prepare_directory(directory, ident, cfg, fingerprint)

@@ -93,18 +93,27 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     return result
 
 
-def run_recipe(cfg, method: str, objective: Objective) -> dict | None:
-    """A distillation recipe's whole body: output dir, accelerator, build, distil, write; returns the eval result."""
+def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None, finish=None) -> dict | None:
+    """A distillation recipe's whole body: output dir, accelerator, build, distil, write; returns the eval result.
+
+    ``setup(pieces, accelerator) -> Objective`` builds the objective once the pieces exist (trajectory matching needs
+    experts for the run's backbone and space, and prepares the set); ``finish(pieces)`` runs before the outputs are written.
+    """
     outdir = Path(cfg.output or Path("outputs") / run_name(method, cfg))
     outdir.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, outdir)
     if cfg.log_with:
         accelerator.init_trackers(f"latent_{method}", config={k: v for k, v in vars(cfg).items() if v is not None})
     pieces = build(cfg, method, accelerator)
+    if setup is not None:
+        objective = setup(pieces, accelerator)
     state = run_distill(cfg, pieces, objective, accelerator, outdir)
+    if finish is not None:
+        finish(pieces)
     result = write_outputs(cfg, pieces, state, accelerator, outdir)
     accelerator.end_training()
     if result is not None:
+        lr = f", learned lr {float(pieces.syn.lr):.4g}" if pieces.syn.lr is not None else ""
         print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- "
-              f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs -> {outdir}/eval.json")
+              f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
     return result

@@ -16,17 +16,15 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
-from gendistill.distill import make_accelerator
 from gendistill.experts import ExpertConfig, NetSpec, build_experts, identity, load_experts
 from gendistill.objectives import get_objective
 from gendistill.objectives.trajectory import finish_soft_labels, init_soft_labels, match_space_inputs
-from gendistill.pipeline import build, run_distill, run_name, write_outputs
+from gendistill.pipeline import run_recipe
 
 METHODS = ("mtt", "tesla", "datm")
 OBJECTIVE_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "max_start_epoch_final",
@@ -79,19 +77,9 @@ class LatentMTTConfig:
     eval_runs: int = 3
 
 
-def main(argv=None) -> int:
-    cfg = parse_config(LatentMTTConfig, argv, __doc__)
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown --method {cfg.method!r}; use one of {', '.join(METHODS)}")
-    if not (cfg.syn_lr_init > 0 and math.isfinite(cfg.syn_lr_init)):
-        raise ValueError(f"--syn-lr-init must be a positive number, got {cfg.syn_lr_init}")
-    outdir = Path(cfg.output or Path("outputs") / run_name(cfg.method, cfg))
-    outdir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, outdir)
-    if cfg.log_with:
-        accelerator.init_trackers("latent_mtt", config={k: v for k, v in vars(cfg).items() if v is not None})
-    pieces = build(cfg, cfg.method, accelerator)
-    backbone, train = pieces.backbone, pieces.train
+def setup(cfg, pieces, accelerator):
+    """Experts for this run (given, or trained once into the cache), the learnable lr and, for DATM, soft labels."""
+    backbone, train, syn = pieces.backbone, pieces.train, pieces.syn
     space = "pixel" if backbone.kind == "pixel" else cfg.match_space
     net = NetSpec(cfg.net, cfg.depth, cfg.width)
     in_shape = backbone.image_shape if space == "pixel" else backbone.latent_shape
@@ -100,22 +88,24 @@ def main(argv=None) -> int:
     experts = load_experts(directory, expect=identity(space, backbone, train.meta(), net, in_shape, train.num_classes))
     knobs = {k: getattr(cfg, k) for k in OBJECTIVE_KEYS if getattr(cfg, k) is not None}
     objective = get_objective(cfg.method, experts=experts, **knobs)
-
-    syn = pieces.syn
     syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
     if cfg.method == "datm":
-        to_input = match_space_inputs(backbone, space, train.meta())
         with torch.no_grad():
-            info = init_soft_labels(syn, experts, to_input, pieces.real_latents, torch.Generator().manual_seed(cfg.seed), cfg.label_epoch)
+            info = init_soft_labels(syn, experts, match_space_inputs(backbone, space, train.meta()), pieces.real_latents,
+                                    torch.Generator().manual_seed(cfg.seed), cfg.label_epoch)
         accelerator.print(f"datm: soft labels from expert logits; {info['correct_by_any_expert']}/{info['samples']} samples correctly "
                           f"classified, {info['fallback']} filled with the most confident")
-    state = run_distill(cfg, pieces, objective, accelerator, outdir)
-    finish_soft_labels(syn)
-    result = write_outputs(cfg, pieces, state, accelerator, outdir)
-    accelerator.end_training()
-    if result is not None:
-        print(f"{cfg.method} {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- "
-              f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs, learned lr {float(syn.lr):.4g} -> {outdir}/eval.json")
+    return objective
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(LatentMTTConfig, argv, __doc__)
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown --method {cfg.method!r}; use one of {', '.join(METHODS)}")
+    if not (cfg.syn_lr_init > 0 and math.isfinite(cfg.syn_lr_init)):
+        raise ValueError(f"--syn-lr-init must be a positive number, got {cfg.syn_lr_init}")
+    run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator),
+               finish=lambda pieces: finish_soft_labels(pieces.syn))
     return 0
 
 

@@ -2,7 +2,8 @@
 
     python recipes/train_experts.py --output experts/fmnist-latent                 # shipped VAE latents
     python recipes/train_experts.py --space pixel --output experts/fmnist-pixel    # normalised images
-    accelerate launch --num_processes 2 recipes/train_experts.py --output DIR      # experts split over processes
+    python recipes/train_experts.py --output DIR --shard 0/2 &                      # two independent processes
+    python recipes/train_experts.py --output DIR --shard 1/2                       #   share the experts (1 core each)
 
 Each expert is a fresh network (the objective's --net/--depth/--width) trained with SGD (lr 0.01, no momentum,
 no weight decay, as MTT's buffer.py) and the space's augmentation; one parameter snapshot per epoch (epoch 0
@@ -43,6 +44,7 @@ class TrainExpertsConfig:
     augment: str = "auto"
     seed: int = 0
     test: bool = True  # test accuracy of each finished expert, stored in its file
+    shard: str | None = None  # "i/n": train experts i, i+n, ... (run n processes on one --output)
     cache_dir: str | None = None
 
 
@@ -50,14 +52,21 @@ def main(argv=None) -> int:
     cfg = parse_config(TrainExpertsConfig, argv, __doc__)
     if not cfg.output:
         raise ValueError("--output DIR is required (the experts directory to write or continue)")
+    shard = None
+    if cfg.shard:
+        parts = cfg.shard.split("/")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) >= int(parts[1]):
+            raise ValueError(f"--shard {cfg.shard!r} must be i/n with 0 <= i < n, e.g. 0/2")
+        shard = (int(parts[0]), int(parts[1]))
     accelerator = make_accelerator(None)
     train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download) if cfg.test else None
     backbone = load_backbone(cfg.backbone if cfg.space == "latent" else "pixel", image_shape=train.image_shape).to(accelerator.device)
     ecfg = ExpertConfig(**{f.name: getattr(cfg, f.name) for f in fields(ExpertConfig)})
     out = build_experts(cfg.output, cfg.space, backbone, train, NetSpec(cfg.net, cfg.depth, cfg.width), ecfg, cfg.cache_dir, test,
-                        accelerator, log=accelerator.print)
-    accelerator.print(f"experts in {out}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); `gendistill info {out}` describes them")
+                        accelerator, log=accelerator.print, shard=shard)
+    done = f" (shard {cfg.shard})" if shard else ""
+    accelerator.print(f"experts in {out}{done}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); `gendistill info {out}` describes them")
     return 0
 
 

@@ -100,6 +100,18 @@ def test_rerun_skips_finished_experts_and_redoes_missing(expert_dir, tiny_vae_di
         load_recipe(TRAIN_EXPERTS).main([str(a) for a in argv + ["--lr", "0.1"]])
 
 
+def test_shards_make_the_same_experts(expert_dir, tiny_vae_dir, tmp_path):
+    out = tmp_path / "sharded"
+    for shard in ("1/2", "0/2"):
+        argv = ["--output", out, "--backbone", tiny_vae_dir, "--num-experts", 2, "--epochs", 3, "--batch", 64, *TINY_NET,
+                "--cache-dir", tmp_path / "cache", "--shard", shard, "--test", "false"]
+        assert load_recipe(TRAIN_EXPERTS).main([str(a) for a in argv]) == 0
+        assert expert_file(out, int(shard[0])).exists() and not expert_file(out, 1 - int(shard[0])).exists() or shard == "0/2"
+    for i in range(2):
+        a, b = (safe_open(str(expert_file(d, i)), "pt").get_tensor("trajectory") for d in (out, expert_dir))
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("change, match", [
     (dict(space="pixel", in_shape=(1, 28, 28)), "space 'latent', this run needs 'pixel'"),
     (dict(width=16), "net convnet depth 2 width 8, this run needs convnet depth 2 width 16"),
@@ -219,7 +231,7 @@ def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tin
     assert not isinstance(syn.labels, torch.nn.Parameter) and torch.allclose(syn.labels.sum(1), torch.ones(6))
     syn.save(tmp_path / "set.safetensors")
     back = SyntheticSet.load(tmp_path / "set.safetensors")
-    assert back.soft and torch.equal(back.labels, syn.labels) and float(back.lr) == pytest.approx(0.02)
+    assert back.soft and torch.equal(back.labels, syn.labels) and float(back.lr.detach()) == pytest.approx(0.02)
 
     # evaluation trains on the soft labels (and the learned lr)
     seen = []
@@ -253,6 +265,14 @@ def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method
     assert syn.run_meta["method"] == method and syn.run_meta["steps_done"] == 3
     if method == "datm":
         assert syn.labels.shape == (20, 10) and torch.allclose(syn.labels.sum(1), torch.ones(20))
+        # `gendistill eval` trains on the soft labels with the learned lr
+        from gendistill.cli import main as cli
+
+        with pytest.raises(SystemExit) as e:
+            cli(["eval", str(out / "set.safetensors"), "--epochs", "1", "--runs", "1", "--out", str(out / "cli-eval.json")])
+        assert e.value.code == 0
+        result = json.loads((out / "cli-eval.json").read_text())
+        assert result["soft_labels"] is True and result["lr_used"] == pytest.approx(float(syn.lr))
     else:
         assert syn.labels.shape == (20,)
 
