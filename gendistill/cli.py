@@ -216,7 +216,7 @@ def cmd_eval(args) -> int:
         syn, backbone = _load_set(args)
         backbone.to(_device())
         images, labels = syn.decode(backbone).cpu(), syn.labels
-        lr = float(syn.lr) if syn.lr is not None and not args.ignore_lr else None
+        lr = float(syn.lr.detach()) if syn.lr is not None and not args.ignore_lr else None
         if lr is not None and not (lr > 0 and torch.isfinite(torch.tensor(lr))):
             raise ValueError(f"{args.file!r} holds a learned lr of {lr}, not a positive finite number; pass --ignore-lr")
     name = args.dataset or records["dataset"].get("name")

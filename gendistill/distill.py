@@ -222,7 +222,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                     if p.grad is not None:
                         p.grad = accelerator.reduce(p.grad, reduction="mean")
             opt.step()
-            if syn.lr is not None and not math.isfinite(float(syn.lr.detach())):
+            if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):  # a student lr must stay positive
                 where = f"; the last good checkpoint is {last_good}" if last_good else ""
                 raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
             state.step += 1

@@ -84,7 +84,7 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
         accelerator.print(f"wrote {outdir}/set.safetensors (evaluation skipped: --eval-runs 0)")
         return None
     ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed)
-    lr = float(syn.lr) if syn.lr is not None else None
+    lr = float(syn.lr.detach()) if syn.lr is not None else None
     result = evaluate(images.cpu() if accelerator.device.type == "cpu" else images, syn.labels, pieces.test, ecfg,
                       device=accelerator.device, lr=lr)
     result["set"] = str(outdir / "set.safetensors")
@@ -113,7 +113,7 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
     result = write_outputs(cfg, pieces, state, accelerator, outdir)
     accelerator.end_training()
     if result is not None:
-        lr = f", learned lr {float(pieces.syn.lr):.4g}" if pieces.syn.lr is not None else ""
+        lr = f", learned lr {float(pieces.syn.lr.detach()):.4g}" if pieces.syn.lr is not None else ""
         print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- "
               f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
     return result
