@@ -272,7 +272,7 @@ def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method
             cli(["eval", str(out / "set.safetensors"), "--epochs", "1", "--runs", "1", "--out", str(out / "cli-eval.json")])
         assert e.value.code == 0
         result = json.loads((out / "cli-eval.json").read_text())
-        assert result["soft_labels"] is True and result["lr_used"] == pytest.approx(float(syn.lr))
+        assert result["soft_labels"] is True and result["lr_used"] == pytest.approx(float(syn.lr.detach()))
     else:
         assert syn.labels.shape == (20,)
 
