@@ -89,6 +89,8 @@ def setup(cfg, pieces, accelerator):
     knobs = {k: getattr(cfg, k) for k in OBJECTIVE_KEYS if getattr(cfg, k) is not None}
     objective = get_objective(cfg.method, experts=experts, **knobs)
     syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
+    t = experts.meta["training"]
+    syn.run_meta["experts"] = {"directory": str(directory), "space": space, "num_experts": t["num_experts"], "epochs": t["epochs"], "lr": t["lr"]}
     if cfg.method == "datm":
         with torch.no_grad():
             info = init_soft_labels(syn, experts, match_space_inputs(backbone, space, train.meta()), pieces.real_latents,

@@ -2,13 +2,14 @@
 
     python recipes/train_experts.py --output experts/fmnist-latent                 # shipped VAE latents
     python recipes/train_experts.py --space pixel --output experts/fmnist-pixel    # normalised images
-    python recipes/train_experts.py --output DIR --shard 0/2 &                      # two independent processes
-    python recipes/train_experts.py --output DIR --shard 1/2                       #   share the experts (1 core each)
+    OMP_NUM_THREADS=1 python recipes/train_experts.py --output DIR --shard 0/2 &    # two independent processes
+    OMP_NUM_THREADS=1 python recipes/train_experts.py --output DIR --shard 1/2      #   share the experts (1 core each)
 
 Each expert is a fresh network (the objective's --net/--depth/--width) trained with SGD (lr 0.01, no momentum,
 no weight decay, as MTT's buffer.py) and the space's augmentation; one parameter snapshot per epoch (epoch 0
 included) goes into DIR/expert_NNNN.safetensors, the settings into DIR/experts.json. Re-running continues a
-stopped job (finished experts are skipped). `gendistill info DIR` describes the result.
+stopped job (finished experts are skipped). `gendistill info DIR` describes the result. On a busy CPU one thread per
+process (OMP_NUM_THREADS=1) is much faster than oversubscribed threads for these small convolutions.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ respect to the set's latents (or images), lr and soft labels is the one computed
 
 ``datm``: MTT (or TESLA's reverse pass, ``unroll="constant"``) with DATM's difficulty alignment: start epochs drawn
 from ``[min_start_epoch, upper)`` where ``upper`` grows linearly from ``max_start_epoch`` to ``max_start_epoch_final``
-over the first ``expansion_end_step`` steps (sequential generation), steps whose loss exceeds ``threshold`` leave the
-set unchanged, and learnable soft labels. :func:`init_soft_labels` prepares a set as DATM does: per class, real samples
+over the first ``expansion_end_step`` steps (sequential generation), steps whose loss exceeds ``threshold`` give zero
+gradients (DATM skips those updates; an optimiser with momentum still coasts), and learnable soft labels. :func:`init_soft_labels` prepares a set as DATM does: per class, real samples
 that an expert classifies correctly, and label *logits* averaged over the experts that classify each sample correctly;
 the logits become an ``nn.Parameter`` the loop optimises, the objective's cross-entropy uses ``softmax(logits)`` as
 soft targets, and :func:`finish_soft_labels` turns them into the probabilities the set file stores.
@@ -86,7 +86,7 @@ class TrajectoryMatching:
     lr_teacher: float = 0.01  # student lr when the set has no learnable lr
     unroll: str = "autograd"  # "autograd" (MTT: keep the unrolled graph) | "constant" (TESLA: constant memory)
     label_logits: bool = False  # soft labels in the context are logits (DATM) rather than probabilities
-    threshold: float = math.inf  # DATM: a step whose loss exceeds this leaves the set unchanged
+    threshold: float = math.inf  # DATM: a step whose loss exceeds this gives zero gradients
 
     def __post_init__(self):
         if self.experts is None:
