@@ -128,3 +128,17 @@ def classify(net: torch.nn.Module, images: torch.Tensor, mean, std, device=None,
     """Predicted class ids for images (N, C, H, W) in [0, 1]."""
     device = device or torch.device("cpu")
     return torch.cat([net(normalize(images[i : i + batch].to(device), mean, std)).argmax(1).cpu() for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def reconstruct(backbone, images: torch.Tensor, device=None, batch: int = 500) -> torch.Tensor:
+    """decode(encode(x)) in [0, 1] on the CPU, in batches: how much of an image a backbone's latent keeps."""
+    device = device or images.device
+    return torch.cat([backbone.decode(backbone.encode(images[i : i + batch].to(device))).float().clamp(0, 1).cpu()
+                      for i in range(0, len(images), batch)])
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of images in [0, 1]."""
+    mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()

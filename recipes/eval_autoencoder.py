@@ -10,14 +10,13 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-import torch
 from accelerate import Accelerator
 
 from gendistill.backbones import load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.data import get_dataset
-from gendistill.evaluate import classify, train_reference_classifier
+from gendistill.evaluate import classify, psnr, reconstruct, train_reference_classifier
 from gendistill.io import write_json
 
 
@@ -41,21 +40,19 @@ def main(argv=None) -> int:
     backbone = load_backbone(cfg.backbone, image_shape=test.image_shape).to(device)
     n = cfg.limit or len(test)
     real = test.float_images(slice(0, n))
-    with torch.no_grad():
-        recon = torch.cat([backbone.decode(backbone.encode(real[i : i + 500].to(device))).float().clamp(0, 1).cpu() for i in range(0, n, 500)])
-    mse = ((recon - real) ** 2).flatten(1).mean(1)
-    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()
+    recon = reconstruct(backbone, real, device)
+    db = psnr(recon, real)
     net = train_reference_classifier(train, device, epochs=cfg.classifier_epochs, seed=cfg.seed)
     labels = test.labels[:n]
     acc_real = (classify(net, real, test.mean, test.std, device) == labels).float().mean().item()
     acc_recon = (classify(net, recon, test.mean, test.std, device) == labels).float().mean().item()
     result = {"backbone": cfg.backbone, "sha256": backbone.weights_sha256(), "latent_shape": list(backbone.latent_shape),
-              "psnr_db": round(psnr, 2), "classifier_acc_real": round(acc_real, 4), "classifier_acc_recon": round(acc_recon, 4),
+              "psnr_db": round(db, 2), "classifier_acc_real": round(acc_real, 4), "classifier_acc_recon": round(acc_recon, 4),
               "gap_points": round(100 * (acc_real - acc_recon), 2), "test_images": n, "config": asdict(cfg)}
     if cfg.out:
         write_json(result, cfg.out)
     print(json.dumps(result))
-    print(f"PSNR {psnr:.2f} dB; classifier accuracy real {100 * acc_real:.2f}% vs reconstructed {100 * acc_recon:.2f}% "
+    print(f"PSNR {db:.2f} dB; classifier accuracy real {100 * acc_real:.2f}% vs reconstructed {100 * acc_recon:.2f}% "
           f"({100 * (acc_real - acc_recon):.2f} points apart)")
     return 0
 

@@ -35,6 +35,7 @@ class LatentDMConfig:
     net: str = "convnet"
     depth: int = 3
     width: int = 128
+    pool: str = "avgpooling"
     augment: str = "auto"
     vjp_chunk: int = 64
     seed: int = 0
@@ -50,7 +51,7 @@ class LatentDMConfig:
 
 def main(argv=None) -> int:
     cfg = parse_config(LatentDMConfig, argv, __doc__)
-    run_recipe(cfg, "dm", get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, augment=cfg.augment))
+    run_recipe(cfg, "dm", get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, pool=cfg.pool, augment=cfg.augment))
     return 0
 
 

@@ -25,6 +25,7 @@ class DistributionMatching:
     net: str = "convnet"
     depth: int = 3
     width: int = 128
+    pool: str = "avgpooling"  # "none" keeps a 4x7x7 latent's spatial detail in the embedding (128*7*7 features)
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents
 
     def __post_init__(self):
@@ -32,7 +33,7 @@ class DistributionMatching:
                           for space in ("pixel", "latent")}
 
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
-        net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width).to(ctx.device)
+        net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width, pool=self.pool).to(ctx.device)
         net.requires_grad_(False)
         augment = self._augments[ctx.space]
         loss = syn.new_zeros(())
