@@ -31,6 +31,37 @@ def run_name(method: str, cfg) -> str:
 
 
 @dataclasses.dataclass
+class RecipeConfig:
+    """The settings every distillation recipe shares; a recipe subclasses it, adds its method's fields and may
+    give any field another default (redeclaring it keeps its place)."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    backbone: str = "fashion-mnist-vae"
+    match_space: str = "latent"
+    ipc: int = 10
+    init: str = "real"
+    steps: int = 1000
+    lr: float = 0.05  # of the latents
+    optimizer: str = "adam"
+    batch_real: int = 256
+    net: str = "convnet"
+    depth: int = 3
+    width: int = 128
+    vjp_chunk: int = 64
+    seed: int = 0
+    output: str | None = None
+    checkpoint_every: int = 500
+    resume: bool = False
+    mixed_precision: str | None = None  # None: what `accelerate launch` says
+    log_with: str | None = None  # csv, tensorboard, wandb (comma-separated)
+    cache_dir: str | None = None
+    eval_epochs: int = 300
+    eval_runs: int = 3
+
+
+@dataclasses.dataclass
 class Pieces:
     train: ImageDataset
     test: ImageDataset

@@ -21,43 +21,21 @@ from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.objectives import get_objective
 from gendistill.objectives.gradient import reference_loops
-from gendistill.pipeline import run_recipe
+from gendistill.pipeline import RecipeConfig, run_recipe
 
 METHODS = ("dc", "dsa")
 
 
 @dataclass
-class LatentDCConfig:
+class LatentDCConfig(RecipeConfig):
     method: str = "dc"  # dc | dsa
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
-    backbone: str = "fashion-mnist-vae"
-    match_space: str = "latent"
-    ipc: int = 10
-    init: str = "real"
     steps: int = 1000  # matching steps: 100 outer iterations at IPC 10 (the reference runs 1000)
     lr: float = 0.01  # Adam on the latents (unit-variance VAE latents; the reference: SGD 0.1, momentum 0.5, on pixels)
-    optimizer: str = "adam"
-    batch_real: int = 256
-    net: str = "convnet"
-    depth: int = 3
-    width: int = 128
     augment: str = "auto"  # auto: none for dc; for dsa DSA's ops on images, geometric ones on latents
     dis_metric: str = "layerwise"  # layerwise (the reference's "ours") | mse | cos
     outer_loop: int | None = None  # matching steps per proxy net; None: the reference's value for --ipc
     inner_loop: int | None = None  # net-training epochs between matching steps; None: the reference's value
     net_lr: float = 0.01  # SGD lr of the proxy net's inner loop
-    vjp_chunk: int = 64
-    seed: int = 0
-    output: str | None = None
-    checkpoint_every: int = 500
-    resume: bool = False
-    mixed_precision: str | None = None  # None: what `accelerate launch` says
-    log_with: str | None = None  # csv, tensorboard, wandb (comma-separated)
-    cache_dir: str | None = None
-    eval_epochs: int = 300
-    eval_runs: int = 3
 
 
 def main(argv=None) -> int:

@@ -16,37 +16,15 @@ from dataclasses import dataclass
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.objectives import get_objective
-from gendistill.pipeline import run_recipe
+from gendistill.pipeline import RecipeConfig, run_recipe
 
 
 @dataclass
-class LatentDMConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
-    backbone: str = "fashion-mnist-vae"
-    match_space: str = "latent"
-    ipc: int = 10
-    init: str = "real"
+class LatentDMConfig(RecipeConfig):
     steps: int = 2000
     lr: float = 0.05
-    optimizer: str = "adam"
-    batch_real: int = 256
-    net: str = "convnet"
-    depth: int = 3
-    width: int = 128
-    pool: str = "avgpooling"
-    augment: str = "auto"
-    vjp_chunk: int = 64
-    seed: int = 0
-    output: str | None = None
-    checkpoint_every: int = 500
-    resume: bool = False
-    mixed_precision: str | None = None  # None: what `accelerate launch` says
-    log_with: str | None = None  # csv, tensorboard, wandb (comma-separated)
-    cache_dir: str | None = None
-    eval_epochs: int = 300
-    eval_runs: int = 3
+    pool: str = "avgpooling"  # of the proxy ConvNet; "none" keeps a latent's spatial detail in the embedding
+    augment: str = "auto"  # auto: DSA on images, the geometric latent variant on latents
 
 
 def main(argv=None) -> int:

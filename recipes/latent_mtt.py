@@ -24,7 +24,7 @@ from gendistill.config import parse_config
 from gendistill.experts import ExpertConfig, NetSpec, build_experts, identity, load_experts
 from gendistill.objectives import get_objective
 from gendistill.objectives.trajectory import finish_soft_labels, init_soft_labels, match_space_inputs
-from gendistill.pipeline import run_recipe
+from gendistill.pipeline import RecipeConfig, run_recipe
 
 METHODS = ("mtt", "tesla", "datm")
 OBJECTIVE_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "max_start_epoch_final",
@@ -32,17 +32,9 @@ OBJECTIVE_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "min_start_ep
 
 
 @dataclass
-class LatentMTTConfig:
+class LatentMTTConfig(RecipeConfig):
     method: str = "mtt"  # mtt | tesla | datm
     experts: str | None = None  # experts directory; None: default experts, trained once into the cache
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
-    backbone: str = "fashion-mnist-vae"
-    match_space: str = "latent"
-    ipc: int = 10
-    init: str = "real"
-    steps: int = 1000
     lr: float = 1000.0  # of the latents (MTT's lr_img; latent grads are ~1e-5), SGD with momentum 0.5 as MTT
     optimizer: str = "sgd"
     momentum: float = 0.5
@@ -60,21 +52,9 @@ class LatentMTTConfig:
     unroll: str | None = None  # datm: autograd (default) or constant
     threshold: float | None = None
     label_epoch: int = -1  # expert snapshot that initialises DATM's soft labels (-1: the last)
-    net: str = "convnet"
-    depth: int = 3
-    width: int = 128
     num_experts: int = 5  # default experts (no --experts)
     expert_train_epochs: int = 8
-    vjp_chunk: int = 64
-    seed: int = 0
-    output: str | None = None
     checkpoint_every: int = 200
-    resume: bool = False
-    mixed_precision: str | None = None
-    log_with: str | None = None
-    cache_dir: str | None = None
-    eval_epochs: int = 300
-    eval_runs: int = 3
 
 
 def setup(cfg, pieces, accelerator):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
+import subprocess
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ os.environ["TQDM_DISABLE"] = "1"
 # tiny models: one thread is fastest and does not fight other jobs on a small machine for cores
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
 TRAIN_PER_CLASS = 20
 TEST_PER_CLASS = 5
@@ -133,3 +137,32 @@ def tiny_vae_dir_other(tmp_path_factory) -> Path:
 def tiny_vae3_dir(tmp_path_factory) -> Path:
     """A tiny random 3-channel 32x32 AutoencoderKL, used with 1x28x28 images (channel and size adaptation)."""
     return save_tiny_vae(tmp_path_factory.mktemp("vae3"), in_channels=3, sample_size=32, image_shape=(1, 28, 28))
+
+
+def launch(args, env_extra=None) -> subprocess.CompletedProcess:
+    """``accelerate launch --cpu`` (one process) of a recipe with ``args``, run from the repository root."""
+    env = {**os.environ, "TQDM_DISABLE": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+           "--dynamo_backend", "no", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def load_recipe(path: Path):
+    """Import a recipe file as a module (its ``main(argv)`` runs the recipe in-process)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the recipe is imported
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; every test starts from a clean one."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,30 +12,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import launch, load_recipe
 from gendistill.objectives import StepContext, get_objective
 from gendistill.objectives.distribution import mean_embedding_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "latent_dm.py"
-
-
-def load_recipe(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the recipe is imported
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
 
 
 def run_recipe(tmp_path, *args, name="run"):
@@ -152,19 +133,12 @@ def test_evaluate_returns_protocol_fields(tiny_idx_dir):
     assert 0 <= evaluate(train.float_images(idx), soft, test, cfg)["mean"] <= 1
 
 
-def _launch(args, tmp_path, env_extra=None):
-    env = {**os.environ, "TQDM_DISABLE": "1", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-           "--dynamo_backend", "no", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-
-
 @pytest.mark.parametrize("extra", [["--match-space", "latent"], ["--match-space", "pixel"], ["--backbone", "pixel"]])
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
     backbone = [] if "--backbone" in extra else ["--backbone", str(tiny_vae_dir)]
     out = tmp_path / "launched"
-    proc = _launch(["--mixed_precision", "no", str(RECIPE), *backbone, *extra, "--steps", "3", "--ipc", "2", "--batch-real", "4",
-                    "--depth", "2", "--width", "8", "--eval-runs", "1", "--eval-epochs", "2", "--output", str(out)], tmp_path)
+    proc = launch(["--mixed_precision", "no", str(RECIPE), *backbone, *extra, "--steps", "3", "--ipc", "2", "--batch-real", "4",
+                    "--depth", "2", "--width", "8", "--eval-runs", "1", "--eval-epochs", "2", "--output", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout.strip().splitlines()[-1]
     assert json.loads((out / "eval.json").read_text())["settings"]["epochs"] == 2
@@ -172,8 +146,8 @@ def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
 
 def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_vae_dir):
     out = tmp_path / "bf16"
-    proc = _launch(["--mixed_precision", "bf16", str(RECIPE), "--backbone", str(tiny_vae_dir), "--match-space", "pixel", "--steps", "2",
-                    "--ipc", "2", "--batch-real", "4", "--depth", "2", "--width", "8", "--eval-runs", "0", "--output", str(out)], tmp_path)
+    proc = launch(["--mixed_precision", "bf16", str(RECIPE), "--backbone", str(tiny_vae_dir), "--match-space", "pixel", "--steps", "2",
+                    "--ipc", "2", "--batch-real", "4", "--depth", "2", "--width", "8", "--eval-runs", "0", "--output", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "set.safetensors").exists()
 

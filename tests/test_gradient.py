@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from conftest import launch, load_recipe
 from gendistill.augment import DSAConfig, get_augment
 from gendistill.nets import fresh_net
 from gendistill.objectives import StepContext, get_objective
@@ -25,25 +22,6 @@ from gendistill.objectives.gradient import batchwise_params, gradient_distance, 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "latent_dc.py"
 SHAPE = (2, 8, 8)
-
-
-def load_recipe(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the recipe is imported
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
 
 
 def run_recipe(tmp_path, *args, name="run"):
@@ -256,11 +234,9 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir):
 
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir):
     out = tmp_path / "launched"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-           "--dynamo_backend", "no", "--mixed_precision", "no", str(RECIPE), "--backbone", str(tiny_vae_dir), "--method", "dsa",
-           "--match-space", "pixel", "--steps", "3", "--ipc", "2", "--batch-real", "4", "--depth", "2", "--width", "8",
-           "--outer-loop", "2", "--inner-loop", "1", "--eval-runs", "1", "--eval-epochs", "2", "--output", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}, cwd=ROOT, timeout=300)
+    proc = launch(["--mixed_precision", "no", RECIPE, "--backbone", tiny_vae_dir, "--method", "dsa", "--match-space", "pixel",
+                   "--steps", 3, "--ipc", 2, "--batch-real", 4, "--depth", 2, "--width", 8, "--outer-loop", 2, "--inner-loop", 1,
+                   "--eval-runs", 1, "--eval-epochs", 2, "--output", out])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("dsa fashion-mnist ipc 2 (pixel space): test accuracy")
     assert json.loads((out / "eval.json").read_text())["settings"]["epochs"] == 2

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from gendistill.backbones import load_backbone
-from test_distill import ROOT, _fresh_accelerate_state, load_recipe  # noqa: F401  (fixture reused)
+from conftest import ROOT, load_recipe
 
 CLASSES = ("circle", "square", "stripes")
 

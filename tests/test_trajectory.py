@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import launch, load_recipe
 from gendistill.backbones import load_backbone
 from gendistill.experts import (ExpertConfig, Experts, NetSpec, describe, expert_file, flatten_params, identity, load_experts,
                                 param_layout, read_description)
@@ -23,25 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_EXPERTS = ROOT / "recipes" / "train_experts.py"
 LATENT_MTT = ROOT / "recipes" / "latent_mtt.py"
 TINY_NET = ["--depth", "2", "--width", "8"]
-
-
-def load_recipe(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -339,12 +317,9 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, expert_dir, capsys):
 
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, expert_dir):
     out = tmp_path / "launched"
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-           "--dynamo_backend", "no", "--mixed_precision", "no", str(LATENT_MTT),
-           *_mtt_args(out, tiny_vae_dir, "--method", "datm", "--experts", expert_dir, "--max-start-epoch-final", 2, "--unroll", "constant",
-                      "--eval-runs", 1, "--eval-epochs", 2)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    proc = launch(["--mixed_precision", "no", LATENT_MTT,
+                   *_mtt_args(out, tiny_vae_dir, "--method", "datm", "--experts", expert_dir, "--max-start-epoch-final", 2,
+                              "--unroll", "constant", "--eval-runs", 1, "--eval-epochs", 2)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout.strip().splitlines()[-1] and "learned lr" in proc.stdout
     result = json.loads((out / "eval.json").read_text())
