@@ -59,7 +59,7 @@ class NetSpec:
 @dataclass
 class ExpertConfig:
     num_experts: int = 5
-    epochs: int = 10
+    epochs: int = 8
     lr: float = 0.01  # MTT's lr_teacher
     momentum: float = 0.0
     weight_decay: float = 0.0
