@@ -26,12 +26,21 @@ class LatentDMConfig(RecipeConfig):
     lr: float = 0.005  # small steps from the k-means start: lr 0.05 / 1000 steps fell back to 76.5%
     pool: str = "avgpooling"  # of the proxy ConvNet; "none" keeps a latent's spatial detail in the embedding
     augment: str = "auto"  # auto: DSA on images, the geometric latent variant on latents
+    kernel: str = "linear"  # linear (DM's mean gap), gaussian (M3D's MMD), mean+cov (mean and covariance)
+    proxy: str = "fresh"  # fresh: a new random net per step (DM); trained: IDM's queue of nets learning the real data
+    proxy_nets: int = 10
+    proxy_train: int = 2
+    proxy_max_steps: int = 100
+    ce_weight: float = 0.0
     eval_runs: int = 2  # the demo evaluates 2 networks (300 epochs) to stay near 15 minutes on 2 cores
 
 
 def main(argv=None) -> int:
     cfg = parse_config(LatentDMConfig, argv, __doc__)
-    run_recipe(cfg, "dm", get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, pool=cfg.pool, augment=cfg.augment))
+    objective = get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, pool=cfg.pool, augment=cfg.augment, kernel=cfg.kernel,
+                              proxy=cfg.proxy, proxy_nets=cfg.proxy_nets, proxy_train=cfg.proxy_train,
+                              proxy_max_steps=cfg.proxy_max_steps, ce_weight=cfg.ce_weight)
+    run_recipe(cfg, "dm", objective)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 import os
 import subprocess
 import sys
@@ -51,6 +52,59 @@ def test_dm_objective_is_sum_over_classes_of_mean_embedding_gap():
     assert syn.grad is not None and syn.grad.abs().sum() > 0
 
 
+def test_gaussian_mmd_matches_formula_and_vanishes_on_equal_samples():
+    from gendistill.objectives.distribution import gaussian_mmd
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 4), torch.randn(3, 4) + 1.0
+    d = lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1)  # noqa: E731
+    dxx = d(x, x)
+    base = dxx[~torch.eye(6, dtype=torch.bool)].median()
+    k = lambda m: sum(torch.exp(-m / (s * base)) for s in (0.25, 0.5, 1.0, 2.0, 4.0))  # noqa: E731
+    expected = k(dxx).mean() + k(d(y, y)).mean() - 2 * k(d(x, y)).mean()
+    assert torch.allclose(gaussian_mmd(x, y), expected, atol=1e-5)
+    assert gaussian_mmd(x, x).abs() < 1e-5 and gaussian_mmd(x, y) > 0.1
+
+
+def test_mean_cov_loss_adds_the_covariance_gap():
+    from gendistill.objectives.distribution import mean_cov_loss
+
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3), torch.randn(5, 3)
+    cov = lambda e: torch.cov(e.T, correction=0)  # noqa: E731
+    expected = mean_embedding_loss(x, y) + ((cov(x) - cov(y)) ** 2).sum()
+    assert torch.allclose(mean_cov_loss(x, y), expected, atol=1e-5)
+
+
+def test_trained_proxy_queue_learns_the_real_data_and_round_trips_its_state():
+    real = {0: torch.randn(16, 2, 8, 8) + 2.0, 1: torch.randn(16, 2, 8, 8) - 2.0}
+    syn, labels = torch.randn(4, 2, 8, 8, requires_grad=True), torch.tensor([0, 0, 1, 1])
+    ctx = lambda step, g: StepContext(step, g, (2, 8, 8), 2, torch.device("cpu"))  # noqa: E731
+    obj = get_objective("dm", depth=2, width=8, augment="none", proxy="trained", proxy_nets=2, proxy_train=2,
+                        proxy_max_steps=50, proxy_lr=0.05, proxy_batch=16, ce_weight=0.5)
+    g = torch.Generator().manual_seed(0)
+    for step in range(5):
+        obj(syn, labels, real.__getitem__, ctx(step, g)).backward()
+    assert syn.grad is not None and syn.grad.abs().sum() > 0
+    net = obj._queue[0]["net"]
+    accuracy = (net(torch.cat([real[0], real[1]])).argmax(1) == torch.tensor([0] * 16 + [1] * 16)).float().mean()
+    assert obj._queue[0]["steps"] == 5 and accuracy > 0.9  # the queue's nets learn to tell the classes apart
+
+    copy = get_objective("dm", depth=2, width=8, augment="none", proxy="trained", proxy_nets=2, proxy_train=2,
+                         proxy_max_steps=50, proxy_lr=0.05, proxy_batch=16, ce_weight=0.5)
+    copy.load_state_dict(deepcopy(obj.state_dict()))  # a checkpoint is a copy on disk
+    g_copy = torch.Generator().set_state(g.get_state())
+    assert torch.equal(obj(syn, labels, real.__getitem__, ctx(5, g)), copy(syn, labels, real.__getitem__, ctx(5, g_copy)))
+
+
+def test_unknown_kernel_or_proxy_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown kernel"):
+        get_objective("dm", kernel="cubic")
+    with pytest.raises(ValueError, match="unknown proxy"):
+        get_objective("dm", proxy="pretrained")
+    assert get_objective("mmd").kernel == "gaussian"
+
+
 @pytest.mark.parametrize("space", ["latent", "pixel"])
 def test_recipe_writes_set_grid_loss(tmp_path, tiny_vae_dir, space):
     out = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--match-space", space, "--steps", 3)
@@ -79,13 +133,15 @@ def test_distillation_changes_the_set_and_lowers_loss(tmp_path, tiny_vae_dir):
     assert not torch.allclose(final.latents, init.latents)
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir):
+@pytest.mark.parametrize("extra", [(), ("--proxy", "trained", "--proxy-nets", 3, "--proxy-max-steps", 2, "--kernel", "gaussian")],
+                         ids=["dm", "idm-queue"])
+def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, extra):
     from gendistill.synthetic import SyntheticSet
 
-    full = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, name="full")
-    part = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 3, "--checkpoint-every", 2, name="part")
+    full = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, *extra, name="full")
+    part = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 3, "--checkpoint-every", 2, *extra, name="part")
     assert (part / "checkpoints" / "step_0000003").is_dir()
-    run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, "--resume", name="part")
+    run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, "--resume", *extra, name="part")
     a, b = SyntheticSet.load(full / "set.safetensors"), SyntheticSet.load(part / "set.safetensors")
     assert torch.equal(a.latents, b.latents)
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -64,3 +65,24 @@ def test_imagefolder_train_vae_then_distil(tmp_path, folder):
     result = json.loads((out / "eval.json").read_text())
     assert result["num_images"] == 6 and 0 <= result["mean"] <= 1
     assert (out / "grid.png").stat().st_size > 0
+
+
+def test_write_imagefolder_round_trips_a_dataset_subset(tmp_path):
+    from gendistill.data import get_dataset
+
+    out = tmp_path / "folder"
+    writer = load_recipe(ROOT / "recipes" / "write_imagefolder.py")
+    assert writer.main(["--out", str(out), "--train-per-class", "2"]) == 0
+    train, source = get_dataset("imagefolder", "train", str(out)), get_dataset("fashion-mnist", "train")
+    test = get_dataset("imagefolder", "test", str(out))
+    assert train.num_classes == source.num_classes and len(train) == 2 * source.num_classes
+    assert train.classes[0].startswith("00_") and train.image_shape == source.image_shape
+    assert len(test) == len(get_dataset("fashion-mnist", "test"))
+    first = sorted((out / "train" / train.classes[0]).iterdir())[0]  # file names are the source indices
+    assert torch.equal(train.images[0], source.images[int(first.stem)])
+
+
+def test_write_imagefolder_reports_a_bad_dataset_dir_in_one_line(tmp_path, capsys):
+    writer = load_recipe(ROOT / "recipes" / "write_imagefolder.py")
+    assert writer.main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "o").exists()

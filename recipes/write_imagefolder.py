@@ -1,0 +1,52 @@
+"""Write a registered dataset (or a random subset of it) as an ImageFolder: OUT/{train,test}/<NN_class>/<i>.png.
+
+    python recipes/write_imagefolder.py --out data/fmnist-folder --train-per-class 1000
+
+Used to measure the ImageFolder path end to end on data this machine has (README, "Measured here").
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import torch
+from PIL import Image
+
+from gendistill.data import get_dataset, list_datasets
+from gendistill.io import atomic_dir
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--train-per-class", type=int, default=1000, help="0: every image")
+    p.add_argument("--test-per-class", type=int, default=0, help="0: every image")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    gen = torch.Generator().manual_seed(args.seed)
+    try:
+        with atomic_dir(args.out) as tmp:
+            for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
+                data = get_dataset(args.dataset, split, args.data_dir)
+                for c, name in enumerate(data.classes):
+                    folder = tmp / split / f"{c:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+                    folder.mkdir(parents=True)
+                    idx = (data.labels == c).nonzero().flatten()
+                    if per_class:
+                        idx = idx[torch.randperm(len(idx), generator=gen)[:per_class]]
+                    for i in idx.tolist():
+                        a = data.images[i].permute(1, 2, 0).numpy()
+                        Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(folder / f"{i:05d}.png")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}/train and {args.out}/test ({args.dataset}, {args.train_per_class or 'all'} train images per class)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
