@@ -7,6 +7,8 @@ stage is skipped once the feature map is smaller than 2x2, so latent-shaped inpu
 Every net exposes ``embed(x)`` (flattened features, used by distribution matching) and ``feature_dim``.
 As in the DC reference, the first conv of a 1x28x28 net pads by 3 (28 -> 32), so ConvNet-3 pools 32->16->8->4
 and its feature is 128*4*4 = 2048, the published Fashion-MNIST/MNIST ConvNet-3.
+``alexnet``, ``vgg11``, ``resnet18`` and ``resnet18bn`` (cross-architecture evaluation) live in :mod:`.netzoo`, which
+this module imports so that the registry is complete whichever of the two is imported first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ NETS: Registry = Registry("network")
 
 @dataclass
 class NetConfig:
+    """The ConvNet's settings; the zoo's nets scale their channels by width/128 and refuse another depth or pool."""
+
     width: int = 128
     depth: int = 3
     norm: str = "instancenorm"
@@ -136,7 +140,10 @@ def get_net(name: str, in_shape: tuple[int, int, int], num_classes: int, **overr
 
 @torch.no_grad()
 def init_weights(net: nn.Module, generator: torch.Generator) -> nn.Module:
-    """PyTorch's default init (uniform +-1/sqrt(fan_in) for conv/linear weights and biases), drawn from ``generator``."""
+    """PyTorch's default init (uniform +-1/sqrt(fan_in) for conv/linear weights and biases), drawn from ``generator``.
+
+    A module with parameters of another kind raises: left alone, its weights would come from the global RNG.
+    """
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             bound = 1.0 / math.sqrt(m.weight[0].numel())
@@ -146,9 +153,17 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> nn.Module:
         elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) and m.affine:
             m.weight.fill_(1.0)
             m.bias.zero_()
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+        elif next(m.parameters(recurse=False), None) is not None:
+            raise ValueError(f"init_weights does not know how to initialise {type(m).__name__}; add it there so that "
+                             "the net's weights come from the generator")
     return net
 
 
 def fresh_net(name: str, in_shape, num_classes: int, generator: torch.Generator, **overrides) -> nn.Module:
     """A newly initialised network whose weights come only from ``generator`` (reproducible, no global seed)."""
     return init_weights(get_net(name, in_shape, num_classes, **overrides), generator)
+
+
+from . import netzoo  # noqa: E402,F401  (registers alexnet, vgg11, resnet18, resnet18bn)

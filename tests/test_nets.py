@@ -1,4 +1,4 @@
-"""Network registry: shapes for image and latent inputs, the ConvNet's feature sizes and norms, errors."""
+"""Network registry: shapes for image and latent inputs, the ConvNet's and the zoo's feature sizes and norms, errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from gendistill.nets import NETS, NetConfig, fresh_net, get_net, list_nets
+from gendistill.nets import NETS, NetConfig, fresh_net, get_net, init_weights, list_nets
 
+ZOO = ["alexnet", "vgg11", "resnet18", "resnet18bn"]
 SHAPES = [(1, 28, 28), (3, 32, 32), (4, 7, 7)]
 TINY = dict(width=8)  # the contracts below do not depend on the width; keep the nets small
 
@@ -29,7 +30,7 @@ def test_logits_and_embed_shapes(name, shape):
 
 
 def test_registered_names():
-    assert list_nets() == ["convnet", "convnet-bn", "mlp"]
+    assert list_nets() == ["alexnet", "convnet", "convnet-bn", "mlp", "resnet18", "resnet18bn", "vgg11"]
     assert get_net("mlp", (1, 28, 28), 10).feature_dim == 128
 
 
@@ -78,7 +79,7 @@ def test_batchnorm_and_none():
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of: convnet, convnet-bn, mlp"):
+    with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of: alexnet, convnet, convnet-bn, mlp, resnet18, resnet18bn, vgg11"):
         get_net("resnet", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="unknown network setting.*widht"):
         get_net("convnet", (1, 28, 28), 10, widht=8)
@@ -88,11 +89,100 @@ def test_unknown_names_raise():
         get_net("convnet", (28, 28), 10)
 
 
-def test_fresh_net_is_reproducible_from_its_generator():
-    a = fresh_net("convnet", (4, 7, 7), 10, gen(0), **TINY)
-    b = fresh_net("convnet", (4, 7, 7), 10, gen(0), **TINY)
-    c = fresh_net("convnet", (4, 7, 7), 10, gen(1), **TINY)
-    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(pa, pb)
+@pytest.mark.parametrize("name", list_nets())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fresh_net_is_reproducible_from_its_generator(name, shape):
+    with torch.random.fork_rng():  # the global RNG plays no part: another global state gives the same weights
+        torch.manual_seed(1)
+        a = fresh_net(name, shape, 10, gen(0), **TINY)
+        torch.manual_seed(2)
+        b = fresh_net(name, shape, 10, gen(0), **TINY)
+    c = fresh_net(name, shape, 10, gen(1), **TINY)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
     assert set(NETS.names()) == set(list_nets())
+
+
+@pytest.mark.parametrize("name", list_nets())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gradient_reaches_every_input(name, shape):
+    net = fresh_net(name, shape, 10, gen(0), **TINY)
+    x = torch.randn(3, *shape, generator=gen(1), requires_grad=True)
+    nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2])).backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad.flatten(1).abs().amax(1) > 0).all()
+
+
+def test_init_weights_refuses_what_it_cannot_seed():
+    with pytest.raises(ValueError, match="does not know how to initialise LayerNorm"):
+        init_weights(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), gen(0))
+
+
+# -- the zoo: alexnet, vgg11, resnet18 (DC reference maths, shapes computed) -----------------------------------------
+
+@pytest.mark.parametrize("name,dims,params", [
+    ("alexnet", (3072, 3072, 192), 1_865_802),  # 192*4*4 on 28/32 px, as the DC reference's Linear(192*4*4)
+    ("vgg11", (512, 512, 512), 9_229_962),
+    ("resnet18", (512, 512, 512), 11_172_810),
+    ("resnet18bn", (512, 512, 512), 11_172_810),
+])
+def test_zoo_reference_sizes(name, dims, params):
+    for shape, dim in zip(SHAPES, dims):
+        net = get_net(name, shape, 10).eval()
+        assert net.feature_dim == dim and net.classifier.in_features == dim
+        assert net.embed(torch.zeros(1, *shape)).shape == (1, dim)
+    assert sum(p.numel() for p in get_net(name, (1, 28, 28), 10).parameters()) == params
+
+
+def test_zoo_first_conv_grows_28_to_32():
+    for name, pads in [("alexnet", (4, 2)), ("vgg11", (3, 1)), ("resnet18", (1, 1))]:
+        for shape, pad in zip([(1, 28, 28), (3, 32, 32)], pads):
+            first = next(m for m in get_net(name, shape, 10, **TINY).modules() if isinstance(m, nn.Conv2d))
+            assert first.padding == (pad, pad), (name, shape)
+
+
+def test_zoo_latent_skips_pools_and_instance_norm_at_1x1():
+    def count(net, kind):
+        return sum(isinstance(m, kind) for m in net.modules())
+
+    for name, pools in [("alexnet", 3), ("vgg11", 5)]:
+        assert count(get_net(name, (3, 32, 32), 10, **TINY), nn.MaxPool2d) == pools
+        assert count(get_net(name, (4, 7, 7), 10, **TINY), nn.MaxPool2d) == 2  # 7 -> 3 -> 1, then no pool
+    vgg = get_net("vgg11", (4, 7, 7), 10, **TINY)
+    groups = [m.num_groups == m.num_channels for m in vgg.modules() if isinstance(m, nn.GroupNorm)]
+    assert groups == [True, True] + [False] * 6  # instance norm at 7x7 and 3x3, then layer norm on the 1x1 map
+    assert [m.kernel_size for m in vgg.modules() if isinstance(m, nn.Conv2d)] == [(3, 3)] * 2 + [(1, 1)] * 6
+    assert all(m.num_groups == m.num_channels for m in get_net("vgg11", (3, 32, 32), 10, **TINY).modules()
+               if isinstance(m, nn.GroupNorm))
+    res = get_net("resnet18", (4, 7, 7), 10, **TINY)
+    assert [m.stride for m in res.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)] == [(2, 2)] * 3
+
+
+def test_zoo_norms_and_settings():
+    assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in get_net("alexnet", (1, 28, 28), 10).modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in get_net("alexnet", (1, 28, 28), 10, norm="batchnorm").modules()) == 5
+    bn = get_net("resnet18bn", (3, 32, 32), 10, **TINY)
+    assert not any(isinstance(m, nn.GroupNorm) for m in bn.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 1 + 8 * 2 + 3  # stem, blocks, 3 projections
+    # width scales every layer by width/128: the objectives' defaults (depth 3, width 128, avgpooling) give the reference
+    assert [m.out_channels for m in get_net("resnet18", (1, 28, 28), 10, width=8).modules() if isinstance(m, nn.Conv2d)][::5] == [4, 8, 16, 32]
+    assert get_net("vgg11", (1, 28, 28), 10, depth=3, width=128, pool="avgpooling").feature_dim == 512
+    with pytest.raises(ValueError, match="resnet18 has the reference's fixed depth.*depth=4"):
+        get_net("resnet18", (1, 28, 28), 10, depth=4)
+    with pytest.raises(ValueError, match="alexnet has the reference's fixed depth.*pool='none'"):
+        get_net("alexnet", (4, 7, 7), 10, pool="none")
+
+
+def test_evaluate_across_architectures():
+    from gendistill.data import get_dataset
+    from gendistill.evaluate import EvalConfig, evaluate
+
+    train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
+    idx = torch.cat([train.sample_class(c, 1, gen(0)) for c in range(10)])
+    archs = ["alexnet", "vgg11", "resnet18"]
+    r = evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1), archs=archs, progress=False)
+    assert list(r["archs"]) == archs
+    assert all(len(a["accs"]) == 1 and 0 <= a["mean"] <= 1 for a in r["archs"].values())
+    with pytest.raises(ValueError, match="unknown network 'resnet19'"):
+        evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1), archs=["convnet", "resnet19"])
