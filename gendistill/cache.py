@@ -29,11 +29,17 @@ def default_cache_root() -> Path:
 
 @dataclass
 class LatentSplit:
-    """Latents of one split, grouped by class: ``latents`` (N, *latent_shape), ``labels`` (N,)."""
+    """Latents of one split, grouped by class: ``latents`` (N, *latent_shape), ``labels`` (N,).
+
+    ``space`` is "latent" for a backbone's latents and "pixel" when ``latents`` holds the images themselves (in [0, 1]):
+    the real side of a pixel-space match, or the split of a backbone whose encode is too costly to cache
+    (``cheap_encode`` False), from which initialisers encode only the samples they pick.
+    """
 
     latents: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    space: str = "latent"
 
     def __post_init__(self):
         self._by_class = [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
@@ -52,7 +58,7 @@ class LatentSplit:
         if world == 1:
             return self
         keep = torch.cat([self.class_indices(c)[rank::world] for c in range(self.num_classes)])
-        return LatentSplit(self.latents[keep], self.labels[keep], self.num_classes)
+        return LatentSplit(self.latents[keep], self.labels[keep], self.num_classes, self.space)
 
 
 @torch.no_grad()
@@ -61,7 +67,7 @@ def encode_images(backbone: Backbone, dataset: ImageDataset, batch_size: int = 2
     out = []
     for i in tqdm(range(0, len(dataset), batch_size), desc=desc, dynamic_ncols=True, leave=False):
         x = dataset.float_images(slice(i, i + batch_size)).to(device)
-        out.append(backbone.encode(x).float().cpu())
+        out.append(backbone.encode(x, labels=dataset.labels[i : i + batch_size]).float().cpu())
     return torch.cat(out) if out else torch.empty(0, *backbone.latent_shape)
 
 
@@ -96,9 +102,25 @@ def _read(directory: Path, backbone: Backbone, dataset: ImageDataset, fingerprin
     return LatentSplit(torch.cat(latents), torch.cat(labels), dataset.num_classes)
 
 
+def image_split(dataset: ImageDataset) -> LatentSplit:
+    """The images of a split (in [0, 1]) as a ``LatentSplit`` of space "pixel"."""
+    return LatentSplit(dataset.float_images(), dataset.labels.clone(), dataset.num_classes, space="pixel")
+
+
+def real_split(backbone: Backbone, dataset: ImageDataset, root: str | Path | None = None, device=None, log=print) -> LatentSplit:
+    """What initialisers draw from: the cached latents, or (``backbone.cheap_encode`` False) the images, of which an
+    initialiser encodes only the samples it picks."""
+    if not backbone.cheap_encode:
+        return image_split(dataset)
+    return cached_latents(backbone, dataset, root, device=device, log=log)
+
+
 def cached_latents(backbone: Backbone, dataset: ImageDataset, root: str | Path | None = None, batch_size: int = 256,
                    device=None, log=print) -> LatentSplit:
     """Latents of ``dataset`` under ``backbone``: read from the cache, or encoded once and stored."""
+    if not backbone.cheap_encode:
+        raise ValueError(f"a {backbone.kind} backbone's encode ({backbone.kind} inversion) is too slow to cache the whole "
+                         f"{dataset.name}/{dataset.split} split; match in pixel space (--match-space pixel)")
     if backbone.kind == "pixel":  # latents are the images: nothing to cache
         return LatentSplit(dataset.float_images(), dataset.labels.clone(), dataset.num_classes)
     directory = cache_dir(backbone, dataset, root)

@@ -42,7 +42,8 @@ def _load_set(args):
     source = args.backbone or syn.backbone_meta.get("source")
     if not source:
         raise ValueError(f"{args.file!r} does not record its backbone; pass --backbone")
-    backbone = load_backbone(source, image_shape=tuple(syn.dataset_meta.get("image_shape") or ()) or None)
+    backbone = load_backbone(source, image_shape=tuple(syn.dataset_meta.get("image_shape") or ()) or None,
+                             latent_space=syn.backbone_meta.get("latent_space"))  # a gan set's space (None otherwise)
     syn.check_backbone(backbone, ignore_hash=args.ignore_backbone_hash)
     return syn, backbone
 
@@ -65,7 +66,7 @@ def cmd_init(args) -> int:
     import torch
 
     from .backbones import load_backbone
-    from .cache import cached_latents
+    from .cache import real_split
     from .data import get_dataset
 
     from .io import check_parent
@@ -74,9 +75,9 @@ def cmd_init(args) -> int:
     smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
     if args.ipc > smallest:
         raise ValueError(f"--ipc {args.ipc} is more than the {smallest} images of the smallest class of {args.dataset}; lower --ipc")
-    backbone = load_backbone(args.backbone, image_shape=train.image_shape)
+    backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space)
     backbone.to(_device())
-    real = cached_latents(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))
+    real = real_split(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))  # images for a gan
     from .synthetic import SyntheticSet
 
     run = {"method": "init", "ipc": args.ipc, "steps": 0, "seed": args.seed, "config": {k: v for k, v in vars(args).items() if k != "func"}}
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
     s.add_argument("--download", action="store_true")
-    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE directory or a hub id")
+    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE or GAN directory or a hub id")
+    s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
     s.add_argument("--ipc", type=int, default=10)
     s.add_argument("--init", default="real", choices=INITS.names())
     s.add_argument("--seed", type=int, default=0)

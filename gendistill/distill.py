@@ -187,6 +187,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
 
     labels = syn.hard_labels.to(device)
+    latent_loss = getattr(objective, "latent_loss", None)
     last_good = latest_checkpoint(workdir) if workdir else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"distill ({space} space)", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
@@ -213,6 +214,11 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 with accelerator.autocast():
                     loss = objective(syn.latents, labels, real_batch, ctx)
                 accelerator.backward(loss)
+            if latent_loss is not None:  # a term on the latents themselves (IT-GAN: stay near the inversions)
+                with accelerator.autocast():
+                    extra = latent_loss(syn.latents, labels, ctx)
+                accelerator.backward(extra)  # adds to the latents' gradient from the match
+                loss = loss.detach() + extra.detach()
             value = float(loss.detach())
             if not math.isfinite(value):
                 where = f"; the last good checkpoint is {last_good}" if last_good else ""

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 
 from . import __version__
 from .backbones import Backbone, load_backbone
-from .cache import LatentSplit, cached_latents
+from .cache import LatentSplit, cached_latents, image_split
 from .data import ImageDataset, get_dataset
 from .distill import DistillConfig, TrainState, distill, make_accelerator
 from .evaluate import EvalConfig, evaluate
@@ -27,7 +27,8 @@ RESUME_FREE = {"steps", "resume", "eval_epochs", "eval_runs", "checkpoint_every"
 
 def run_name(method: str, cfg) -> str:
     backbone = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.backbone).name)
-    return f"{method}-{cfg.dataset}-ipc{cfg.ipc}-{backbone}-{cfg.match_space}"
+    space = f"-{cfg.latent_space.replace('+', 'p')}" if getattr(cfg, "latent_space", None) else ""
+    return f"{method}-{cfg.dataset}-ipc{cfg.ipc}-{backbone}{space}-{cfg.match_space}"
 
 
 @dataclasses.dataclass
@@ -39,7 +40,8 @@ class RecipeConfig:
     data_dir: str | None = None
     download: bool = False
     backbone: str = "fashion-mnist-vae"
-    match_space: str = "latent"
+    latent_space: str | None = None  # gan backbones: z, w, w+, f<k> (None: the backbone's default, w+)
+    match_space: str = "latent"  # latent | pixel (decode-through; required by backbones without a latent cache: gan)
     ipc: int = 10
     init: str = "real"
     steps: int = 1000
@@ -66,7 +68,7 @@ class Pieces:
     train: ImageDataset
     test: ImageDataset
     backbone: Backbone
-    real_latents: LatentSplit  # the train split in the backbone's latent space (cached)
+    real_latents: LatentSplit  # the train split in the backbone's latent space (cached); its images if the backbone has no cache
     real: LatentSplit  # what the objective is matched against: latents or images, by match space
     syn: SyntheticSet
 
@@ -75,14 +77,22 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     """Dataset, backbone, latent cache and an initialised set from a recipe config's names."""
     train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
-    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape)
+    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape, latent_space=getattr(cfg, "latent_space", None))
     if tuple(backbone.image_shape) != tuple(train.image_shape):
-        raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has {train.image_shape}; train one with recipes/train_autoencoder.py")
-    backbone.to(accelerator.device)
-    with accelerator.main_process_first():
-        real_latents = cached_latents(backbone, train, cfg.cache_dir, device=accelerator.device, log=accelerator.print)
+        raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has {train.image_shape}; "
+                         "train one with recipes/train_autoencoder.py (or recipes/train_gan.py)")
     pixel_space = cfg.match_space == "pixel" or backbone.kind == "pixel"
-    real = LatentSplit(train.float_images(), train.labels.clone(), train.num_classes) if pixel_space else real_latents
+    if not backbone.cheap_encode and not pixel_space:
+        raise ValueError(f"backbone {cfg.backbone!r} is a {backbone.kind}: its encode ({backbone.kind} inversion) is too slow to "
+                         "cache the train split for latent-space matching; add --match-space pixel (decode-through)")
+    backbone.to(accelerator.device)
+    images = image_split(train) if pixel_space or not backbone.cheap_encode else None
+    if backbone.cheap_encode:
+        with accelerator.main_process_first():
+            real_latents = cached_latents(backbone, train, cfg.cache_dir, device=accelerator.device, log=accelerator.print)
+    else:  # nothing is encoded up front: initialisers invert just the images they pick
+        real_latents = images
+    real = images if pixel_space else real_latents
     gen = torch.Generator().manual_seed(cfg.seed)
     run = {"method": method, "ipc": cfg.ipc, "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
            "config": dataclasses.asdict(cfg)}

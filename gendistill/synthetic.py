@@ -66,12 +66,17 @@ class SyntheticSet(nn.Module):
     @classmethod
     def initialise(cls, method: str, real: LatentSplit, ipc: int, backbone: Backbone, dataset: dict,
                    generator: torch.Generator | None = None, run: dict | None = None) -> "SyntheticSet":
-        """``ipc`` latents per class from ``real`` (cached latents of the train split) by an INITS method."""
+        """``ipc`` latents per class by an INITS method, from ``real``: the cached latents of the train split, or its
+        images (``real.space == "pixel"``, a backbone without a latent cache) of which only the picked ones are encoded."""
         if ipc < 1:
             raise ValueError(f"--ipc must be at least 1, got {ipc}")
         make = INITS.get(method)
-        latents = torch.cat([make(real, c, ipc, generator) for c in range(real.num_classes)])
+        latents = torch.cat([make(real, c, ipc, generator, backbone=backbone).detach().cpu() for c in range(real.num_classes)])
         labels = torch.arange(real.num_classes).repeat_interleave(ipc)
+        if real.space == "pixel" and getattr(make, "selects_real", False):  # picked images: encode them, in one go
+            device = next(backbone.parameters(), latents).device
+            with torch.no_grad():
+                latents = backbone.encode(latents.to(device), labels=labels).detach().cpu()
         return cls(latents, labels, backbone=backbone.describe(), dataset=dataset, run={"init": method, **(run or {})})
 
     # -- decoding -----------------------------------------------------------------------------------------
@@ -117,6 +122,11 @@ class SyntheticSet(nn.Module):
         return s
 
     def check_backbone(self, backbone: Backbone, ignore_hash: bool = False) -> None:
+        space, have_space = self.backbone_meta.get("latent_space"), backbone.latent_space
+        if space != have_space:
+            fix = f"load it with --latent-space {space}" if space else "load a backbone with a single latent space"
+            raise ValueError(f"the set's latents are in latent space {space!r} but backbone {backbone.source!r} was loaded with "
+                             f"latent space {have_space!r}; {fix}")
         if tuple(self.latents.shape[1:]) != tuple(backbone.latent_shape):
             raise ValueError(f"the set's latents have shape {tuple(self.latents.shape[1:])} but backbone {backbone.source!r} makes {tuple(backbone.latent_shape)}; use the backbone the set was made with ({self.backbone_meta.get('source')})")
         want, have = self.backbone_meta.get("sha256"), backbone.weights_sha256()
@@ -142,23 +152,54 @@ def read_metadata(path, meta: dict[str, str]) -> dict:
 # -------------------------------------------------------------------------------------------- initialisers
 
 
+# An initialiser is ``init(real, c, ipc, generator=None, backbone=None) -> (ipc, *latent_shape)``. One marked
+# ``selects_real`` returns rows of ``real``: from an image split (a backbone without a latent cache) those are images,
+# and ``SyntheticSet.initialise`` encodes them, all classes in one call, so that only the chosen images are inverted.
+
+
+def selects_real(fn):
+    fn.selects_real = True
+    return fn
+
+
+def _needs_cache(method: str, real: LatentSplit, backbone: Backbone | None) -> None:
+    if real.space != "latent":
+        kind = backbone.kind if backbone is not None else "this"
+        raise ValueError(f"init {method!r} uses the statistics of cached latents, which a {kind} backbone does not build; "
+                         "use --init classmean, real or noise")
+
+
 @INITS.register("real")
-def init_real(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
-    """Random real samples of the class (their cached latents)."""
+@selects_real
+def init_real(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
+    """Random real samples of the class (their cached latents, or the inversions of just those images)."""
     return real.latents[real.sample_class(c, ipc, generator)]
 
 
 @INITS.register("mean")
-def init_mean(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
+def init_mean(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
     """The class-mean latent, plus a little noise so the ipc copies differ."""
+    _needs_cache("mean", real, backbone)
     z = real.latents[real.class_indices(c)]
     mean, std = z.mean(0), z.std(0)
     return mean + 0.1 * std * torch.randn((ipc, *z.shape[1:]), generator=generator)
 
 
+@INITS.register("classmean")
+def init_classmean(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
+    """A generator's class-mean w (GLaD) in the backbone's latent space, plus 0.1 std of noise so the ipc differ."""
+    if backbone is None or not hasattr(backbone, "class_mean_latents"):
+        kind = backbone.kind if backbone is not None else "this"
+        raise ValueError(f"init 'classmean' needs a generator backbone (gan); with a {kind} backbone use --init mean")
+    return backbone.class_mean_latents(c, ipc, generator).cpu()
+
+
 @INITS.register("noise")
-def init_noise(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
-    """Gaussian noise with the per-element statistics of the real latents."""
+def init_noise(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
+    """Random samples: a generator's random z of the class, else Gaussian noise with the real latents' statistics."""
+    if backbone is not None and hasattr(backbone, "random_latents"):
+        return backbone.random_latents(c, ipc, generator).cpu()
+    _needs_cache("noise", real, backbone)
     z = real.latents
     return z.mean(0) + z.std(0) * torch.randn((ipc, *z.shape[1:]), generator=generator)
 
@@ -176,8 +217,10 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator=None) -> tuple[to
 
 
 @INITS.register("kmeans")
-def init_kmeans(real: LatentSplit, c: int, ipc: int, generator=None) -> torch.Tensor:
-    """Representative real samples (DREAM): the member nearest each of ``ipc`` k-means centres of the class."""
+@selects_real
+def init_kmeans(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
+    """Representative real samples (DREAM): the member nearest each of ``ipc`` k-means centres of the class (k-means
+    of the images for a backbone without a latent cache, then only the chosen ones are encoded)."""
     idx = real.class_indices(c)
     if ipc > len(idx):
         raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {ipc} asked for; lower --ipc")

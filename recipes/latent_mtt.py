@@ -72,8 +72,10 @@ def setup(cfg, pieces, accelerator):
     t = experts.meta["training"]
     syn.run_meta["experts"] = {"directory": str(directory), "space": space, "num_experts": t["num_experts"], "epochs": t["epochs"], "lr": t["lr"]}
     if cfg.method == "datm":
+        # candidates must be latents: a backbone without a latent cache (gan) keeps the set's own initialisation
+        candidates = pieces.real_latents if pieces.real_latents.space == "latent" else None
         with torch.no_grad():
-            info = init_soft_labels(syn, experts, match_space_inputs(backbone, space, train.meta()), pieces.real_latents,
+            info = init_soft_labels(syn, experts, match_space_inputs(backbone, space, train.meta()), candidates,
                                     torch.Generator().manual_seed(cfg.seed), cfg.label_epoch)
         accelerator.print(f"datm: soft labels from expert logits; {info['correct_by_any_expert']}/{info['samples']} samples correctly "
                           f"classified, {info['fallback']} filled with the most confident")

@@ -1,8 +1,11 @@
 """The backbone interface: images in [0, 1] <-> latent codes.
 
-Every kind maps ``encode(x)`` for images (N, *image_shape) in [0, 1] to latents (N, *latent_shape) and
+Every kind maps ``encode(x, labels=None)`` for images (N, *image_shape) in [0, 1] to latents (N, *latent_shape) and
 ``decode(z)`` back (not clamped, so gradients flow). ``decode_vjp`` pushes d(loss)/d(image) into the latents in
-chunks (GLaD): objectives never see latents, backbones never see losses.
+chunks (GLaD): objectives never see latents, backbones never see losses. ``labels`` (class ids) matter only to kinds
+whose encode is class-conditional (GAN inversion starts at the class-mean w); the others ignore them.
+``cheap_encode`` says whether encoding a whole train split is affordable (the latent cache); ``latent_space`` names
+the space of a kind that has several (gan: z, w, w+, f<k>) and is part of the backbone's identity.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ INFO_FILE = "gendistill.json"
 
 class Backbone(nn.Module):
     kind: str = "base"
+    cheap_encode: bool = True  # False: encode is an optimisation (GAN inversion); no latent cache of a whole split
+    has_latent_spaces: bool = False  # True: ``from_pretrained(..., latent_space=NAME)`` picks one of several spaces
+    latent_space: str | None = None
 
     def __init__(self, image_shape: tuple[int, int, int], source: str):
         super().__init__()
@@ -34,7 +40,7 @@ class Backbone(nn.Module):
     def latent_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -58,21 +64,24 @@ class Backbone(nn.Module):
 
     # -- identity ---------------------------------------------------------------------------------------
     def weights_sha256(self) -> str:
-        """sha256 of the weights (names, dtypes, shapes, bytes) and of the latent conventions (scaling).
+        """sha256 of the weights (names, dtypes, shapes, bytes) and of the latent conventions (scaling, latent space).
 
-        Scaling lives in the config, not the weights, but changes what a latent means: it is part of the identity.
+        Scaling and the latent space live outside the weights but change what a latent means: they are part of the
+        identity (a cache or set made in w+ is never taken for one in f2).
         """
         if self._sha256 is None:
             state = dict(self.state_dict()) or {"pixel": torch.tensor(self.image_shape)}
             scaling = self.scaling()
             if scaling:
                 state["__scaling__"] = torch.tensor([float(scaling[k]) for k in sorted(scaling)], dtype=torch.float64)
+            if self.latent_space is not None:
+                state["__latent_space__"] = torch.tensor(list(self.latent_space.encode()), dtype=torch.uint8)
             self._sha256 = tensor_sha256(state)
         return self._sha256
 
     def describe(self) -> dict:
-        """The ``gendistill.backbone`` record of a set file."""
-        return {
+        """The ``gendistill.backbone`` record of a set file (with ``latent_space`` for kinds that have several)."""
+        record = {
             "kind": self.kind,
             "source": self.source,
             "sha256": self.weights_sha256(),
@@ -80,6 +89,9 @@ class Backbone(nn.Module):
             "image_shape": list(self.image_shape),
             "scaling": self.scaling(),
         }
+        if self.latent_space is not None:
+            record["latent_space"] = self.latent_space
+        return record
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> None:
         raise NotImplementedError

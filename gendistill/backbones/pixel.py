@@ -18,7 +18,7 @@ class PixelBackbone(Backbone):
     def latent_shape(self):
         return self.image_shape
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ class VAEBackbone(Backbone):
     def scaling(self) -> dict:
         return {"scaling_factor": self.scale, "shift_factor": self.shift}
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior means (or samples with ``generator``); ``labels`` are ignored (the VAE is unconditional)."""
         x = _resize(_adapt_channels(x, self.vae.config.in_channels), self.work_size)
         dist = self.vae.encode(x.to(self.vae.dtype) * 2 - 1).latent_dist
         z = dist.mean if generator is None else dist.sample(generator)

@@ -4,7 +4,9 @@ An objective is called once per distillation step with the synthetic batch (in t
 that returns a real batch of a class, and a :class:`StepContext`; it returns the scalar loss.
 ``syn_labels`` are always hard class ids; soft labels and the learnable lr come in the context. An objective that
 keeps state between steps (DC's inner-loop network) defines ``state_dict`` / ``load_state_dict`` and the loop
-checkpoints it with the set.
+checkpoints it with the set. An objective may also define ``latent_loss(latents, syn_labels, ctx) -> Tensor``, a term
+on the set's latents themselves (IT-GAN keeps each latent near its inversion); the loop adds its gradient to the one
+the match gives the latents (through the decoder in pixel space) and reports the sum as the loss.
 """
 
 from __future__ import annotations
@@ -47,3 +49,4 @@ def list_objectives() -> list[str]:
 from . import distribution  # noqa: E402,F401  (registers "dm")
 from . import gradient  # noqa: E402,F401  (registers "dc", "dsa")
 from . import trajectory  # noqa: E402,F401  (registers "mtt", "tesla", "datm")
+from . import itgan  # noqa: E402,F401  (registers "itgan")

@@ -1,0 +1,139 @@
+"""Training the small class-conditional GAN backbone (the embedded ``fashion-mnist-gan`` is made this way).
+
+Hinge loss, a projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer, Adam with
+beta1 = 0 for both nets, one D step per G step (both on the same generator pass, fakes of the real batch's classes),
+and an exponential moving average of the generator's weights (the saved generator). Reproducible: weights, batch
+order and z all come from generators seeded by ``cfg.seed`` (spectral norm's start vectors from a forked, seeded RNG).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from tqdm.auto import tqdm
+
+from ..data import ImageDataset
+from .gan import GANBackbone
+from .gan_model import ConditionalStyleGenerator
+
+
+@dataclass
+class GANConfig:
+    # generator (saved in its config.json)
+    z_dim: int = 64
+    embed_dim: int = 32
+    w_dim: int = 128
+    mapping_layers: int = 3
+    base_size: int = 7
+    channels: tuple[int, ...] = (96, 48, 24)
+    # discriminator (training only)
+    d_channels: tuple[int, ...] = (24, 48, 96)
+    # training
+    epochs: int = 5
+    max_steps: int = 0  # > 0: stop after this many steps (smoke tests, timing)
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    ema: float = 0.999  # of the generator's weights; the EMA generator is the one saved
+    seed: int = 0
+
+
+class ProjectionDiscriminator(nn.Module):
+    """Conv blocks (two 3x3 convs, leaky ReLU, 2x average pool between levels), sum pooling, then
+    ``linear(h) + <embed(y), h>``; spectral norm on every layer."""
+
+    def __init__(self, image_channels: int, num_classes: int, channels: tuple[int, ...]):
+        super().__init__()
+        layers, cin = [], image_channels
+        for i, c in enumerate(channels):
+            layers += [spectral_norm(nn.Conv2d(cin, c, 3, padding=1)), nn.LeakyReLU(0.2),
+                       spectral_norm(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+            if i < len(channels) - 1:
+                layers.append(nn.AvgPool2d(2))
+            cin = c
+        self.features = nn.Sequential(*layers)
+        self.linear = spectral_norm(nn.Linear(cin, 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, cin))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).sum((2, 3))
+        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1)
+
+
+def build_generator(image_shape, num_classes: int, cfg: GANConfig, generator: torch.Generator) -> ConditionalStyleGenerator:
+    c, h, w = image_shape
+    if h != w:
+        raise ValueError(f"the GAN makes square images; the dataset's are {h}x{w}")
+    g = ConditionalStyleGenerator(num_classes=num_classes, image_channels=c, image_size=h, z_dim=cfg.z_dim,
+                                  embed_dim=cfg.embed_dim, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
+                                  base_size=cfg.base_size, channels=tuple(cfg.channels))
+    return g.reset_parameters(generator)
+
+
+def build_discriminator(image_shape, num_classes: int, cfg: GANConfig, seed: int) -> ProjectionDiscriminator:
+    # spectral norm draws its power-iteration vectors from the global RNG: build under a forked, seeded one
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ProjectionDiscriminator(image_shape[0], num_classes, tuple(cfg.d_channels))
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = "cpu", log=print, progress: bool = True) -> GANBackbone:
+    """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of hinge-loss GAN on ``train``; the EMA generator as a backbone."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    G = build_generator(train.image_shape, train.num_classes, cfg, gen).to(device).train()
+    D = build_discriminator(train.image_shape, train.num_classes, cfg, cfg.seed + 1).to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    per_epoch = len(train) // cfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images; lower it")
+    total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
+    bar = tqdm(total=total, desc="train gan", dynamic_ncols=True, disable=not progress)
+    start, step = time.time(), 0
+    for epoch in range(math.ceil(total / per_epoch)):
+        order = torch.randperm(len(train), generator=gen)
+        sums = torch.zeros(2)
+        for i in range(per_epoch):
+            if step >= total:
+                break
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = train.float_images(idx).to(device) * 2 - 1
+            y = train.labels[idx].to(device)
+            # one generator pass per step: the discriminator sees it detached, then the generator's loss reuses it
+            z = torch.randn((len(y), cfg.z_dim), generator=gen).to(device)
+            fake = G(z, y)
+            d_loss = F.relu(1 - D(x, y)).mean() + F.relu(1 + D(fake.detach(), y)).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            g_loss = -D(fake, y).mean()
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            _ema_update(G_ema, G, cfg.ema)
+            step += 1
+            sums += torch.tensor([d_loss.item(), g_loss.item()])
+            bar.update(1)
+            if step % 20 == 0 or step == total:
+                bar.set_postfix(epoch=epoch, d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
+        n = max(1, min(per_epoch, step - epoch * per_epoch))
+        log(f"epoch {epoch}: mean D loss {sums[0] / n:.4f}, G loss {sums[1] / n:.4f} ({time.time() - start:.0f}s)")
+    bar.close()
+    log(f"trained GAN for {step} steps in {time.time() - start:.0f}s; config {asdict(cfg)}")
+    return GANBackbone(G_ema.cpu(), image_shape=train.image_shape, source="trained")
