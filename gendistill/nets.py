@@ -61,7 +61,21 @@ def _pool(kind: str) -> nn.Module:
     return pools[kind]()
 
 
-class ConvNet(nn.Module):
+class FeatureNet(nn.Module):
+    """``features`` (flattened: the embedding DM matches) then one linear ``classifier``; every registered net is one."""
+
+    def _set_head(self, features: nn.Module, feature_dim: int, num_classes: int) -> None:
+        self.features, self.feature_dim = features, feature_dim
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class ConvNet(FeatureNet):
     def __init__(self, in_shape, num_classes: int, cfg: NetConfig):
         super().__init__()
         c, h, w = in_shape
@@ -80,30 +94,14 @@ class ConvNet(nn.Module):
             if cfg.pool != "none" and min(h, w) >= 2:
                 layers.append(_pool(cfg.pool))
                 h, w = h // 2, w // 2
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = c * h * w
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self._set_head(nn.Sequential(*layers), c * h * w, num_classes)
 
 
-class MLP(nn.Module):
+class MLP(FeatureNet):
     def __init__(self, in_shape, num_classes: int, cfg: NetConfig):
         super().__init__()
         d = math.prod(in_shape)
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(d, 128), _act(cfg.act), nn.Linear(128, 128), _act(cfg.act))
-        self.feature_dim = 128
-        self.classifier = nn.Linear(128, num_classes)
-
-    def embed(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
+        self._set_head(nn.Sequential(nn.Flatten(), nn.Linear(d, 128), _act(cfg.act), nn.Linear(128, 128), _act(cfg.act)), 128, num_classes)
 
 
 @NETS.register("convnet")

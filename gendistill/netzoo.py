@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .nets import NETS, NetConfig, _act, _norm
+from .nets import NETS, FeatureNet, NetConfig, _act, _norm
 
 REFERENCE_WIDTH = 128  # NetConfig's default width: the zoo's channel counts are scaled by width / REFERENCE_WIDTH
 
@@ -60,7 +60,7 @@ def _config(name: str, defaults: dict, overrides: dict) -> NetConfig:
     return cfg
 
 
-class PlainNet(nn.Module):
+class PlainNet(FeatureNet):
     """conv -> norm -> act layers, some followed by a 2x2 max pool, then a linear classifier (AlexNet, VGG)."""
 
     def __init__(self, in_shape, num_classes: int, cfg: NetConfig, layers):
@@ -77,15 +77,7 @@ class PlainNet(nn.Module):
             if pool and min(h, w) >= 2:
                 modules.append(nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
-        self.features = nn.Sequential(*modules)
-        self.feature_dim = c * h * w
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self._set_head(nn.Sequential(*modules), c * h * w, num_classes)
 
 
 class BasicBlock(nn.Module):
@@ -106,7 +98,7 @@ class BasicBlock(nn.Module):
         return self.act2(self.norm2(self.conv2(out)) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureNet):
     def __init__(self, in_shape, num_classes: int, cfg: NetConfig, stages=RESNET18, blocks_per_stage: int = 2):
         super().__init__()
         c, h, w = in_shape
@@ -120,15 +112,7 @@ class ResNet(nn.Module):
                 h, w = (h - 1) // s + 1, (w - 1) // s + 1  # conv3x3, padding 1 (and the 1x1 shortcut) with stride s
                 modules.append(BasicBlock(c, channels, s, _norm_kind(cfg, h, w), cfg.act))
                 c = channels
-        self.features = nn.Sequential(*modules, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.feature_dim = c
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        self._set_head(nn.Sequential(*modules, nn.AdaptiveAvgPool2d(1), nn.Flatten()), c, num_classes)
 
 
 @NETS.register("alexnet")
