@@ -23,6 +23,17 @@ BACKBONES: Registry = Registry("backbone kind")
 INFO_FILE = "gendistill.json"
 
 
+def read_config(cfg_file: Path, source: str, what: str) -> dict:
+    """A backbone directory's config.json as a dict; a missing or corrupt file is a one-line ValueError (``what``:
+    what such a directory should be)."""
+    if not cfg_file.is_file():
+        raise ValueError(f"{source!r} has no config.json; {what}")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(cfg_file)!r} is not valid JSON ({e.msg}); re-create the backbone directory") from None
+
+
 class Backbone(nn.Module):
     kind: str = "base"
     cheap_encode: bool = True  # False: encode is an optimisation (GAN inversion); no latent cache of a whole split

@@ -19,7 +19,6 @@ whole train split (the real side is matched in pixel space) and initialisers inv
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import BACKBONES, Backbone
+from .base import BACKBONES, Backbone, read_config
 
 if TYPE_CHECKING:
     from .gan_model import ConditionalStyleGenerator
@@ -318,12 +317,7 @@ class GANBackbone(Backbone):
     def from_pretrained(cls, source: str, image_shape=None, latent_space: str | None = None, **_):
         path = Path(source)
         cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise ValueError(f"{source!r} has no config.json; a gan backbone is a directory written by recipes/train_gan.py")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{str(cfg_file)!r} is not valid JSON ({e.msg}); re-create the backbone directory") from None
+        cfg = read_config(cfg_file, source, "a gan backbone is a directory written by recipes/train_gan.py")
         missing = [f"mapping.{k}" for k in MAPPING_KEYS if k not in cfg] + [f"synthesis.{k}" for k in SYNTHESIS_KEYS if k not in cfg]
         if missing:
             raise ValueError(f"{str(cfg_file)!r} lacks the generator structure ({', '.join(missing)} missing); it is not a "

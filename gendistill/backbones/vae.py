@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import BACKBONES, INFO_FILE, Backbone
+from .base import BACKBONES, INFO_FILE, Backbone, read_config
 
 
 def _adapt_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -83,13 +83,7 @@ class VAEBackbone(Backbone):
         if path.is_dir():
             if not (path / "config.json").exists() and (path / "vae" / "config.json").exists():
                 subfolder = "vae"  # a Stable Diffusion pipeline directory
-            cfg_file = path / (subfolder or "") / "config.json"
-            if not cfg_file.exists():
-                raise ValueError(f"{source!r} has no config.json; a VAE backbone is a diffusers AutoencoderKL directory")
-            try:
-                cfg = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{str(cfg_file)!r} is not valid JSON ({e.msg}); re-create the backbone directory") from None
+            cfg = read_config(path / (subfolder or "") / "config.json", source, "a VAE backbone is a diffusers AutoencoderKL directory")
             if cfg.get("_class_name") != "AutoencoderKL":
                 raise ValueError(f"{source!r} holds a {cfg.get('_class_name')!r}, not an AutoencoderKL; pass a VAE directory")
             info_file = path / INFO_FILE
