@@ -73,3 +73,28 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
     return cls(**values)
+
+
+def backbone_training_parser(cfg_cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a backbone-training recipe: the dataset, ``--output`` and one flag per field of ``cfg_cls``
+    (a tuple field takes several values)."""
+    from .data import list_datasets
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
+    for f in dataclasses.fields(cfg_cls):
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, tuple):
+            p.add_argument(flag, type=type(f.default[0]), nargs="+", default=list(f.default))
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+    return p
+
+
+def config_from_args(cfg_cls: type[C], args: argparse.Namespace) -> C:
+    """The ``cfg_cls`` instance that ``backbone_training_parser``'s parsed flags describe (lists back to tuples)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg_cls)}
+    return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

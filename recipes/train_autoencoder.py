@@ -6,35 +6,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from accelerate import Accelerator
 
 from gendistill.backbones.train import AutoencoderConfig, train_autoencoder
-from gendistill.data import get_dataset, list_datasets
+from gendistill.config import backbone_training_parser, config_from_args
+from gendistill.data import get_dataset
 from gendistill.io import atomic_dir
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
-    for f in fields(AutoencoderConfig):
-        if f.name == "block_out_channels":
-            p.add_argument("--block-out-channels", type=int, nargs="+", default=list(f.default))
-        else:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return p.parse_args(argv)
+    return backbone_training_parser(AutoencoderConfig, __doc__).parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cfg = AutoencoderConfig(**{f.name: getattr(args, f.name) for f in fields(AutoencoderConfig)})
-    cfg.block_out_channels = tuple(cfg.block_out_channels)
+    cfg = config_from_args(AutoencoderConfig, args)
     try:
         train = get_dataset(args.dataset, "train", args.data_dir, args.download)
         backbone = train_autoencoder(train, cfg, device=Accelerator().device)

@@ -10,42 +10,27 @@ The directory holds the EMA generator (config.json + safetensors, a ConditionalS
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import torch
 from accelerate import Accelerator
 
 from gendistill.backbones.train_gan import GANConfig, train_gan
-from gendistill.data import get_dataset, list_datasets
+from gendistill.config import backbone_training_parser, config_from_args
+from gendistill.data import get_dataset
 from gendistill.io import atomic_dir
 from gendistill.plots import image_grid, save_png
 
-TUPLES = ("channels", "d_channels")
-
-
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
+    p = backbone_training_parser(GANConfig, __doc__)
     p.add_argument("--samples-per-class", type=int, default=10, help="rows of samples.png")
-    for f in fields(GANConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.name in TUPLES:
-            p.add_argument(flag, type=int, nargs="+", default=list(f.default))
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cfg = GANConfig(**{f.name: getattr(args, f.name) for f in fields(GANConfig)})
-    for name in TUPLES:
-        setattr(cfg, name, tuple(getattr(cfg, name)))
+    cfg = config_from_args(GANConfig, args)
     try:
         train = get_dataset(args.dataset, "train", args.data_dir, args.download)
         backbone = train_gan(train, cfg, device=Accelerator().device)
