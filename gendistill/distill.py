@@ -14,7 +14,10 @@ import csv
 import json
 import math
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +40,7 @@ class DistillConfig:
     steps: int = 1000
     lr: float = 0.05  # learning rate of the latents
     optimizer: str = "adam"  # adam | sgd
+    lr_schedule: str = "constant"  # constant | cosine (every group's lr falls to 0 over `steps`; a function of the step, so resume is exact)
     momentum: float = 0.5  # sgd only
     batch_real: int = 256  # real samples per class per step (per process)
     match_space: str = "latent"
@@ -47,6 +51,42 @@ class DistillConfig:
     # learnable extras, trained beside the latents when the set has them (trajectory matching, DATM):
     lr_lr: float = 1e-5  # learning rate of the set's learnable eval lr (``syn.lr``), if it has one
     lr_labels: float = 2.0  # learning rate of learnable soft labels (``syn.labels`` as an nn.Parameter)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(name: str):
+    """``factor(step, steps)`` scaling the base learning rates at ``step`` (0-based) of ``steps``."""
+    if name == "constant":
+        return lambda step, steps: 1.0
+    if name == "cosine":  # Loshchilov & Hutter's cosine decay without restarts, reaching 0 after the last step
+        return lambda step, steps: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+    raise ValueError(f"unknown lr schedule {name!r}; use one of {', '.join(LR_SCHEDULES)}")
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold a first Ctrl-C until the running step has finished (``flag["set"]``); a second one interrupts at once.
+
+    A checkpoint taken in the middle of a step would hold generators that step had already advanced, so the resumed
+    run would differ from an uninterrupted one; the loop checks the flag between steps instead.
+    """
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["set"]:
+            raise KeyboardInterrupt
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class TrainState:
@@ -171,6 +211,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
+    schedule = lr_factor(cfg.lr_schedule)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     opt = accelerator.prepare_optimizer(opt)
     state = TrainState(cfg.seed, accelerator.process_index)
     accelerator.register_for_checkpointing(syn, state)
@@ -196,51 +238,61 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     def real_batch(c: int) -> torch.Tensor:
         return real.latents[real.sample_class(c, min(cfg.batch_real, len(real.class_indices(c))), state.data)].to(device)
 
+    step_start = {"shared": state.shared.get_state(), "data": state.data.get_state()}
+
     try:
-        while state.step < cfg.steps:
-            ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform,
-                              syn_lr=syn.lr, soft_labels=syn.labels if syn.soft else None)
-            opt.zero_grad(set_to_none=True)
-            if decode_through:
-                with torch.no_grad(), accelerator.autocast():
-                    images = torch.cat([backbone.decode(syn.latents[i : i + cfg.vjp_chunk]) for i in range(0, len(syn), cfg.vjp_chunk)]).float()
-                images.requires_grad_(True)
-                with accelerator.autocast():
-                    loss = objective(images, labels, real_batch, ctx)
-                accelerator.backward(loss)
-                with accelerator.autocast():
-                    syn.latents.grad = backbone.decode_vjp(syn.latents.detach(), images.grad, cfg.vjp_chunk).float()
-            else:
-                with accelerator.autocast():
-                    loss = objective(syn.latents, labels, real_batch, ctx)
-                accelerator.backward(loss)
-            if latent_loss is not None:  # a term on the latents themselves (IT-GAN: stay near the inversions)
-                with accelerator.autocast():
-                    extra = latent_loss(syn.latents, labels, ctx)
-                accelerator.backward(extra)  # adds to the latents' gradient from the match
-                loss = loss.detach() + extra.detach()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                where = f"; the last good checkpoint is {last_good}" if last_good else ""
-                raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
-            if accelerator.num_processes > 1:
-                for p in learnables:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
-            opt.step()
-            if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):  # a student lr must stay positive
-                where = f"; the last good checkpoint is {last_good}" if last_good else ""
-                raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
-            state.step += 1
-            state.losses.append(value)
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                bar.set_postfix(loss=f"{value:.4g}")
-                accelerator.log({"loss": value}, step=state.step)
-            if workdir and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
-                last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+        with deferred_interrupt() as interrupted:
+            while state.step < cfg.steps:
+                ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform,
+                                  syn_lr=syn.lr, soft_labels=syn.labels if syn.soft else None)
+                opt.zero_grad(set_to_none=True)
+                if decode_through:
+                    with torch.no_grad(), accelerator.autocast():
+                        images = torch.cat([backbone.decode(syn.latents[i : i + cfg.vjp_chunk]) for i in range(0, len(syn), cfg.vjp_chunk)]).float()
+                    images.requires_grad_(True)
+                    with accelerator.autocast():
+                        loss = objective(images, labels, real_batch, ctx)
+                    accelerator.backward(loss)
+                    with accelerator.autocast():
+                        syn.latents.grad = backbone.decode_vjp(syn.latents.detach(), images.grad, cfg.vjp_chunk).float()
+                else:
+                    with accelerator.autocast():
+                        loss = objective(syn.latents, labels, real_batch, ctx)
+                    accelerator.backward(loss)
+                if latent_loss is not None:  # a term on the latents themselves (IT-GAN: stay near the inversions)
+                    with accelerator.autocast():
+                        extra = latent_loss(syn.latents, labels, ctx)
+                    accelerator.backward(extra)  # adds to the latents' gradient from the match
+                    loss = loss.detach() + extra.detach()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    where = f"; the last good checkpoint is {last_good}" if last_good else ""
+                    raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
+                if accelerator.num_processes > 1:
+                    for p in learnables:
+                        if p.grad is not None:
+                            p.grad = accelerator.reduce(p.grad, reduction="mean")
+                for group, base in zip(opt.param_groups, base_lrs):
+                    group["lr"] = base * schedule(state.step, cfg.steps)
+                opt.step()
+                if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):  # a student lr must stay positive
+                    where = f"; the last good checkpoint is {last_good}" if last_good else ""
+                    raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
+                state.step += 1
+                state.losses.append(value)
+                bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                    bar.set_postfix(loss=f"{value:.4g}")
+                    accelerator.log({"loss": value}, step=state.step)
+                if workdir and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+                    last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+                step_start.update(shared=state.shared.get_state(), data=state.data.get_state())
+                if interrupted["set"]:
+                    raise KeyboardInterrupt  # the step is complete: the checkpoint below resumes exactly
     except KeyboardInterrupt:
         if workdir:
+            state.shared.set_state(step_start["shared"])  # a second Ctrl-C lands mid-step: go back to the step's start
+            state.data.set_state(step_start["data"])
             path = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
             accelerator.print(f"\ninterrupted at step {state.step}; checkpoint saved in {path}; continue with --resume")
         raise

@@ -47,6 +47,7 @@ class RecipeConfig:
     steps: int = 1000
     lr: float = 0.05  # of the latents
     optimizer: str = "adam"
+    lr_schedule: str = "constant"  # constant | cosine (decays the latents' lr to 0 over --steps)
     batch_real: int = 256
     net: str = "convnet"
     depth: int = 3
@@ -107,6 +108,8 @@ def distill_config(cfg) -> DistillConfig:
 
 def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelerator, outdir: Path) -> TrainState:
     fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
+    if getattr(cfg, "lr_schedule", "constant") != "constant":
+        fingerprint["steps"] = cfg.steps  # a decaying lr is a function of the step count: it cannot be extended on resume
     fingerprint["backbone_sha256"] = pieces.backbone.weights_sha256()
     return distill(pieces.syn, objective, pieces.backbone, pieces.real, distill_config(cfg), accelerator,
                    pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint)

@@ -146,6 +146,53 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, extra):
     assert torch.equal(a.latents, b.latents)
 
 
+def test_cosine_schedule_decays_to_zero_and_rejects_unknown_names():
+    from gendistill.distill import lr_factor
+
+    cosine = lr_factor("cosine")
+    assert cosine(0, 10) == 1.0 and cosine(5, 10) == pytest.approx(0.5) and cosine(10, 10) == pytest.approx(0.0)
+    assert lr_factor("constant")(7, 10) == 1.0
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'; use one of constant, cosine"):
+        lr_factor("step")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "second-ctrl-c"])
+def test_cosine_run_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_vae_dir, monkeypatch, how):
+    """A first Ctrl-C finishes the running step; an exception mid-step (a second Ctrl-C) rewinds to its start."""
+    import signal
+
+    from gendistill.objectives import distribution
+    from gendistill.synthetic import SyntheticSet
+
+    args = ("--backbone", tiny_vae_dir, "--steps", 6, "--lr-schedule", "cosine", "--lr", 0.05)
+    full = run_recipe(tmp_path, *args, name="full")
+    calls = {"n": 0}
+
+    def interrupting(real_loss):
+        def loss(a, b):
+            calls["n"] += 1
+            if calls["n"] == 10 * 3 + 1:  # ten classes per step: during step 4
+                if how == "ctrl-c":
+                    signal.raise_signal(signal.SIGINT)
+                else:
+                    raise KeyboardInterrupt
+            return real_loss(a, b)
+        return loss
+
+    with monkeypatch.context() as m:
+        for name, fn in list(distribution.KERNELS.items()):
+            m.setitem(distribution.KERNELS, name, interrupting(fn))
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(tmp_path, *args, name="part")
+    saved = [p.name for p in (tmp_path / "part" / "checkpoints").glob("step_*")]
+    assert saved == (["step_0000004"] if how == "ctrl-c" else ["step_0000003"])
+    with pytest.raises(ValueError, match="different config.*steps"):  # the schedule's horizon is part of the run
+        run_recipe(tmp_path, *args[:3], 8, *args[4:], "--resume", name="part")
+    run_recipe(tmp_path, *args, "--resume", name="part")
+    a, b = SyntheticSet.load(full / "set.safetensors"), SyntheticSet.load(tmp_path / "part" / "set.safetensors")
+    assert torch.equal(a.latents, b.latents)
+
+
 def test_resume_with_other_config_fails(tmp_path, tiny_vae_dir):
     run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 2, name="r")
     with pytest.raises(ValueError, match="different config.*lr"):
