@@ -235,6 +235,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    from .report import markdown_table, run_row
+
+    rows = [run_row(path) for path in args.runs]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
+    else:
+        print(markdown_table(rows))
+    return 0
+
+
 def cmd_train_backbone(args, rest) -> int:
     from importlib import util
 
@@ -303,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
     _add_backbone_flags(s)
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("table", help="a markdown table of runs: method, spaces, IPC, distillation time, bytes, accuracy per arch")
+    s.add_argument("runs", nargs="+", help="run directories (holding set.safetensors and eval JSONs) or set files")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_table)
 
     s = sub.add_parser("train-backbone", help="train an autoencoder backbone (recipes/train_autoencoder.py)", add_help=False)
     s.set_defaults(func=cmd_train_backbone)

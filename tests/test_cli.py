@@ -236,6 +236,24 @@ def test_eval_set_file(capsys, tmp_path, set_file):
     assert len(r["archs"]["convnet"]["accs"]) == 1
 
 
+def test_table_reads_the_set_and_every_eval_beside_it(capsys, tmp_path, set_file):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(set_file, run / "set.safetensors")
+    assert_ok(cli(capsys, "eval", run / "set.safetensors", "--epochs", 2, "--runs", 2))  # -> run/set.eval.json
+    assert_ok(cli(capsys, "eval", run / "set.safetensors", "--epochs", 1, "--runs", 1, "--arch", "mlp", "--out", run / "mlp.eval.json"))
+    out = assert_ok(cli(capsys, "table", run, "--json"))
+    row = json.loads(out)[0]
+    assert row["ipc"] == IPC and row["bytes"] == (run / "set.safetensors").stat().st_size and row["backbone"] == "vae"
+    assert row["archs"]["convnet"]["runs"] == 2 and row["archs"]["convnet"]["epochs"] == 2
+    assert row["archs"]["mlp"]["runs"] == 1 and row["archs"]["mlp"]["epochs"] == 1
+    table = assert_ok(cli(capsys, "table", run, set_file)).splitlines()
+    assert table[0].endswith("| convnet % | mlp % |") and len(table) == 4
+    mean = 100 * json.loads((run / "set.eval.json").read_text())["mean"]
+    assert f"{mean:.2f} +- " in table[2] and table[3].endswith("| - | - |")  # the bare set file has no eval beside it
+    assert_user_error(cli(capsys, "table", tmp_path / "missing"), "missing", "does not exist")
+
+
 def test_eval_images_file(capsys, tmp_path, images_file):
     result_file = tmp_path / "r.json"
     assert_ok(cli(capsys, "eval", images_file, "--epochs", 2, "--runs", 1, "--out", result_file))

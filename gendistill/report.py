@@ -1,0 +1,82 @@
+"""Result tables from run directories: what was distilled, how long it took, how big the file is, how well it scores.
+
+    gendistill table outputs/dm-* outputs/mtt-*          # a markdown table, one row per run
+
+Every figure comes from the files a run wrote: the set's metadata (method, backbone, space, IPC, init, steps, the
+distillation seconds) and size on disk, and the evaluation JSONs beside it (``eval.json`` from the recipe,
+``*.eval.json`` from ``gendistill eval``), merged per architecture; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .io import load_safetensors
+from .synthetic import read_metadata
+
+
+def _set_and_evals(path: str | Path) -> tuple[Path, list[Path]]:
+    path = Path(path)
+    if path.is_dir():
+        set_file = path / "set.safetensors"
+        evals = sorted(path.glob("*eval.json"))
+    else:
+        set_file = path
+        evals = sorted(path.parent.glob(f"{path.stem}*.eval.json"))
+    if not set_file.is_file():
+        raise FileNotFoundError(f"{str(set_file)!r} does not exist; pass a run directory holding set.safetensors or a set file")
+    return set_file, evals
+
+
+def run_row(path: str | Path) -> dict:
+    """One run's facts: method, backbone, spaces, ipc, init, steps, seconds, bytes and accuracy per architecture."""
+    set_file, evals = _set_and_evals(path)
+    tensors, meta = load_safetensors(set_file)
+    records = read_metadata(set_file, meta)
+    backbone, run = records["backbone"], records["run"]
+    config = run.get("config", {})
+    labels = tensors["labels"]
+    hard = labels.argmax(1) if labels.ndim == 2 else labels
+    archs: dict[str, dict] = {}
+    for e in evals:  # later files (sorted by name) win for an architecture both hold
+        result = json.loads(e.read_text())
+        for arch, r in result.get("archs", {}).items():
+            archs[arch] = {**r, "runs": len(r.get("accs", [])), "epochs": result.get("settings", {}).get("epochs")}
+    kind = backbone.get("kind", "?")
+    space = backbone.get("latent_space")
+    return {
+        "run": str(path),
+        "method": run.get("method", "?"),
+        "backbone": f"{kind} {space}" if space else kind,
+        "match_space": config.get("match_space", "-"),
+        "ipc": int(hard.bincount().max()) if hard.numel() else 0,
+        "soft_labels": labels.ndim == 2,
+        "init": config.get("init", run.get("init", "-")),
+        "steps": run.get("steps_done", config.get("steps", "-")),
+        "distill_seconds": run.get("distill_seconds"),
+        "bytes": os.path.getsize(set_file),
+        "archs": archs,
+    }
+
+
+def _acc(r: dict | None) -> str:
+    if not r:
+        return "-"
+    return f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['runs']}x{r['epochs']})"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A markdown table of ``run_row`` results; one accuracy column per architecture any run was evaluated on."""
+    seen = list(dict.fromkeys(a for row in rows for a in row["archs"]))
+    archs = sorted(seen, key=lambda a: (a != "convnet", seen.index(a)))  # the protocol's net first
+    head = ["run", "method", "backbone", "match space", "IPC", "init", "steps", "distil s", "bytes", *[f"{a} %" for a in archs]]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        seconds = "-" if r["distill_seconds"] is None else f"{r['distill_seconds']:.0f}"
+        ipc = f"{r['ipc']}{' (soft)' if r['soft_labels'] else ''}"
+        cells = [r["run"], r["method"], r["backbone"], r["match_space"], ipc, r["init"], str(r["steps"]), seconds,
+                 f"{r['bytes']:,}", *[_acc(r["archs"].get(a)) for a in archs]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
