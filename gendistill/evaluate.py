@@ -90,9 +90,11 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
     start = time.time()
     for arch in archs or [cfg.arch]:
         accs = []
-        for run in tqdm(range(cfg.runs), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True, leave=False):
+        bar = tqdm(range(cfg.runs), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True, leave=False)
+        for run in bar:
             g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
             accs.append(train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch))
+            bar.set_postfix(accs=" ".join(f"{100 * a:.2f}" for a in accs))
         result["archs"][arch] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs)}
     first = result["archs"][(archs or [cfg.arch])[0]]
     result.update(mean=first["mean"], std=first["std"], seconds=round(time.time() - start, 1))
