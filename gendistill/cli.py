@@ -43,7 +43,9 @@ def _load_set(args):
     if not source:
         raise ValueError(f"{args.file!r} does not record its backbone; pass --backbone")
     backbone = load_backbone(source, image_shape=tuple(syn.dataset_meta.get("image_shape") or ()) or None,
-                             latent_space=syn.backbone_meta.get("latent_space"))  # a gan set's space (None otherwise)
+                             latent_space=syn.backbone_meta.get("latent_space"),  # a gan set's space (None otherwise)
+                             options=syn.backbone_meta.get("options"),  # a diffusion set's decode settings
+                             class_names=syn.dataset_meta.get("classes"))
     syn.check_backbone(backbone, ignore_hash=args.ignore_backbone_hash)
     return syn, backbone
 
@@ -65,9 +67,10 @@ def _add_backbone_flags(p):
 def cmd_init(args) -> int:
     import torch
 
-    from .backbones import load_backbone
+    from .backbones import backbone_options, load_backbone
     from .cache import real_split
     from .data import get_dataset
+    from .synthetic import set_backbone_options
 
     from .io import check_parent
     check_parent(args.out)
@@ -75,13 +78,16 @@ def cmd_init(args) -> int:
     smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
     if args.ipc > smallest:
         raise ValueError(f"--ipc {args.ipc} is more than the {smallest} images of the smallest class of {args.dataset}; lower --ipc")
-    backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space)
+    options = backbone_options(args)
+    backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space,
+                             options=set_backbone_options(args.backbone, args.init, options), class_names=train.classes)
     backbone.to(_device())
     real = real_split(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))  # images for a gan
     from .synthetic import SyntheticSet
 
     run = {"method": "init", "ipc": args.ipc, "steps": 0, "seed": args.seed, "config": {k: v for k, v in vars(args).items() if k != "func"}}
-    syn = SyntheticSet.initialise(args.init, real, args.ipc, backbone, train.meta(), torch.Generator().manual_seed(args.seed), run=run)
+    syn = SyntheticSet.initialise(args.init, real, args.ipc, backbone, train.meta(), torch.Generator().manual_seed(args.seed), run=run,
+                                  init_model=args.init_model, model_options=options)
     syn.save(args.out)
     print(f"wrote {args.out}: {len(syn)} latents of shape {tuple(syn.latents.shape[1:])}, ipc {args.ipc}, init {args.init}")
     return 0
@@ -272,10 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
     s.add_argument("--download", action="store_true")
-    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE or GAN directory or a hub id")
+    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
     s.add_argument("--ipc", type=int, default=10)
     s.add_argument("--init", default="real", choices=INITS.names())
+    s.add_argument("--init-model", default=None, help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
+    s.add_argument("--decode-steps", type=int, default=None, help="diffusion: DDIM steps of decode (default 10)")
+    s.add_argument("--invert-to", type=int, default=None, help="diffusion: timestep of the noise latents (default: full noise)")
+    s.add_argument("--guidance-scale", type=float, default=None, help="diffusion: classifier-free guidance in [0, 30] (default 1: none)")
+    s.add_argument("--prompt-template", default=None, help='text-conditioned diffusion: prompt of a class (default "a photo of a {name}")')
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cache-dir", default=None)
     s.add_argument("--out", required=True)

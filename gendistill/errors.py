@@ -5,8 +5,13 @@ from __future__ import annotations
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError, OSError)
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors that wrap it."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def format_error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = first_line(e)
     if isinstance(e, KeyError):
         text = f"missing {text}"
     return f"error: {text}"

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from . import __version__
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, backbone_options, load_backbone
 from .cache import LatentSplit, cached_latents, image_split
 from .data import ImageDataset, get_dataset
 from .distill import DistillConfig, TrainState, distill, make_accelerator
@@ -19,7 +19,7 @@ from .evaluate import EvalConfig, evaluate
 from .io import write_json
 from .objectives import Objective
 from .plots import image_grid, loss_plot, save_png
-from .synthetic import SyntheticSet
+from .synthetic import SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
 RESUME_FREE = {"steps", "resume", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output", "mixed_precision", "cache_dir"}
@@ -41,6 +41,11 @@ class RecipeConfig:
     download: bool = False
     backbone: str = "fashion-mnist-vae"
     latent_space: str | None = None  # gan backbones: z, w, w+, f<k> (None: the backbone's default, w+)
+    decode_steps: int | None = None  # diffusion backbones / init models: DDIM steps of decode (None: 10)
+    invert_to: int | None = None  # diffusion: the timestep of the noise latents (None: the last one, full noise)
+    guidance_scale: float | None = None  # diffusion: classifier-free guidance scale in [0, 30] (None: 1, no guidance)
+    prompt_template: str | None = None  # text-conditioned diffusion: class name -> prompt (None: "a photo of a {name}")
+    init_model: str | None = None  # --init diffusion / diffusion-prototype: the model (None: the backbone if diffusion, else fashion-mnist-ldm)
     match_space: str = "latent"  # latent | pixel (decode-through; required by backbones without a latent cache: gan)
     ipc: int = 10
     init: str = "real"
@@ -78,7 +83,9 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     """Dataset, backbone, latent cache and an initialised set from a recipe config's names."""
     train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
-    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape, latent_space=getattr(cfg, "latent_space", None))
+    options = backbone_options(cfg)  # diffusion settings: for the backbone, or for --init diffusion's model
+    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape, latent_space=getattr(cfg, "latent_space", None),
+                             options=set_backbone_options(cfg.backbone, cfg.init, options), class_names=train.classes)
     if tuple(backbone.image_shape) != tuple(train.image_shape):
         raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has {train.image_shape}; "
                          "train one with recipes/train_autoencoder.py (or recipes/train_gan.py)")
@@ -97,7 +104,8 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     gen = torch.Generator().manual_seed(cfg.seed)
     run = {"method": method, "ipc": cfg.ipc, "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
            "config": dataclasses.asdict(cfg)}
-    syn = SyntheticSet.initialise(cfg.init, real_latents, cfg.ipc, backbone, train.meta(), gen, run=run)
+    syn = SyntheticSet.initialise(cfg.init, real_latents, cfg.ipc, backbone, train.meta(), gen, run=run,
+                                  init_model=getattr(cfg, "init_model", None), model_options=options)
     return Pieces(train, test, backbone, real_latents, real, syn)
 
 

@@ -21,6 +21,7 @@ from .registry import Registry
 FORMAT_VERSION = "1"
 INITS: Registry = Registry("initialisation")
 HASH_FLAG = "--ignore-backbone-hash"
+DEFAULT_INIT_MODEL = "fashion-mnist-ldm"  # the diffusion model of --init diffusion / diffusion-prototype
 
 
 class SyntheticSet(nn.Module):
@@ -65,13 +66,20 @@ class SyntheticSet(nn.Module):
     # -- creation ---------------------------------------------------------------------------------------
     @classmethod
     def initialise(cls, method: str, real: LatentSplit, ipc: int, backbone: Backbone, dataset: dict,
-                   generator: torch.Generator | None = None, run: dict | None = None) -> "SyntheticSet":
+                   generator: torch.Generator | None = None, run: dict | None = None,
+                   init_model: "str | Backbone | None" = None, model_options: dict | None = None) -> "SyntheticSet":
         """``ipc`` latents per class by an INITS method, from ``real``: the cached latents of the train split, or its
-        images (``real.space == "pixel"``, a backbone without a latent cache) of which only the picked ones are encoded."""
+        images (``real.space == "pixel"``, a backbone without a latent cache) of which only the picked ones are encoded.
+        A method that samples a generative model (``--init diffusion``) gets ``init_model`` (see ``load_init_model``)."""
         if ipc < 1:
             raise ValueError(f"--ipc must be at least 1, got {ipc}")
         make = INITS.get(method)
-        latents = torch.cat([make(real, c, ipc, generator, backbone=backbone).detach().cpu() for c in range(real.num_classes)])
+        extra = {}
+        if getattr(make, "uses_model", False):
+            extra["model"] = load_init_model(init_model, backbone, dataset, model_options)
+            run = {**(run or {}), "init_model": {"source": extra["model"].source, "sha256": extra["model"].weights_sha256(),
+                                                 "options": extra["model"].options()}}
+        latents = torch.cat([make(real, c, ipc, generator, backbone=backbone, **extra).detach().cpu() for c in range(real.num_classes)])
         labels = torch.arange(real.num_classes).repeat_interleave(ipc)
         if real.space == "pixel" and getattr(make, "selects_real", False):  # picked images: encode them, in one go
             device = next(backbone.parameters(), latents).device
@@ -234,3 +242,92 @@ def init_kmeans(real: LatentSplit, c: int, ipc: int, generator=None, backbone=No
                 chosen.append(int(i))
                 break
     return real.latents[idx[torch.tensor(chosen)]]
+
+
+# ---------------------------------------------------------------------------------- generative initialisers
+
+
+# An initialiser marked ``uses_model`` samples a diffusion model (DiffusionBackbone) and gets it as ``model``; what it
+# returns is expressed in the set's backbone space (``model.to_backbone``): the noise latents for that very model, the
+# denoised VAE latents for its VAE, otherwise the backbone's encoding of the generated images (pixel: the images).
+
+
+def uses_model(fn):
+    fn.uses_model = True
+    return fn
+
+
+def set_backbone_options(source: str, init: str, options: dict | None) -> dict | None:
+    """The load-time options (diffusion settings) for a set's backbone ``source``: all of ``options``, unless that
+    backbone takes none and ``init`` samples a model, which then gets them (``--init diffusion --guidance-scale 2``)."""
+    from .backbones import BACKBONES, backbone_kind, resolve_source
+
+    if not any(v is not None for v in (options or {}).values()) or not getattr(INITS.get(init), "uses_model", False):
+        return options
+    return options if BACKBONES.get(backbone_kind(resolve_source(source))).option_names else None
+
+
+def load_init_model(init_model: "str | Backbone | None", backbone: Backbone, dataset: dict, options: dict | None = None) -> Backbone:
+    """The diffusion model a ``uses_model`` initialiser samples: ``init_model`` (a loaded backbone, or a source loaded
+    with ``options`` and the dataset's image shape and class names); if None, the set's backbone when it is a diffusion
+    one, else the shipped ``fashion-mnist-ldm``. On the set's backbone's device."""
+    from .backbones import load_backbone, shipped_backbones
+
+    if isinstance(init_model, Backbone):
+        model = init_model
+    elif init_model is None and backbone.kind == "diffusion":
+        model = backbone
+    else:
+        source = init_model or DEFAULT_INIT_MODEL
+        if source == DEFAULT_INIT_MODEL and not Path(source).exists() and source not in shipped_backbones():
+            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in assets/backbones; make it with "
+                                    f"python recipes/train_diffusion.py --output assets/backbones/{DEFAULT_INIT_MODEL}, or pass --init-model DIR")
+        shape = tuple(dataset["image_shape"]) if dataset.get("image_shape") else None
+        model = load_backbone(source, image_shape=shape, options=options, class_names=dataset.get("classes"))
+    if model.kind != "diffusion":
+        raise ValueError(f"--init-model {model.source!r} is a {model.kind} backbone; --init diffusion samples a diffusion model "
+                         "(a directory with unet/ and scheduler/)")
+    classes = dataset.get("num_classes")
+    if classes is not None and model.num_classes != int(classes):
+        raise ValueError(f"--init-model {model.source!r} has {model.num_classes} classes, the dataset {classes}; use a model trained on it")
+    return model.to(next(backbone.parameters(), torch.empty(0)).device)
+
+
+@INITS.register("diffusion")
+@uses_model
+def init_diffusion(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None, model=None) -> torch.Tensor:
+    """Class-conditioned samples of a diffusion model (``--init-model``), in the set's backbone space."""
+    with torch.no_grad():
+        return model.to_backbone(model.random_latents(c, ipc, generator), backbone, labels=c).cpu()
+
+
+def model_vae_latents(model, real: LatentSplit, c: int, backbone: Backbone, batch: int = 256) -> torch.Tensor:
+    """Class ``c`` of ``real`` as latents of ``model``'s VAE: the cached latents when the set's backbone is that VAE, else
+    its images (decoded from the backbone's latents where ``real`` holds latents) encoded by the VAE."""
+    data = real.latents[real.class_indices(c)]
+    if real.space == "latent" and backbone.weights_sha256() == model.vae.weights_sha256():
+        return data
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(data), batch):
+            x = data[i : i + batch].to(device)
+            if real.space == "latent":
+                x = backbone.decode(x).clamp(0, 1)
+            out.append(model.vae.encode(x).cpu())
+    return torch.cat(out)
+
+
+@INITS.register("diffusion-prototype")
+@uses_model
+def init_diffusion_prototype(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None, model=None) -> torch.Tensor:
+    """Diffusion prototypes: the ``ipc`` k-means centres of the class's real VAE latents, DDIM-inverted to noise under
+    the class's condition and re-decoded (the set's backbone space: the noise latents for the model itself)."""
+    z0 = model_vae_latents(model, real, c, backbone)
+    if ipc > len(z0):
+        raise ValueError(f"class {c} has {len(z0)} real samples, fewer than the {ipc} asked for; lower --ipc")
+    centres, _ = kmeans(z0.flatten(1).float(), ipc, generator=generator)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        z = model.invert(centres.reshape(ipc, *z0.shape[1:]).to(device), labels=c)
+        return model.to_backbone(z, backbone, labels=c).cpu()

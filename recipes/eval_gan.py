@@ -1,8 +1,10 @@
-"""Measure a GAN backbone's class consistency: a fixed ConvNet trained on the real train split classifies real test
-images and ``--per-class`` generated images of every class; optionally inverts ``--invert`` test images (PSNR).
+"""Measure a generator backbone's class consistency (gan or diffusion): a fixed ConvNet trained on the real train split
+classifies real test images and ``--per-class`` generated images of every class; optionally inverts ``--invert`` test
+images (PSNR of their reconstructions).
 
     python recipes/eval_gan.py --backbone fashion-mnist-gan
     python recipes/eval_gan.py --backbone my-gan --classifier classifier.safetensors   # train once, then reuse
+    python recipes/eval_gan.py --backbone fashion-mnist-ldm --guidance-scale 2        # a latent diffusion model
 
 Prints a JSON line, then a summary line; ``--out`` writes the JSON.
 """
@@ -18,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from gendistill.backbones import load_backbone
+from gendistill.backbones import backbone_options, load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.data import get_dataset
@@ -38,6 +40,10 @@ class EvalGANConfig:
     classifier_epochs: int = 2
     invert: int = 100  # test images to invert (w+ unless --latent-space); 0: skip
     latent_space: str | None = None
+    decode_steps: int | None = None  # diffusion backbones: DDIM steps (None: 10)
+    invert_to: int | None = None  # diffusion: timestep of the noise latents (None: full noise)
+    guidance_scale: float | None = None  # diffusion: classifier-free guidance (None: 1, none)
+    prompt_template: str | None = None  # text-conditioned diffusion
     seed: int = 0
     out: str | None = None
 
@@ -60,9 +66,10 @@ def main(argv=None) -> int:
     device = Accelerator().device
     train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
-    backbone = load_backbone(cfg.backbone, image_shape=test.image_shape, latent_space=cfg.latent_space).to(device)
-    if backbone.kind != "gan":
-        raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures gan backbones (recipes/eval_autoencoder.py the others)")
+    backbone = load_backbone(cfg.backbone, image_shape=test.image_shape, latent_space=cfg.latent_space,
+                             options=backbone_options(cfg), class_names=train.classes).to(device)
+    if not hasattr(backbone, "sample_images"):
+        raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures generator backbones (gan, diffusion; recipes/eval_autoencoder.py the others)")
     net = reference_classifier(cfg, train, device)
     acc_real = (classify(net, test.float_images(), test.mean, test.std, device) == test.labels).float().mean().item()
     labels = torch.arange(train.num_classes).repeat_interleave(cfg.per_class)
@@ -80,12 +87,12 @@ def main(argv=None) -> int:
         with torch.no_grad():
             recon = backbone.decode(z).float().clamp(0, 1).cpu()
         acc_inv = (classify(net, recon, test.mean, test.std, device) == test.labels[idx]).float().mean().item()
-        result["inversion"] = {"latent_space": backbone.latent_space, "images": len(idx), "steps": backbone.invert_steps,
-                               "psnr_db": round(psnr(recon, real), 2), "classifier_acc": round(acc_inv, 4)}
+        result["inversion"] = {"latent_space": backbone.latent_space, "images": len(idx), "steps": getattr(backbone, "invert_steps", None),
+                               "options": backbone.options(), "psnr_db": round(psnr(recon, real), 2), "classifier_acc": round(acc_inv, 4)}
     if cfg.out:
         write_json(result, cfg.out)
     print(json.dumps(result))
-    inv = f"; inversion ({backbone.latent_space}) PSNR {result['inversion']['psnr_db']:.2f} dB" if "inversion" in result else ""
+    inv = f"; inversion ({backbone.latent_space or backbone.kind}) PSNR {result['inversion']['psnr_db']:.2f} dB" if "inversion" in result else ""
     print(f"class consistency: classifier accuracy {100 * hit.mean().item():.2f}% on generated images (per class "
           f"{min(per_class) * 100:.1f}-{max(per_class) * 100:.1f}%) vs {100 * acc_real:.2f}% on real test images{inv}")
     return 0

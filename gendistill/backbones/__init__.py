@@ -1,4 +1,4 @@
-"""Backbones: images <-> latent codes. ``load_backbone("pixel" | DIR | hub id | shipped name, latent_space=None)``."""
+"""Backbones: images <-> latent codes. ``load_backbone("pixel" | DIR | hub id | shipped name, latent_space=None, options=None)``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .base import BACKBONES, INFO_FILE, Backbone
+from .diffusion import DiffusionBackbone
 from .gan import GENERATOR_CLASS, GANBackbone
 from .pixel import PixelBackbone
 from .vae import VAEBackbone
@@ -32,6 +33,8 @@ def backbone_kind(source: str) -> str:
         info = path / INFO_FILE
         if info.exists():
             return json.loads(info.read_text()).get("kind", "vae")
+        if (path / "unet").is_dir():  # a Stable Diffusion layout (unet/, text_encoder/, tokenizer/, vae/, scheduler/)
+            return "diffusion"
         for cfg in (path / "config.json", path / "vae" / "config.json"):
             if cfg.exists():
                 try:
@@ -41,8 +44,9 @@ def backbone_kind(source: str) -> str:
                 if name in _CLASS_TO_KIND:
                     return _CLASS_TO_KIND[name]
                 raise ValueError(f"{source!r} holds a {name!r}; supported backbones: {', '.join(BACKBONES.names())} "
-                                 "(AutoencoderKL directories for vae, ConditionalStyleGenerator ones for gan)")
-        raise ValueError(f"{source!r} is not a backbone directory (no config.json); pass 'pixel', a diffusers VAE or GAN directory or a hub id")
+                                 "(AutoencoderKL directories for vae, ConditionalStyleGenerator ones for gan, "
+                                 "a directory holding unet/ and scheduler/ for diffusion)")
+        raise ValueError(f"{source!r} is not a backbone directory (no config.json); pass 'pixel', a diffusers VAE, GAN or diffusion directory or a hub id")
     if path.suffix or source.startswith((".", "/")) or source.count("/") != 1:
         raise ValueError(f"unknown backbone {source!r}: not a directory, a hub id (owner/name) or one of {', '.join(BACKBONES.names() + shipped_backbones())}")
     return "vae"  # a hub id
@@ -53,16 +57,40 @@ def shipped_backbones() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space: str | None = None) -> Backbone:
-    """The backbone at ``source``; ``latent_space`` picks one of a gan's spaces (z, w, w+, f<k>; None: its default)."""
+def option_names() -> list[str]:
+    """Every load-time option some backbone kind takes (diffusion: decode_steps, invert_to, guidance_scale, prompt_template)."""
+    return sorted({name for kind in BACKBONES.names() for name in BACKBONES.get(kind).option_names})
+
+
+def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space: str | None = None,
+                  options: dict | None = None, class_names=None) -> Backbone:
+    """The backbone at ``source``; ``latent_space`` picks one of a gan's spaces (z, w, w+, f<k>; None: its default);
+    ``options`` are load-time settings of kinds that have them (None values: the backbone's defaults; any other for a
+    kind without that option is an error); ``class_names`` are the dataset's (a text-conditioned model's prompts)."""
     source = resolve_source(source)
     kind = backbone_kind(source)
     cls = BACKBONES.get(kind)
-    if latent_space is None:
-        return cls.from_pretrained(source, image_shape=image_shape)
-    if not cls.has_latent_spaces:
-        raise ValueError(f"--latent-space {latent_space!r} applies to gan backbones; {source!r} is a {kind} backbone with one latent space (leave --latent-space unset)")
-    return cls.from_pretrained(source, image_shape=image_shape, latent_space=latent_space)
+    kwargs = {"image_shape": image_shape}
+    for name, value in (options or {}).items():
+        if value is None:
+            continue
+        if name not in cls.option_names:
+            owners = [k for k in BACKBONES.names() if name in BACKBONES.get(k).option_names] or ["no"]
+            raise ValueError(f"--{name.replace('_', '-')} applies to {' and '.join(owners)} backbones; {source!r} is a {kind} backbone (leave it unset)")
+        kwargs[name] = value
+    if class_names is not None:
+        kwargs["class_names"] = list(class_names)
+    if latent_space is not None:
+        if not cls.has_latent_spaces:
+            raise ValueError(f"--latent-space {latent_space!r} applies to gan backbones; {source!r} is a {kind} backbone with one latent space (leave --latent-space unset)")
+        kwargs["latent_space"] = latent_space
+    return cls.from_pretrained(source, **kwargs)
 
 
-__all__ = ["Backbone", "PixelBackbone", "VAEBackbone", "GANBackbone", "BACKBONES", "load_backbone", "resolve_source", "DEFAULT_BACKBONE", "shipped_backbones"]
+def backbone_options(cfg) -> dict:
+    """The load-time options a config (a recipe's dataclass or argparse namespace) sets, by name; unset ones are None."""
+    return {name: getattr(cfg, name, None) for name in option_names()}
+
+
+__all__ = ["Backbone", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone", "BACKBONES", "load_backbone",
+           "backbone_options", "option_names", "resolve_source", "DEFAULT_BACKBONE", "shipped_backbones"]

@@ -3,9 +3,11 @@
 Every kind maps ``encode(x, labels=None)`` for images (N, *image_shape) in [0, 1] to latents (N, *latent_shape) and
 ``decode(z)`` back (not clamped, so gradients flow). ``decode_vjp`` pushes d(loss)/d(image) into the latents in
 chunks (GLaD): objectives never see latents, backbones never see losses. ``labels`` (class ids) matter only to kinds
-whose encode is class-conditional (GAN inversion starts at the class-mean w); the others ignore them.
-``cheap_encode`` says whether encoding a whole train split is affordable (the latent cache); ``latent_space`` names
-the space of a kind that has several (gan: z, w, w+, f<k>) and is part of the backbone's identity.
+whose encode is class-conditional (GAN inversion starts at the class-mean w, DDIM inversion is class-conditioned);
+the others ignore them. ``cheap_encode`` says whether encoding a whole train split is affordable (the latent cache);
+``latent_space`` names the space of a kind that has several (gan: z, w, w+, f<k>) and is part of the backbone's
+identity, as are ``options()``: load-time settings of a kind that change what a latent decodes to (diffusion: DDIM
+steps, inversion timestep, guidance), recorded in a set file so that it is decoded with the same ones.
 """
 
 from __future__ import annotations
@@ -34,11 +36,24 @@ def read_config(cfg_file: Path, source: str, what: str) -> dict:
         raise ValueError(f"{str(cfg_file)!r} is not valid JSON ({e.msg}); re-create the backbone directory") from None
 
 
+def class_ids(labels, n: int, num_classes: int, device=None) -> torch.Tensor:
+    """``labels`` (one id, or ``n`` of them) as an (n,) int64 tensor of class ids in [0, num_classes), checked."""
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if labels.numel() == 1:
+        labels = labels.expand(n)
+    if len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must be class ids in [0, {num_classes}); the model has {num_classes} classes")
+    return labels if device is None else labels.to(device)
+
+
 class Backbone(nn.Module):
     kind: str = "base"
     cheap_encode: bool = True  # False: encode is an optimisation (GAN inversion); no latent cache of a whole split
     has_latent_spaces: bool = False  # True: ``from_pretrained(..., latent_space=NAME)`` picks one of several spaces
     latent_space: str | None = None
+    option_names: tuple[str, ...] = ()  # load-time settings ``from_pretrained`` takes as keywords (see ``options``)
 
     def __init__(self, image_shape: tuple[int, int, int], source: str):
         super().__init__()
@@ -60,6 +75,15 @@ class Backbone(nn.Module):
     def scaling(self) -> dict:
         return {}
 
+    def options(self) -> dict:
+        """The values of ``option_names`` this backbone was loaded with (part of its identity; empty for most kinds)."""
+        return {}
+
+    def decode_for_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """``decode(z)`` as ``decode_vjp`` differentiates it: the same values; a kind whose decode is a long chain
+        (diffusion: K UNet calls) recomputes activations in the backward pass (checkpointing) to bound memory."""
+        return self.decode(z)
+
     def decode_vjp(self, z: torch.Tensor, grad_x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """d(loss)/d(z) given d(loss)/d(decode(z)), computed ``chunk`` latents at a time (bounded memory)."""
         if grad_x.shape[0] != z.shape[0]:
@@ -68,7 +92,7 @@ class Backbone(nn.Module):
         for i in range(0, z.shape[0], max(1, chunk)):
             zc = z[i : i + chunk].detach().requires_grad_(True)
             with torch.enable_grad():
-                xc = self.decode(zc)
+                xc = self.decode_for_grad(zc)
                 (g,) = torch.autograd.grad(xc, zc, grad_x[i : i + chunk].to(xc.dtype))
             out[i : i + chunk] = g
         return out
@@ -87,6 +111,8 @@ class Backbone(nn.Module):
                 state["__scaling__"] = torch.tensor([float(scaling[k]) for k in sorted(scaling)], dtype=torch.float64)
             if self.latent_space is not None:
                 state["__latent_space__"] = torch.tensor(list(self.latent_space.encode()), dtype=torch.uint8)
+            if self.options():
+                state["__options__"] = torch.tensor(list(json.dumps(self.options(), sort_keys=True).encode()), dtype=torch.uint8)
             self._sha256 = tensor_sha256(state)
         return self._sha256
 
@@ -102,6 +128,8 @@ class Backbone(nn.Module):
         }
         if self.latent_space is not None:
             record["latent_space"] = self.latent_space
+        if self.options():
+            record["options"] = self.options()
         return record
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import BACKBONES, Backbone, read_config
+from .base import BACKBONES, Backbone, class_ids, read_config
 
 if TYPE_CHECKING:
     from .gan_model import ConditionalStyleGenerator
@@ -178,16 +178,7 @@ class GANBackbone(Backbone):
         return torch.cat([feat.flatten(1), ws[:, k + 1 :].flatten(1)], dim=1)
 
     def _labels(self, labels, n: int) -> torch.Tensor | None:
-        if labels is None:
-            return None
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if len(labels) != n:
-            raise ValueError(f"{n} images but {len(labels)} labels")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"labels must be class ids in [0, {self.num_classes}); the generator has {self.num_classes} classes")
-        return labels.to(self.w_mean.device)
+        return None if labels is None else class_ids(labels, n, self.num_classes, self.w_mean.device)
 
     @torch.no_grad()
     def start_latents(self, labels: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
