@@ -85,6 +85,7 @@ def backbone_training_parser(cfg_cls: type, description: str | None = None) -> a
     p.add_argument("--data-dir", default=None)
     p.add_argument("--download", action="store_true")
     p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.ckpt (written after every epoch)")
     for f in dataclasses.fields(cfg_cls):
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(f.default, tuple):

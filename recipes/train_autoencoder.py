@@ -12,6 +12,8 @@ from dataclasses import asdict
 from accelerate import Accelerator
 
 from gendistill.backbones.train import AutoencoderConfig, train_autoencoder
+from gendistill.backbones.training import checkpoint_path, resumable
+from gendistill.cli import run_guarded
 from gendistill.config import backbone_training_parser, config_from_args
 from gendistill.data import get_dataset
 from gendistill.io import atomic_dir
@@ -24,17 +26,16 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     cfg = config_from_args(AutoencoderConfig, args)
-    try:
-        train = get_dataset(args.dataset, "train", args.data_dir, args.download)
-        backbone = train_autoencoder(train, cfg, device=Accelerator().device)
-        with atomic_dir(args.output) as tmp:
-            backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": "recipes/train_autoencoder.py", "config": asdict(cfg)})
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ckpt = checkpoint_path(args.output)
+    train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    with resumable(ckpt):
+        backbone = train_autoencoder(train, cfg, device=Accelerator().device, checkpoint=ckpt, resume=args.resume)
+    with atomic_dir(args.output) as tmp:
+        backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": "recipes/train_autoencoder.py", "config": asdict(cfg)})
+    ckpt.unlink(missing_ok=True)
     print(f"saved {args.output} (sha256 {backbone.weights_sha256()[:16]}, latent shape {backbone.latent_shape})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_guarded(main))

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset
+from .training import EpochCheckpoint
 from .vae import VAEBackbone
 
 
@@ -40,8 +41,10 @@ def build_autoencoder(image_shape, cfg: AutoencoderConfig):
     )
 
 
-def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch.device | str = "cpu", log=print) -> VAEBackbone:
-    """L1 reconstruction + a small KL term, Adam with cosine decay; ``scaling_factor`` = 1 / std of the latents."""
+def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch.device | str = "cpu", log=print,
+                      checkpoint=None, resume: bool = False) -> VAEBackbone:
+    """L1 reconstruction + a small KL term, Adam with cosine decay; ``scaling_factor`` = 1 / std of the latents.
+    ``checkpoint``: a file for the per-epoch training state (``EpochCheckpoint``); ``resume`` continues from it."""
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -51,9 +54,11 @@ def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    bar = tqdm(total=total, desc="train autoencoder", dynamic_ncols=True)
+    ckpt = EpochCheckpoint(checkpoint, cfg, {"vae": vae, "opt": opt, "sched": sched}, gen, resume)
+    first, done = ckpt.load()
+    bar = tqdm(total=total, initial=done, desc="train autoencoder", dynamic_ncols=True)
     start = time.time()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         order = torch.randperm(len(train), generator=gen)
         for i in range(per_epoch):
             x = train.float_images(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]).to(device) * 2 - 1
@@ -67,6 +72,7 @@ def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch
             sched.step()
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+        ckpt.save(epoch, (epoch + 1) * per_epoch)
     bar.close()
     vae.eval()
     with torch.no_grad():

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..cache import cached_latents
 from ..data import ImageDataset
 from .diffusion import DiffusionBackbone, run_unet, soft_class_unet
+from .training import EpochCheckpoint, ema_update
 
 
 @dataclass
@@ -80,12 +81,6 @@ def build_scheduler(cfg: DiffusionConfig):
                          set_alpha_to_one=True, timestep_spacing="trailing")
 
 
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
-
-
 def diffusion_loss(unet: nn.Module, z0: torch.Tensor, labels: torch.Tensor, alpha_bars: torch.Tensor, cfg: DiffusionConfig,
                    generator: torch.Generator, null_class: int) -> torch.Tensor:
     """DDPM's simple loss: the MSE between the noise and the UNet's prediction of it at uniform random timesteps, with
@@ -101,9 +96,10 @@ def diffusion_loss(unet: nn.Module, z0: torch.Tensor, labels: torch.Tensor, alph
 
 
 def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.device | str = "cpu", cache_dir=None,
-                    log=print, progress: bool = True) -> DiffusionBackbone:
+                    log=print, progress: bool = True, checkpoint=None, resume: bool = False) -> DiffusionBackbone:
     """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of latent diffusion on ``train`` encoded by ``cfg.vae``;
-    the EMA UNet with a DDIM scheduler as a backbone."""
+    the EMA UNet with a DDIM scheduler as a backbone. ``checkpoint``: a file for the per-epoch training state
+    (``EpochCheckpoint``); ``resume`` continues from it."""
     from . import load_backbone
 
     vae = load_backbone(cfg.vae, image_shape=train.image_shape)
@@ -121,9 +117,11 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
     if per_epoch < 1:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(real.labels)} training latents; lower it")
     total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
-    bar = tqdm(total=total, desc="train latent diffusion", dynamic_ncols=True, disable=not progress)
-    start, step = time.time(), 0
-    for epoch in range(math.ceil(total / per_epoch)):
+    ckpt = EpochCheckpoint(checkpoint, cfg, {"unet": unet, "ema": ema, "opt": opt, "warmup": warmup}, gen, resume)
+    first, step = ckpt.load()
+    bar = tqdm(total=total, initial=step, desc="train latent diffusion", dynamic_ncols=True, disable=not progress)
+    start = time.time()
+    for epoch in range(first, math.ceil(total / per_epoch)):
         order = torch.randperm(len(real.labels), generator=gen)
         loss_sum = 0.0
         for i in range(per_epoch):
@@ -136,7 +134,7 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
             loss.backward()
             opt.step()
             warmup.step()
-            _ema_update(ema, unet, cfg.ema)
+            ema_update(ema, unet, cfg.ema)
             step += 1
             loss_sum += loss.item()
             bar.update(1)
@@ -144,6 +142,7 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
         n = max(1, min(per_epoch, step - epoch * per_epoch))
         log(f"epoch {epoch}: mean loss {loss_sum / n:.4f} ({time.time() - start:.0f}s)")
+        ckpt.save(epoch, step)
     bar.close()
     log(f"trained latent diffusion for {step} steps in {time.time() - start:.0f}s; config {asdict(cfg)}")
     return DiffusionBackbone(ema.cpu(), scheduler, vae.cpu(), train.classes, source="trained", vae_pointer=cfg.vae)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data import ImageDataset
 from .gan import GANBackbone
 from .gan_model import ConditionalStyleGenerator
+from .training import EpochCheckpoint, ema_update
 
 
 @dataclass
@@ -86,14 +87,10 @@ def build_discriminator(image_shape, num_classes: int, cfg: GANConfig, seed: int
         return ProjectionDiscriminator(image_shape[0], num_classes, tuple(cfg.d_channels))
 
 
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
-
-
-def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = "cpu", log=print, progress: bool = True) -> GANBackbone:
-    """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of hinge-loss GAN on ``train``; the EMA generator as a backbone."""
+def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = "cpu", log=print, progress: bool = True,
+              checkpoint=None, resume: bool = False) -> GANBackbone:
+    """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of hinge-loss GAN on ``train``; the EMA generator as a backbone.
+    ``checkpoint``: a file for the per-epoch training state (``EpochCheckpoint``); ``resume`` continues from it."""
     gen = torch.Generator().manual_seed(cfg.seed)
     G = build_generator(train.image_shape, train.num_classes, cfg, gen).to(device).train()
     D = build_discriminator(train.image_shape, train.num_classes, cfg, cfg.seed + 1).to(device).train()
@@ -104,9 +101,11 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
     if per_epoch < 1:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images; lower it")
     total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
-    bar = tqdm(total=total, desc="train gan", dynamic_ncols=True, disable=not progress)
-    start, step = time.time(), 0
-    for epoch in range(math.ceil(total / per_epoch)):
+    ckpt = EpochCheckpoint(checkpoint, cfg, {"G": G, "D": D, "G_ema": G_ema, "opt_g": opt_g, "opt_d": opt_d}, gen, resume)
+    first, step = ckpt.load()
+    bar = tqdm(total=total, initial=step, desc="train gan", dynamic_ncols=True, disable=not progress)
+    start = time.time()
+    for epoch in range(first, math.ceil(total / per_epoch)):
         order = torch.randperm(len(train), generator=gen)
         sums = torch.zeros(2)
         for i in range(per_epoch):
@@ -126,7 +125,7 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
-            _ema_update(G_ema, G, cfg.ema)
+            ema_update(G_ema, G, cfg.ema)
             step += 1
             sums += torch.tensor([d_loss.item(), g_loss.item()])
             bar.update(1)
@@ -134,6 +133,7 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
                 bar.set_postfix(epoch=epoch, d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
         n = max(1, min(per_epoch, step - epoch * per_epoch))
         log(f"epoch {epoch}: mean D loss {sums[0] / n:.4f}, G loss {sums[1] / n:.4f} ({time.time() - start:.0f}s)")
+        ckpt.save(epoch, step)
     bar.close()
     log(f"trained GAN for {step} steps in {time.time() - start:.0f}s; config {asdict(cfg)}")
     return GANBackbone(G_ema.cpu(), image_shape=train.image_shape, source="trained")

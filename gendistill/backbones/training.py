@@ -1,0 +1,92 @@
+"""What the backbone trainers (autoencoder, GAN, latent diffusion) share: the EMA update and epoch checkpoints.
+
+A trainer that runs for half an hour must not lose it to a crash or a Ctrl-C: ``EpochCheckpoint`` writes the
+training state (modules, optimisers, schedulers, the data generator, epoch and step) atomically after every epoch to
+``<output>.ckpt``; the recipe's ``--resume`` continues from it and gives the same weights as an uninterrupted run,
+since everything random comes from the stored generator. The file is removed once the backbone is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import atomic_path
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model``, parameter by parameter."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    """Where a trainer writing ``output`` keeps its epoch checkpoint: beside it, ``<output>.ckpt``."""
+    output = Path(output)
+    return output.with_name(output.name + ".ckpt")
+
+
+class EpochCheckpoint:
+    """The training state of one backbone trainer, saved after each epoch and loaded by ``--resume``.
+
+    ``parts`` maps names to objects with ``state_dict``/``load_state_dict`` (modules, optimisers, lr schedulers);
+    ``generator`` is the trainer's data/noise generator; ``config`` (a dataclass) must be equal on resume.
+    ``path=None`` turns checkpointing off (tests, library use).
+    """
+
+    def __init__(self, path: str | Path | None, config, parts: dict, generator: torch.Generator, resume: bool = False):
+        self.path = Path(path) if path is not None else None
+        self.config = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+        self.parts, self.generator, self.resume = parts, generator, resume
+        if self.path is not None and self.path.exists() and not resume:
+            raise FileExistsError(f"{str(self.path)!r} holds an interrupted training run; pass --resume to continue it "
+                                  "or delete the file to start over")
+        if self.path is not None and resume and not self.path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {str(self.path)!r}; run without --resume to start")
+
+    def load(self) -> tuple[int, int]:
+        """(first epoch to run, steps done): (0, 0) without ``resume``."""
+        if self.path is None or not self.resume:
+            return 0, 0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or foreign file
+            raise ValueError(f"{str(self.path)!r} is not a readable training checkpoint ({type(e).__name__}); delete it and start over") from None
+        if state.get("config") != self.config:
+            diff = sorted(k for k in set(self.config) | set(state.get("config", {})) if self.config.get(k) != state.get("config", {}).get(k))
+            raise ValueError(f"{str(self.path)!r} was written with a different config ({', '.join(diff)}); "
+                             "resume with the same flags or delete it to start over")
+        for name, obj in self.parts.items():
+            obj.load_state_dict(state["parts"][name])
+        self.generator.set_state(state["generator"])
+        return int(state["epoch"]) + 1, int(state["step"])
+
+    def save(self, epoch: int, step: int) -> None:
+        if self.path is None:
+            return
+        state = {"config": self.config, "epoch": epoch, "step": step, "generator": self.generator.get_state(),
+                 "parts": {name: obj.state_dict() for name, obj in self.parts.items()}}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def resumable(path: str | Path):
+    """On Ctrl-C, say where the finished epochs are and how to continue, then let the interrupt through."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if Path(path).exists():
+            print(f"\ninterrupted; the finished epochs are in {path}: run the same command with --resume to continue", file=sys.stderr)
+        raise
