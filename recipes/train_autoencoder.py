@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 
 from accelerate import Accelerator
 
 from gendistill.backbones.train import AutoencoderConfig, train_autoencoder
-from gendistill.backbones.training import checkpoint_path, resumable
+from gendistill.backbones.training import checkpoint_path, resumable, save_trained
 from gendistill.cli import run_guarded
 from gendistill.config import backbone_training_parser, config_from_args
 from gendistill.data import get_dataset
-from gendistill.io import atomic_dir
 
 
 def parse(argv=None):
@@ -30,9 +28,7 @@ def main(argv=None) -> int:
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
     with resumable(ckpt):
         backbone = train_autoencoder(train, cfg, device=Accelerator().device, checkpoint=ckpt, resume=args.resume)
-    with atomic_dir(args.output) as tmp:
-        backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": "recipes/train_autoencoder.py", "config": asdict(cfg)})
-    ckpt.unlink(missing_ok=True)
+    save_trained(backbone, train, cfg, args.output, "recipes/train_autoencoder.py")
     print(f"saved {args.output} (sha256 {backbone.weights_sha256()[:16]}, latent shape {backbone.latent_shape})")
     return 0
 

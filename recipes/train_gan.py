@@ -11,18 +11,15 @@ The directory holds the EMA generator (config.json + safetensors, a ConditionalS
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 
-import torch
 from accelerate import Accelerator
 
 from gendistill.backbones.train_gan import GANConfig, train_gan
-from gendistill.backbones.training import checkpoint_path, resumable
+from gendistill.backbones.training import checkpoint_path, resumable, save_trained
 from gendistill.cli import run_guarded
 from gendistill.config import backbone_training_parser, config_from_args
 from gendistill.data import get_dataset
-from gendistill.io import atomic_dir
-from gendistill.plots import image_grid, save_png
+
 
 def parse(argv=None):
     p = backbone_training_parser(GANConfig, __doc__)
@@ -37,12 +34,7 @@ def main(argv=None) -> int:
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
     with resumable(ckpt):
         backbone = train_gan(train, cfg, device=Accelerator().device, checkpoint=ckpt, resume=args.resume)
-    labels = torch.arange(train.num_classes).repeat_interleave(args.samples_per_class)
-    images = backbone.sample_images(labels, torch.Generator().manual_seed(cfg.seed)).clamp(0, 1)
-    with atomic_dir(args.output) as tmp:
-        backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": "recipes/train_gan.py", "config": asdict(cfg)})
-        save_png(image_grid(images, labels, train.num_classes), tmp / "samples.png")
-    ckpt.unlink(missing_ok=True)
+    save_trained(backbone, train, cfg, args.output, "recipes/train_gan.py", samples_per_class=args.samples_per_class, seed=cfg.seed)
     mb = sum(p.numel() * p.element_size() for p in backbone.generator.parameters()) / 2**20
     print(f"saved {args.output} (sha256 {backbone.weights_sha256()[:16]}, {mb:.2f} MB of weights, latent spaces {', '.join(backbone.latent_spaces)})")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import atomic_path
+from ..io import atomic_dir, atomic_path
 
 
 @torch.no_grad()
@@ -90,3 +90,20 @@ def resumable(path: str | Path):
         if Path(path).exists():
             print(f"\ninterrupted; the finished epochs are in {path}: run the same command with --resume to continue", file=sys.stderr)
         raise
+
+
+def save_trained(backbone, train, cfg, output: str | Path, recipe: str, samples_per_class: int = 0, seed: int = 0) -> None:
+    """Write a freshly trained backbone to ``output`` atomically (diffusers layout, gendistill.json with the dataset,
+    recipe and config), with ``samples.png`` (``samples_per_class`` per class, one row per class) for generators;
+    then remove the trainer's epoch checkpoint, which the saved directory supersedes."""
+    from ..plots import image_grid, save_png
+
+    images = None
+    if samples_per_class > 0:
+        labels = torch.arange(train.num_classes).repeat_interleave(samples_per_class)
+        images = backbone.sample_images(labels, torch.Generator().manual_seed(seed)).clamp(0, 1)
+    with atomic_dir(output) as tmp:
+        backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": recipe, "config": dataclasses.asdict(cfg)})
+        if images is not None:
+            save_png(image_grid(images, labels, train.num_classes), tmp / "samples.png")
+    checkpoint_path(output).unlink(missing_ok=True)
