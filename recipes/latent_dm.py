@@ -1,10 +1,13 @@
 """Distribution matching in the latent space of a pretrained backbone (DM + LatentDD).
 
-    accelerate launch recipes/latent_dm.py                      # Fashion-MNIST, IPC 10, shipped VAE
-    accelerate launch recipes/latent_dm.py --match-space pixel  # GLaD-style decode-through
+    accelerate launch recipes/latent_dm.py                      # Fashion-MNIST, IPC 10, shipped VAE, decode-through
+    accelerate launch recipes/latent_dm.py --match-space latent --steps 500 --batch-real 256   # LatentDD: match latents
     accelerate launch recipes/latent_dm.py --backbone pixel     # classic pixel-space DM
     accelerate launch recipes/latent_dm.py --resume             # continue the run in --output
 
+The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real
+images and pushes the gradient back through the decoder (GLaD-style). ``--match-space latent`` matches latents
+directly (LatentDD): 27x cheaper per step, 2.5 points lower here (README "Measured here").
 Writes set.safetensors, grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
 """
 
@@ -21,9 +24,11 @@ from gendistill.pipeline import RecipeConfig, run_recipe
 
 @dataclass
 class LatentDMConfig(RecipeConfig):
+    match_space: str = "pixel"  # decode-through: DSA on decoded images (82.2% in 200 steps, vs 79.7% matching latents)
     init: str = "kmeans"  # k-means centres of each class's real latents (78.2% alone, vs 75.7% for random real)
-    steps: int = 500
+    steps: int = 200
     lr: float = 0.01  # small steps from the k-means start: lr 0.05 / 1000 steps (DM's mean gap) fell back to 76.5%
+    batch_real: int = 64  # real images per class per step (each step decodes the set and pushes the gradient back)
     pool: str = "avgpooling"  # of the proxy ConvNet; "none" keeps a latent's spatial detail in the embedding
     augment: str = "auto"  # auto: DSA on images, the geometric latent variant on latents
     kernel: str = "gaussian"  # M3D's MMD (80.2% in one run vs 79.6% for DM's mean gap "linear"); also mean+cov
