@@ -51,7 +51,8 @@ def run_row(path: str | Path) -> dict:
         "method": run.get("method", "?"),
         "backbone": f"{kind} {space}" if space else kind,
         "match_space": config.get("match_space", "-"),
-        "ipc": int(hard.bincount().max()) if hard.numel() else 0,
+        # learned soft labels may move a sample's argmax to another class: the recorded IPC is the set's structure
+        "ipc": int(run["ipc"]) if "ipc" in run else (int(hard.bincount().max()) if hard.numel() else 0),
         "soft_labels": labels.ndim == 2,
         "init": config.get("init", run.get("init", "-")),
         "steps": run.get("steps_done", config.get("steps", "-")),

@@ -254,6 +254,17 @@ def test_table_reads_the_set_and_every_eval_beside_it(capsys, tmp_path, set_file
     assert_user_error(cli(capsys, "table", tmp_path / "missing"), "missing", "does not exist")
 
 
+def test_table_reports_the_recorded_ipc_of_soft_labels_whose_argmax_moved(capsys, tmp_path, set_file):
+    run = tmp_path / "run"
+    run.mkdir()
+    hard = load_file(str(set_file))["labels"]
+    soft = torch.nn.functional.one_hot(hard, 10).float()
+    soft[0] = torch.nn.functional.one_hot(torch.tensor((int(hard[0]) + 1) % 10), 10).float()  # DATM moved one sample
+    _rewrite(set_file, run / "set.safetensors", tensors={"labels": soft})
+    row = json.loads(assert_ok(cli(capsys, "table", run, "--json")))[0]
+    assert row["ipc"] == IPC and row["soft_labels"]
+
+
 def test_eval_images_file(capsys, tmp_path, images_file):
     result_file = tmp_path / "r.json"
     assert_ok(cli(capsys, "eval", images_file, "--epochs", 2, "--runs", 1, "--out", result_file))
