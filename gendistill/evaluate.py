@@ -142,6 +142,21 @@ def reconstruct(backbone, images: torch.Tensor, device=None, batch: int = 500) -
                       for i in range(0, len(images), batch)])
 
 
+def within_class_spread(images: torch.Tensor, labels: torch.Tensor, per_class: int = 200) -> list[float]:
+    """Per class, the mean RMS pixel distance between two different images of that class (the first ``per_class``
+    of it): near 0 when a generator gives one image per class, about the real data's figure when it does not."""
+    out = []
+    for c in labels.unique(sorted=True).tolist():
+        x = images[labels == c][:per_class].flatten(1).float()
+        n = len(x)
+        if n < 2:
+            out.append(float("nan"))
+            continue
+        d = torch.cdist(x, x) / x.shape[1] ** 0.5
+        out.append((d.sum() / (n * (n - 1))).item())
+    return out
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean per-image PSNR (dB) of images in [0, 1]."""
     mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1)

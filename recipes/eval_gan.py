@@ -1,6 +1,7 @@
 """Measure a generator backbone's class consistency (gan or diffusion): a fixed ConvNet trained on the real train split
-classifies real test images and ``--per-class`` generated images of every class; optionally inverts ``--invert`` test
-images (PSNR of their reconstructions).
+classifies real test images and ``--per-class`` generated images of every class; the within-class spread (mean RMS
+distance between two images of a class) of generated vs real test images, which is near 0 for a mode-collapsed
+generator; optionally inverts ``--invert`` test images (PSNR of their reconstructions).
 
     python recipes/eval_gan.py --backbone fashion-mnist-gan
     python recipes/eval_gan.py --backbone my-gan --classifier classifier.safetensors   # train once, then reuse
@@ -24,7 +25,7 @@ from gendistill.backbones import backbone_options, load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.data import get_dataset
-from gendistill.evaluate import classify, psnr, train_reference_classifier
+from gendistill.evaluate import classify, psnr, train_reference_classifier, within_class_spread
 from gendistill.io import atomic_path, write_json
 from gendistill.nets import get_net
 
@@ -76,8 +77,13 @@ def main(argv=None) -> int:
     images = backbone.sample_images(labels, torch.Generator().manual_seed(cfg.seed)).clamp(0, 1)
     hit = (classify(net, images, test.mean, test.std, device) == labels).float()
     per_class = [round(hit[labels == c].mean().item(), 4) for c in range(train.num_classes)]
+    spread_gen = within_class_spread(images.cpu(), labels)
+    spread_real = within_class_spread(test.float_images(), test.labels)
+    spread_ratio = sum(g / r for g, r in zip(spread_gen, spread_real)) / len(spread_real)
     result = {"backbone": cfg.backbone, "sha256": backbone.weights_sha256(), "classifier_acc_real_test": round(acc_real, 4),
               "classifier_acc_generated": round(hit.mean().item(), 4), "classifier_acc_generated_per_class": per_class,
+              "within_class_spread_generated": [round(v, 4) for v in spread_gen], "within_class_spread_real": [round(v, 4) for v in spread_real],
+              "spread_ratio": round(spread_ratio, 4),
               "classes": list(train.classes), "generated_per_class": cfg.per_class, "config": asdict(cfg)}
     if cfg.invert > 0:
         g = torch.Generator().manual_seed(cfg.seed)
@@ -94,7 +100,8 @@ def main(argv=None) -> int:
     print(json.dumps(result))
     inv = f"; inversion ({backbone.latent_space or backbone.kind}) PSNR {result['inversion']['psnr_db']:.2f} dB" if "inversion" in result else ""
     print(f"class consistency: classifier accuracy {100 * hit.mean().item():.2f}% on generated images (per class "
-          f"{min(per_class) * 100:.1f}-{max(per_class) * 100:.1f}%) vs {100 * acc_real:.2f}% on real test images{inv}")
+          f"{min(per_class) * 100:.1f}-{max(per_class) * 100:.1f}%) vs {100 * acc_real:.2f}% on real test images; within-class spread "
+          f"{spread_ratio:.2f} x the real images'{inv}")
     return 0
 
 

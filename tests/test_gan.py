@@ -374,3 +374,34 @@ def test_cli_init_and_sample_in_a_gan_space(tmp_path, gan_dir, capsys):
             main([str(a) for a in argv])
         assert e.value.code == 0, capsys.readouterr().err
     assert SyntheticSet.load(out).backbone_meta["latent_space"] == "f1" and (tmp_path / "grid.png").exists()
+
+
+def test_minibatch_std_channel_is_zero_for_identical_samples_and_the_group_spread_otherwise():
+    from gendistill.backbones.train_gan import minibatch_std
+
+    same = torch.ones(8, 3, 2, 2)
+    out = minibatch_std(same, 4)
+    assert out.shape == (8, 4, 2, 2) and torch.equal(out[:, :3], same) and out[:, 3].abs().max() < 1e-3
+    h = torch.zeros(4, 1, 1, 1)
+    h[0], h[2] = 1.0, 3.0  # groups of 2 take every 2nd sample: (h0, h2) and (h1, h3)
+    std = minibatch_std(h, 2)[:, 1, 0, 0]
+    torch.testing.assert_close(std, torch.tensor([1.0, 0.0, 1.0, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_mode_seeking_loss_is_large_when_different_z_give_one_image():
+    from gendistill.backbones.train_gan import mode_seeking_loss
+
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    collapsed = mode_seeking_loss(torch.ones(8, 1, 4, 4), z)
+    diverse = mode_seeking_loss(torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1)), z)
+    assert collapsed > 1e4 and diverse < 10
+
+
+def test_within_class_spread_tells_a_collapsed_generator_from_varied_images():
+    from gendistill.evaluate import within_class_spread
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    images = torch.zeros(6, 1, 2, 2)
+    images[3:] = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1, 1)
+    spread = within_class_spread(images, labels)
+    assert spread[0] == 0 and abs(spread[1] - (0.5 + 1.0 + 0.5) / 3) < 1e-6

@@ -1,8 +1,13 @@
 """Training the small class-conditional GAN backbone (the embedded ``fashion-mnist-gan`` is made this way).
 
-Hinge loss, a projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer, Adam with
-beta1 = 0 for both nets, one D step per G step (both on the same generator pass, fakes of the real batch's classes),
-and an exponential moving average of the generator's weights (the saved generator). Reproducible: weights, batch
+Hinge loss, a projection discriminator (Miyato & Koyama 2018) with spectral norm on every layer and a minibatch
+standard-deviation feature (StyleGAN), Adam with beta1 = 0 for both nets, one D step per G step (both on the same
+generator pass), and an exponential moving average of the generator's weights (the saved generator).
+
+Against mode collapse (a first generator trained without these made nearly one image per class): the mapping MLP learns
+at ``mapping_lr_mult`` times the generator's lr (StyleGAN's 0.01), so it cannot learn to ignore z; the discriminator sees
+each fake batch's spread (minibatch std); and the generator's loss has a mode-seeking term (MSGAN, Mao et al. 2019):
+fakes come in pairs of the same class, and ``ms_weight / (|G(z1) - G(z2)| / |z1 - z2| + eps)`` is added. Reproducible: weights, batch
 order and z all come from generators seeded by ``cfg.seed`` (spectral norm's start vectors from a forked, seeded RNG).
 """
 
@@ -42,18 +47,41 @@ class GANConfig:
     batch_size: int = 64
     lr_g: float = 2e-4
     lr_d: float = 2e-4
+    mapping_lr_mult: float = 0.01  # the mapping MLP's lr relative to lr_g (StyleGAN)
+    mbstd_group: int = 4  # minibatch-std group size in the discriminator (0: off)
+    ms_weight: float = 1.0  # mode-seeking term of the generator's loss (0: off)
     beta1: float = 0.0
     beta2: float = 0.99
     ema: float = 0.999  # of the generator's weights; the EMA generator is the one saved
     seed: int = 0
 
 
-class ProjectionDiscriminator(nn.Module):
-    """Conv blocks (two 3x3 convs, leaky ReLU, 2x average pool between levels), sum pooling, then
-    ``linear(h) + <embed(y), h>``; spectral norm on every layer."""
+def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+    """``h`` with one more channel: the std over groups of ``group`` samples (StyleGAN's minibatch std), averaged over
+    channels and positions, broadcast to every sample of its group. Groups take every ``N / group``-th sample."""
+    n, _, height, width = h.shape
+    g = min(group, n)
+    while n % g:
+        g -= 1
+    std = (h.view(g, n // g, *h.shape[1:]).var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # (n // g,)
+    return torch.cat([h, std.repeat(g).view(n, 1, 1, 1).expand(n, 1, height, width)], dim=1)
 
-    def __init__(self, image_channels: int, num_classes: int, channels: tuple[int, ...]):
+
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's term for pairs (i, i + N/2): ``1 / (mean |x_i - x_j| / mean |z_i - z_j| + eps)``, large when different z
+    give the same image."""
+    h = len(fake) // 2
+    ratio = (fake[:h] - fake[h : 2 * h]).abs().mean() / (z[:h] - z[h : 2 * h]).abs().mean()
+    return 1 / (ratio + eps)
+
+
+class ProjectionDiscriminator(nn.Module):
+    """Conv blocks (two 3x3 convs, leaky ReLU, 2x average pool between levels), then (``mbstd_group`` > 0) the
+    minibatch-std channel and a 3x3 conv, sum pooling, then ``linear(h) + <embed(y), h>``; spectral norm on every layer."""
+
+    def __init__(self, image_channels: int, num_classes: int, channels: tuple[int, ...], mbstd_group: int = 0):
         super().__init__()
+        self.mbstd_group = mbstd_group
         layers, cin = [], image_channels
         for i, c in enumerate(channels):
             layers += [spectral_norm(nn.Conv2d(cin, c, 3, padding=1)), nn.LeakyReLU(0.2),
@@ -62,11 +90,15 @@ class ProjectionDiscriminator(nn.Module):
                 layers.append(nn.AvgPool2d(2))
             cin = c
         self.features = nn.Sequential(*layers)
+        self.std_conv = spectral_norm(nn.Conv2d(cin + 1, cin, 3, padding=1)) if mbstd_group > 0 else None
         self.linear = spectral_norm(nn.Linear(cin, 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, cin))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        h = self.features(x).sum((2, 3))
+        h = self.features(x)
+        if self.std_conv is not None:
+            h = F.leaky_relu(self.std_conv(minibatch_std(h, self.mbstd_group)), 0.2)
+        h = h.sum((2, 3))
         return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1)
 
 
@@ -84,7 +116,7 @@ def build_discriminator(image_shape, num_classes: int, cfg: GANConfig, seed: int
     # spectral norm draws its power-iteration vectors from the global RNG: build under a forked, seeded one
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ProjectionDiscriminator(image_shape[0], num_classes, tuple(cfg.d_channels))
+        return ProjectionDiscriminator(image_shape[0], num_classes, tuple(cfg.d_channels), cfg.mbstd_group)
 
 
 def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = "cpu", log=print, progress: bool = True,
@@ -95,7 +127,10 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
     G = build_generator(train.image_shape, train.num_classes, cfg, gen).to(device).train()
     D = build_discriminator(train.image_shape, train.num_classes, cfg, cfg.seed + 1).to(device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    mapping = list(G.mapping_net.parameters())
+    others = [p for p in G.parameters() if all(p is not q for q in mapping)]
+    opt_g = torch.optim.Adam([{"params": others}, {"params": mapping, "lr": cfg.lr_g * cfg.mapping_lr_mult}],
+                             lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     per_epoch = len(train) // cfg.batch_size
     if per_epoch < 1:
@@ -114,14 +149,18 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = train.float_images(idx).to(device) * 2 - 1
             y = train.labels[idx].to(device)
-            # one generator pass per step: the discriminator sees it detached, then the generator's loss reuses it
+            # one generator pass per step: the discriminator sees it detached, then the generator's loss reuses it;
+            # with the mode-seeking term the fakes come in same-class pairs (i, i + N/2)
             z = torch.randn((len(y), cfg.z_dim), generator=gen).to(device)
-            fake = G(z, y)
-            d_loss = F.relu(1 - D(x, y)).mean() + F.relu(1 + D(fake.detach(), y)).mean()
+            y_fake = torch.cat([y[: len(y) // 2]] * 2 + [y[2 * (len(y) // 2):]]) if cfg.ms_weight > 0 else y
+            fake = G(z, y_fake)
+            d_loss = F.relu(1 - D(x, y)).mean() + F.relu(1 + D(fake.detach(), y_fake)).mean()
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            g_loss = -D(fake, y).mean()
+            g_loss = -D(fake, y_fake).mean()
+            if cfg.ms_weight > 0:
+                g_loss = g_loss + cfg.ms_weight * mode_seeking_loss(fake, z)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
