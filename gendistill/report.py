@@ -50,7 +50,9 @@ def run_row(path: str | Path) -> dict:
         "run": str(path),
         "method": run.get("method", "?"),
         "backbone": f"{kind} {space}" if space else kind,
-        "match_space": config.get("match_space", "-"),
+        # a pixel backbone's latents are images: whatever the config says, matching happened in pixel space
+        "match_space": "pixel" if kind == "pixel" else config.get("match_space", "-"),
+        "match_net": f"{config['net']}-{config.get('depth', '?')} w{config.get('width', '?')}" if "net" in config else "-",
         # learned soft labels may move a sample's argmax to another class: the recorded IPC is the set's structure
         "ipc": int(run["ipc"]) if "ipc" in run else (int(hard.bincount().max()) if hard.numel() else 0),
         "soft_labels": labels.ndim == 2,
@@ -72,12 +74,12 @@ def markdown_table(rows: list[dict]) -> str:
     """A markdown table of ``run_row`` results; one accuracy column per architecture any run was evaluated on."""
     seen = list(dict.fromkeys(a for row in rows for a in row["archs"]))
     archs = sorted(seen, key=lambda a: (a != "convnet", seen.index(a)))  # the protocol's net first
-    head = ["run", "method", "backbone", "match space", "IPC", "init", "steps", "distil s", "bytes", *[f"{a} %" for a in archs]]
+    head = ["run", "method", "backbone", "match space", "match net", "IPC", "init", "steps", "distil s", "bytes", *[f"{a} %" for a in archs]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         seconds = "-" if r["distill_seconds"] is None else f"{r['distill_seconds']:.0f}"
         ipc = f"{r['ipc']}{' (soft)' if r['soft_labels'] else ''}"
-        cells = [r["run"], r["method"], r["backbone"], r["match_space"], ipc, r["init"], str(r["steps"]), seconds,
+        cells = [r["run"], r["method"], r["backbone"], r["match_space"], r["match_net"], ipc, r["init"], str(r["steps"]), seconds,
                  f"{r['bytes']:,}", *[_acc(r["archs"].get(a)) for a in archs]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

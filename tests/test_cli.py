@@ -265,6 +265,19 @@ def test_table_reports_the_recorded_ipc_of_soft_labels_whose_argmax_moved(capsys
     assert row["ipc"] == IPC and row["soft_labels"]
 
 
+def test_table_names_the_matching_net_and_calls_a_pixel_backbones_space_pixel(capsys, tmp_path, set_file):
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = _metadata(set_file)
+    backbone = {**json.loads(meta["gendistill.backbone"]), "kind": "pixel"}
+    record = json.loads(meta["gendistill.run"])
+    record["config"] = {**record.get("config", {}), "net": "convnet", "depth": 3, "width": 32, "match_space": "latent"}
+    _rewrite(set_file, run / "set.safetensors", metadata={"gendistill.backbone": json.dumps(backbone), "gendistill.run": json.dumps(record)})
+    row = json.loads(assert_ok(cli(capsys, "table", run, "--json")))[0]
+    assert row["match_space"] == "pixel" and row["match_net"] == "convnet-3 w32"
+    assert "| convnet-3 w32 |" in assert_ok(cli(capsys, "table", run))
+
+
 def test_eval_images_file(capsys, tmp_path, images_file):
     result_file = tmp_path / "r.json"
     assert_ok(cli(capsys, "eval", images_file, "--epochs", 2, "--runs", 1, "--out", result_file))
