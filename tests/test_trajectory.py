@@ -227,7 +227,7 @@ def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tin
 
 
 def _mtt_args(out, backbone, *extra):
-    return [str(a) for a in ["--output", out, "--backbone", backbone, "--ipc", 2, "--steps", 3, "--eval-runs", 0, "--syn-steps", 3,
+    return [str(a) for a in ["--output", out, "--backbone", backbone, "--match-space", "latent", "--ipc", 2, "--steps", 3, "--eval-runs", 0, "--syn-steps", 3,
                              "--expert-epochs", 1, "--max-start-epoch", 1, "--lr-lr", 1e-9, *TINY_NET, *extra]]
 
 
