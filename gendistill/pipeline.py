@@ -166,6 +166,7 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
     accelerator.end_training()
     if result is not None:
         lr = f", learned lr {float(pieces.syn.lr.detach()):.4g}" if pieces.syn.lr is not None else ""
-        print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({cfg.match_space} space): test accuracy {100 * result['mean']:.2f} +- "
+        space = "pixel" if pieces.backbone.kind == "pixel" else cfg.match_space
+        print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({space} space): test accuracy {100 * result['mean']:.2f} +- "
               f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
     return result
