@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from . import __version__
-from .backbones import Backbone, backbone_options, load_backbone
+from .backbones import Backbone, backbone_options, effective_match_space, load_backbone
 from .cache import LatentSplit, cached_latents, image_split
 from .data import ImageDataset, get_dataset
 from .distill import DistillConfig, TrainState, distill, make_accelerator
@@ -89,7 +89,7 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     if tuple(backbone.image_shape) != tuple(train.image_shape):
         raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has {train.image_shape}; "
                          "train one with recipes/train_autoencoder.py (or recipes/train_gan.py)")
-    pixel_space = cfg.match_space == "pixel" or backbone.kind == "pixel"
+    pixel_space = effective_match_space(backbone.kind, cfg.match_space) == "pixel"
     if not backbone.cheap_encode and not pixel_space:
         raise ValueError(f"backbone {cfg.backbone!r} is a {backbone.kind}: its encode ({backbone.kind} inversion) is too slow to "
                          "cache the train split for latent-space matching; add --match-space pixel (decode-through)")
@@ -166,7 +166,7 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
     accelerator.end_training()
     if result is not None:
         lr = f", learned lr {float(pieces.syn.lr.detach()):.4g}" if pieces.syn.lr is not None else ""
-        space = "pixel" if pieces.backbone.kind == "pixel" else cfg.match_space
+        space = effective_match_space(pieces.backbone.kind, cfg.match_space)
         print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({space} space): test accuracy {100 * result['mean']:.2f} +- "
               f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
     return result

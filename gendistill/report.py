@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from .backbones.base import effective_match_space
 from .io import load_safetensors
 from .synthetic import read_metadata
 
@@ -51,7 +52,7 @@ def run_row(path: str | Path) -> dict:
         "method": run.get("method", "?"),
         "backbone": f"{kind} {space}" if space else kind,
         # a pixel backbone's latents are images: whatever the config says, matching happened in pixel space
-        "match_space": "pixel" if kind == "pixel" else config.get("match_space", "-"),
+        "match_space": effective_match_space(kind, config.get("match_space", "-")),
         "match_net": f"{config['net']}-{config.get('depth', '?')} w{config.get('width', '?')}" if "net" in config else "-",
         # learned soft labels may move a sample's argmax to another class: the recorded IPC is the set's structure
         "ipc": int(run["ipc"]) if "ipc" in run else (int(hard.bincount().max()) if hard.numel() else 0),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gendistill.backbones import effective_match_space
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.experts import ExpertConfig, NetSpec, build_experts, identity, load_experts
@@ -69,7 +70,7 @@ class LatentMTTConfig(RecipeConfig):
 def setup(cfg, pieces, accelerator):
     """Experts for this run (given, or trained once into the cache), the learnable lr and, for DATM, soft labels."""
     backbone, train, syn = pieces.backbone, pieces.train, pieces.syn
-    space = "pixel" if backbone.kind == "pixel" else cfg.match_space
+    space = effective_match_space(backbone.kind, cfg.match_space)
     net = NetSpec(cfg.net, cfg.depth, cfg.width)
     in_shape = backbone.image_shape if space == "pixel" else backbone.latent_shape
     directory = cfg.experts or build_experts(None, space, backbone, train, net, ExpertConfig(cfg.num_experts, cfg.expert_train_epochs),

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .base import BACKBONES, INFO_FILE, Backbone
+from .base import BACKBONES, INFO_FILE, Backbone, effective_match_space
 from .diffusion import DiffusionBackbone
 from .gan import GENERATOR_CLASS, GANBackbone
 from .pixel import PixelBackbone
@@ -92,5 +92,5 @@ def backbone_options(cfg) -> dict:
     return {name: getattr(cfg, name, None) for name in option_names()}
 
 
-__all__ = ["Backbone", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone", "BACKBONES", "load_backbone",
+__all__ = ["Backbone", "effective_match_space", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone", "BACKBONES", "load_backbone",
            "backbone_options", "option_names", "resolve_source", "DEFAULT_BACKBONE", "shipped_backbones"]

@@ -25,6 +25,12 @@ BACKBONES: Registry = Registry("backbone kind")
 INFO_FILE = "gendistill.json"
 
 
+def effective_match_space(kind: str, match_space: str) -> str:
+    """The space an objective really matches in: a pixel backbone's latents are its images, so its space is always
+    ``pixel`` whatever ``--match-space`` says (the config keeps the flag as given)."""
+    return "pixel" if kind == "pixel" else match_space
+
+
 def read_config(cfg_file: Path, source: str, what: str) -> dict:
     """A backbone directory's config.json as a dict; a missing or corrupt file is a one-line ValueError (``what``:
     what such a directory should be)."""
