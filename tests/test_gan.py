@@ -405,3 +405,18 @@ def test_within_class_spread_tells_a_collapsed_generator_from_varied_images():
     images[3:] = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1, 1)
     spread = within_class_spread(images, labels)
     assert spread[0] == 0 and abs(spread[1] - (0.5 + 1.0 + 0.5) / 3) < 1e-6
+
+
+def test_discriminator_auxiliary_classifier_logits_and_the_ac_term_changes_training():
+    from gendistill.backbones.train_gan import GANConfig, ProjectionDiscriminator, train_gan
+
+    D = ProjectionDiscriminator(1, 10, (8, 8, 8), mbstd_group=4).eval()  # eval: spectral norm's power iteration is frozen
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    score, logits = D(x, y, logits=True)
+    assert score.shape == (8,) and logits.shape == (8, 10) and torch.equal(score, D(x, y))
+
+    train = get_dataset("fashion-mnist", "train")
+    tiny = dict(z_dim=8, embed_dim=4, w_dim=16, mapping_layers=2, channels=(8, 8, 8), d_channels=(8, 8, 8),
+                batch_size=16, max_steps=2, ema=0.0)
+    sha = [train_gan(train, GANConfig(**tiny, ac_weight=w), log=lambda *a: None, progress=False).weights_sha256() for w in (0.0, 1.0, 1.0)]
+    assert sha[0] != sha[1] and sha[1] == sha[2]  # the term is in the generator's loss; still reproducible

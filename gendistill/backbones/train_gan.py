@@ -7,8 +7,15 @@ generator pass), and an exponential moving average of the generator's weights (t
 Against mode collapse (a first generator trained without these made nearly one image per class): the mapping MLP learns
 at ``mapping_lr_mult`` times the generator's lr (StyleGAN's 0.01), so it cannot learn to ignore z; the discriminator sees
 each fake batch's spread (minibatch std); and the generator's loss has a mode-seeking term (MSGAN, Mao et al. 2019):
-fakes come in pairs of the same class, and ``ms_weight / (|G(z1) - G(z2)| / |z1 - z2| + eps)`` is added. Reproducible: weights, batch
-order and z all come from generators seeded by ``cfg.seed`` (spectral norm's start vectors from a forked, seeded RNG).
+fakes come in pairs of the same class, and ``ms_weight / (|G(z1) - G(z2)| / |z1 - z2| + eps)`` is added (at weight 1 it
+outweighed the adversarial loss and saturated the images, hence 0.1).
+
+For class consistency (after one epoch with the projection term alone, no row of samples looked like its class): the
+discriminator also has an auxiliary classifier head (AC-GAN, Odena et al. 2017) trained with cross-entropy on the real
+images only, and the generator's loss adds ``ac_weight`` x that head's cross-entropy on the fakes.
+
+Reproducible: weights, batch order and z all come from generators seeded by ``cfg.seed`` (spectral norm's start vectors
+from a forked, seeded RNG).
 """
 
 from __future__ import annotations
@@ -42,14 +49,15 @@ class GANConfig:
     # discriminator (training only)
     d_channels: tuple[int, ...] = (24, 48, 96)
     # training
-    epochs: int = 5
+    epochs: int = 4
     max_steps: int = 0  # > 0: stop after this many steps (smoke tests, timing)
     batch_size: int = 64
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     mapping_lr_mult: float = 0.01  # the mapping MLP's lr relative to lr_g (StyleGAN)
     mbstd_group: int = 4  # minibatch-std group size in the discriminator (0: off)
-    ms_weight: float = 1.0  # mode-seeking term of the generator's loss (0: off)
+    ms_weight: float = 0.1  # mode-seeking term of the generator's loss (0: off)
+    ac_weight: float = 1.0  # auxiliary-classifier cross-entropy (D on real images, G on fakes; 0: off)
     beta1: float = 0.0
     beta2: float = 0.99
     ema: float = 0.999  # of the generator's weights; the EMA generator is the one saved
@@ -77,7 +85,8 @@ def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) ->
 
 class ProjectionDiscriminator(nn.Module):
     """Conv blocks (two 3x3 convs, leaky ReLU, 2x average pool between levels), then (``mbstd_group`` > 0) the
-    minibatch-std channel and a 3x3 conv, sum pooling, then ``linear(h) + <embed(y), h>``; spectral norm on every layer."""
+    minibatch-std channel and a 3x3 conv, sum pooling, then ``linear(h) + <embed(y), h>``; spectral norm on every layer.
+    ``forward(x, y, logits=True)`` also returns the auxiliary classifier's logits ``classify(h)``."""
 
     def __init__(self, image_channels: int, num_classes: int, channels: tuple[int, ...], mbstd_group: int = 0):
         super().__init__()
@@ -93,13 +102,15 @@ class ProjectionDiscriminator(nn.Module):
         self.std_conv = spectral_norm(nn.Conv2d(cin + 1, cin, 3, padding=1)) if mbstd_group > 0 else None
         self.linear = spectral_norm(nn.Linear(cin, 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, cin))
+        self.classify = spectral_norm(nn.Linear(cin, num_classes))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, logits: bool = False):
         h = self.features(x)
         if self.std_conv is not None:
             h = F.leaky_relu(self.std_conv(minibatch_std(h, self.mbstd_group)), 0.2)
         h = h.sum((2, 3))
-        return self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1)
+        score = self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(1)
+        return (score, self.classify(h)) if logits else score
 
 
 def build_generator(image_shape, num_classes: int, cfg: GANConfig, generator: torch.Generator) -> ConditionalStyleGenerator:
@@ -154,11 +165,17 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
             z = torch.randn((len(y), cfg.z_dim), generator=gen).to(device)
             y_fake = torch.cat([y[: len(y) // 2]] * 2 + [y[2 * (len(y) // 2):]]) if cfg.ms_weight > 0 else y
             fake = G(z, y_fake)
-            d_loss = F.relu(1 - D(x, y)).mean() + F.relu(1 + D(fake.detach(), y_fake)).mean()
+            real_score, real_logits = D(x, y, logits=True)
+            d_loss = F.relu(1 - real_score).mean() + F.relu(1 + D(fake.detach(), y_fake)).mean()
+            if cfg.ac_weight > 0:
+                d_loss = d_loss + cfg.ac_weight * F.cross_entropy(real_logits, y)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            g_loss = -D(fake, y_fake).mean()
+            fake_score, fake_logits = D(fake, y_fake, logits=True)
+            g_loss = -fake_score.mean()
+            if cfg.ac_weight > 0:
+                g_loss = g_loss + cfg.ac_weight * F.cross_entropy(fake_logits, y_fake)
             if cfg.ms_weight > 0:
                 g_loss = g_loss + cfg.ms_weight * mode_seeking_loss(fake, z)
             opt_g.zero_grad(set_to_none=True)
