@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,30 @@ def train_reference_classifier(train: ImageDataset, device=None, epochs: int = 2
             bar.update(1)
     bar.close()
     return net.eval()
+
+
+def reference_classifier(train: ImageDataset, device=None, path: str | Path | None = None, epochs: int = 2, seed: int = 0,
+                         progress: bool = True) -> torch.nn.Module:
+    """The reference ConvNet of ``train_reference_classifier``, loaded from ``path`` (safetensors) if it exists, else
+    trained and, with a ``path``, written there atomically, so recipes that judge or steer with it train it once."""
+    from safetensors.torch import load_file, save_file
+
+    from .io import atomic_path
+
+    path = Path(path) if path else None
+    if path is not None and path.is_file():
+        net = fresh_net("convnet", train.image_shape, train.num_classes, torch.Generator().manual_seed(seed))
+        try:
+            net.load_state_dict(load_file(str(path)))
+        except Exception as e:  # a truncated file, or weights of another net or dataset
+            raise ValueError(f"--classifier {str(path)!r} is not a ConvNet for {train.name} ({type(e).__name__}); "
+                             "delete it to train a fresh one") from None
+        return net.to(device or "cpu").eval()
+    net = train_reference_classifier(train, device, epochs=epochs, seed=seed, progress=progress)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    return net
 
 
 @torch.no_grad()

@@ -15,19 +15,16 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 
 from gendistill.backbones import backbone_options, load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.data import get_dataset
-from gendistill.evaluate import classify, psnr, train_reference_classifier, within_class_spread
-from gendistill.io import atomic_path, write_json
-from gendistill.nets import get_net
+from gendistill.evaluate import classify, psnr, reference_classifier, within_class_spread
+from gendistill.io import write_json
 
 
 @dataclass
@@ -49,19 +46,6 @@ class EvalGANConfig:
     out: str | None = None
 
 
-def reference_classifier(cfg: EvalGANConfig, train, device) -> torch.nn.Module:
-    path = Path(cfg.classifier) if cfg.classifier else None
-    if path is not None and path.is_file():
-        net = get_net("convnet", train.image_shape, train.num_classes)
-        net.load_state_dict(load_file(str(path)))
-        return net.to(device).eval()
-    net = train_reference_classifier(train, device, epochs=cfg.classifier_epochs, seed=cfg.seed)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    return net
-
-
 def main(argv=None) -> int:
     cfg = parse_config(EvalGANConfig, argv, __doc__)
     device = Accelerator().device
@@ -71,7 +55,7 @@ def main(argv=None) -> int:
                              options=backbone_options(cfg), class_names=train.classes).to(device)
     if not hasattr(backbone, "sample_images"):
         raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures generator backbones (gan, diffusion; recipes/eval_autoencoder.py the others)")
-    net = reference_classifier(cfg, train, device)
+    net = reference_classifier(train, device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed)
     acc_real = (classify(net, test.float_images(), test.mean, test.std, device) == test.labels).float().mean().item()
     labels = torch.arange(train.num_classes).repeat_interleave(cfg.per_class)
     images = backbone.sample_images(labels, torch.Generator().manual_seed(cfg.seed)).clamp(0, 1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
-from gendistill.evaluate import train_reference_classifier
+from gendistill.evaluate import reference_classifier
 from gendistill.objectives import get_objective
 from gendistill.pipeline import RecipeConfig, run_recipe
 
@@ -32,6 +32,7 @@ class ITGANConfig(RecipeConfig):
     cls_weight: float = 0.1  # x cross-entropy of the real-data classifier on the decoded set
     reg_weight: float = 0.01  # x mean squared distance of each latent to its inversion
     classifier_epochs: int = 2  # of the real-data ConvNet
+    classifier: str | None = None  # safetensors of its weights: loaded if it exists, else trained and written (recipes/eval_gan.py's too)
     pool: str = "avgpooling"  # of DM's proxy ConvNet
     augment: str = "auto"  # DSA on the images
     eval_runs: int = 2
@@ -39,8 +40,8 @@ class ITGANConfig(RecipeConfig):
 
 def setup(cfg: ITGANConfig, pieces, accelerator):
     """The real-data classifier and the anchors (the set's latents as initialised: the inversions)."""
-    classifier = train_reference_classifier(pieces.train, accelerator.device, epochs=cfg.classifier_epochs, seed=cfg.seed,
-                                            progress=accelerator.is_local_main_process)
+    classifier = reference_classifier(pieces.train, accelerator.device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed,
+                                      progress=accelerator.is_local_main_process)
     return get_objective("itgan", cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight, classifier=classifier,
                          anchors=pieces.syn.latents.detach().clone(), net=cfg.net, depth=cfg.depth, width=cfg.width,
                          pool=cfg.pool, augment=cfg.augment)

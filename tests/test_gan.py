@@ -311,6 +311,20 @@ def test_itgan_recipe(tmp_path, gan_dir, fast_inversion):
     assert syn.run_meta["method"] == "itgan" and syn.run_meta["init"] == "real" and syn.latents.shape == (20, 3, 16)
 
 
+def test_reference_classifier_is_trained_once_then_loaded_and_a_bad_file_is_named(tmp_path):
+    from gendistill.evaluate import reference_classifier
+
+    train = get_dataset("fashion-mnist", "train")
+    path = tmp_path / "clf.safetensors"
+    first = reference_classifier(train, path=path, epochs=1, progress=False)
+    assert path.is_file()
+    again = reference_classifier(train, path=path, epochs=1, seed=5, progress=False)  # loaded, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="clf.safetensors.*delete it"):
+        reference_classifier(train, path=path)
+
+
 def test_itgan_objective_terms():
     """DM + cls_weight * CE, and latent_loss = reg_weight * mean squared distance to the anchors."""
     from gendistill.objectives import StepContext, get_objective
