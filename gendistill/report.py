@@ -47,6 +47,9 @@ def run_row(path: str | Path) -> dict:
             archs[arch] = {**r, "runs": len(r.get("accs", [])), "epochs": result.get("settings", {}).get("epochs")}
     kind = backbone.get("kind", "?")
     space = backbone.get("latent_space")
+    others = [r["mean"] for a, r in archs.items() if a != "convnet"]
+    # GLaD's cross-architecture question: how much accuracy the set loses when the eval net is not the ConvNet
+    drop = archs["convnet"]["mean"] - sum(others) / len(others) if "convnet" in archs and others else None
     return {
         "run": str(path),
         "method": run.get("method", "?"),
@@ -62,6 +65,7 @@ def run_row(path: str | Path) -> dict:
         "distill_seconds": run.get("distill_seconds"),
         "bytes": os.path.getsize(set_file),
         "archs": archs,
+        "convnet_drop": drop,
     }
 
 
@@ -75,12 +79,16 @@ def markdown_table(rows: list[dict]) -> str:
     """A markdown table of ``run_row`` results; one accuracy column per architecture any run was evaluated on."""
     seen = list(dict.fromkeys(a for row in rows for a in row["archs"]))
     archs = sorted(seen, key=lambda a: (a != "convnet", seen.index(a)))  # the protocol's net first
-    head = ["run", "method", "backbone", "match space", "match net", "IPC", "init", "steps", "distil s", "bytes", *[f"{a} %" for a in archs]]
+    drops = any(r.get("convnet_drop") is not None for r in rows)
+    head = ["run", "method", "backbone", "match space", "match net", "IPC", "init", "steps", "distil s", "bytes", *[f"{a} %" for a in archs],
+            *(["convnet - mean of others (points)"] if drops else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         seconds = "-" if r["distill_seconds"] is None else f"{r['distill_seconds']:.0f}"
         ipc = f"{r['ipc']}{' (soft)' if r['soft_labels'] else ''}"
         cells = [r["run"], r["method"], r["backbone"], r["match_space"], r["match_net"], ipc, r["init"], str(r["steps"]), seconds,
                  f"{r['bytes']:,}", *[_acc(r["archs"].get(a)) for a in archs]]
+        if drops:
+            cells.append("-" if r.get("convnet_drop") is None else f"{100 * r['convnet_drop']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

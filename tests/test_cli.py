@@ -247,10 +247,12 @@ def test_table_reads_the_set_and_every_eval_beside_it(capsys, tmp_path, set_file
     assert row["ipc"] == IPC and row["bytes"] == (run / "set.safetensors").stat().st_size and row["backbone"] == "vae"
     assert row["archs"]["convnet"]["runs"] == 2 and row["archs"]["convnet"]["epochs"] == 2
     assert row["archs"]["mlp"]["runs"] == 1 and row["archs"]["mlp"]["epochs"] == 1
+    assert abs(row["convnet_drop"] - (row["archs"]["convnet"]["mean"] - row["archs"]["mlp"]["mean"])) < 1e-12
     table = assert_ok(cli(capsys, "table", run, set_file)).splitlines()
-    assert table[0].endswith("| convnet % | mlp % |") and len(table) == 4
+    assert table[0].endswith("| convnet % | mlp % | convnet - mean of others (points) |") and len(table) == 4
     mean = 100 * json.loads((run / "set.eval.json").read_text())["mean"]
-    assert f"{mean:.2f} +- " in table[2] and table[3].endswith("| - | - |")  # the bare set file has no eval beside it
+    assert f"{mean:.2f} +- " in table[2] and table[2].endswith(f"| {100 * row['convnet_drop']:.2f} |")
+    assert table[3].endswith("| - | - | - |")  # the bare set file has no eval beside it
     assert_user_error(cli(capsys, "table", tmp_path / "missing"), "missing", "does not exist")
 
 
