@@ -34,6 +34,8 @@ class ITGANConfig(RecipeConfig):
     classifier_epochs: int = 2  # of the real-data ConvNet
     classifier: str | None = None  # safetensors of its weights: loaded if it exists, else trained and written (recipes/eval_gan.py's too)
     pool: str = "avgpooling"  # of DM's proxy ConvNet
+    batch_real: int = 64  # real images per class per step, as recipes/latent_dm.py (the DM term is the same)
+    kernel: str = "gaussian"  # of the DM term: M3D's MMD, as recipes/latent_dm.py; "linear" is DM's mean gap
     augment: str = "auto"  # DSA on the images
     eval_runs: int = 2
 
@@ -44,7 +46,7 @@ def setup(cfg: ITGANConfig, pieces, accelerator):
                                       progress=accelerator.is_local_main_process)
     return get_objective("itgan", cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight, classifier=classifier,
                          anchors=pieces.syn.latents.detach().clone(), net=cfg.net, depth=cfg.depth, width=cfg.width,
-                         pool=cfg.pool, augment=cfg.augment)
+                         pool=cfg.pool, augment=cfg.augment, kernel=cfg.kernel)
 
 
 def main(argv=None) -> int:
