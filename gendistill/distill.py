@@ -97,12 +97,22 @@ class TrainState:
         self.losses: list[float] = []
         self.shared = torch.Generator().manual_seed(seed)
         self.data = torch.Generator().manual_seed(seed * 1000 + 1 + rank)
+        self.seconds = 0.0  # time in the loop, summed over every segment of a resumed run
+        self._since: float | None = None
+
+    def start_clock(self) -> None:
+        self._since = time.time()
+
+    def clock(self) -> float:
+        return self.seconds + (time.time() - self._since if self._since is not None else 0.0)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "losses": list(self.losses), "shared": self.shared.get_state(), "data": self.data.get_state()}
+        return {"step": self.step, "losses": list(self.losses), "shared": self.shared.get_state(), "data": self.data.get_state(),
+                "seconds": self.clock()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.losses = int(state["step"]), list(state["losses"])
+        self.seconds = float(state.get("seconds", 0.0))  # older checkpoints kept no clock: their time is not counted
         self.shared.set_state(state["shared"])
         self.data.set_state(state["data"])
 
@@ -233,7 +243,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     last_good = latest_checkpoint(workdir) if workdir else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"distill ({space} space)", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
-    start = time.time()
+    state.start_clock()
 
     def real_batch(c: int) -> torch.Tensor:
         return real.latents[real.sample_class(c, min(cfg.batch_real, len(real.class_indices(c))), state.data)].to(device)
@@ -300,5 +310,5 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         bar.close()
     if workdir:
         _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
-    state.seconds = time.time() - start
+    state.seconds, state._since = state.clock(), None
     return state

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from copy import deepcopy
 import os
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -144,6 +145,25 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, extra):
     run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, "--resume", *extra, name="part")
     a, b = SyntheticSet.load(full / "set.safetensors"), SyntheticSet.load(part / "set.safetensors")
     assert torch.equal(a.latents, b.latents)
+    assert b.run_meta["steps_done"] == 6
+
+
+def test_distill_seconds_add_up_over_a_resume(monkeypatch):
+    """A resumed run's set reports the time of every segment, not only the last one."""
+    from gendistill import distill as mod
+
+    now = iter([100.0, 130.0, 500.0, 520.0])
+    monkeypatch.setattr(mod, "time", SimpleNamespace(time=lambda: next(now)))
+    first = mod.TrainState(0, 0)
+    first.start_clock()
+    saved = first.state_dict()  # checkpoint after 30 s
+    resumed = mod.TrainState(0, 0)
+    resumed.load_state_dict(saved)
+    resumed.start_clock()
+    assert resumed.clock() == pytest.approx(50.0)
+    legacy = mod.TrainState(0, 0)
+    legacy.load_state_dict({k: v for k, v in saved.items() if k != "seconds"})
+    assert legacy.seconds == 0.0
 
 
 def test_cosine_schedule_decays_to_zero_and_rejects_unknown_names():
