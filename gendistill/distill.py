@@ -106,6 +106,9 @@ class TrainState:
     def clock(self) -> float:
         return self.seconds + (time.time() - self._since if self._since is not None else 0.0)
 
+    def stop_clock(self) -> None:
+        self.seconds, self._since = self.clock(), None
+
     def state_dict(self) -> dict:
         return {"step": self.step, "losses": list(self.losses), "shared": self.shared.get_state(), "data": self.data.get_state(),
                 "seconds": self.clock()}
@@ -310,5 +313,5 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         bar.close()
     if workdir:
         _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
-    state.seconds, state._since = state.clock(), None
+    state.stop_clock()
     return state
