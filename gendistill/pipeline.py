@@ -128,7 +128,7 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     if not accelerator.is_main_process:
         return None
     syn, backbone = pieces.syn, pieces.backbone
-    syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(getattr(state, "seconds", 0.0), 1)})
+    syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(state.seconds, 1)})
     images = syn.decode(backbone)
     save_png(image_grid(images, syn.labels.cpu(), syn.num_classes), outdir / "grid.png")
     save_png(loss_plot(state.losses, title=f"{syn.run_meta.get('method', '')} loss"), outdir / "loss.png")
