@@ -5,7 +5,7 @@
     gendistill sample set.safetensors --out grid.png     decoded PNG grid, one row per class
     gendistill export set.safetensors --out images.safetensors   (or --format imagefolder --out DIR)
     gendistill eval set.safetensors                      the standard evaluation protocol
-    gendistill train-backbone --dataset fashion-mnist --output DIR
+    gendistill train-backbone --kind vae --dataset fashion-mnist --output DIR   (or --kind gan | diffusion)
 """
 
 from __future__ import annotations
@@ -253,16 +253,15 @@ def cmd_table(args) -> int:
 
 
 def cmd_train_backbone(args, rest) -> int:
-    from importlib import util
+    """``gendistill train-backbone [--kind vae|gan|diffusion] FLAGS``: the library's trainer of that kind."""
+    from .training import TRAINERS, train_backbone
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_autoencoder.py"
-    if not recipe.exists():
-        raise FileNotFoundError(f"{recipe} not found; train-backbone needs the repository's recipes/ folder")
-    spec = util.spec_from_file_location("train_autoencoder", recipe)
-    mod = util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod.main(rest)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--kind", default="vae", choices=TRAINERS.names())
+    known, flags = pre.parse_known_args(rest)
+    return train_backbone(known.kind, flags, description=f"Train a {known.kind} backbone (gendistill/training/{known.kind}.py); "
+                          f"--kind picks another of {', '.join(TRAINERS.names())}.",
+                          prog=f"gendistill train-backbone --kind {known.kind}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_table)
 
-    s = sub.add_parser("train-backbone", help="train an autoencoder backbone (recipes/train_autoencoder.py)", add_help=False)
+    s = sub.add_parser("train-backbone", help="train a backbone: --kind vae (default), gan or diffusion, then its flags", add_help=False)
     s.set_defaults(func=cmd_train_backbone)
     return p
 

@@ -75,12 +75,12 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     return cls(**values)
 
 
-def backbone_training_parser(cfg_cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """The flags of a backbone-training recipe: the dataset, ``--output`` and one flag per field of ``cfg_cls``
+def backbone_training_parser(cfg_cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a backbone trainer: the dataset, ``--output`` and one flag per field of ``cfg_cls``
     (a tuple field takes several values)."""
     from .data import list_datasets
 
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     p.add_argument("--data-dir", default=None)
     p.add_argument("--download", action="store_true")

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, load_recipe
 from gendistill.backbones import load_backbone
-from gendistill.backbones import training
+from gendistill.training import common as training
 from gendistill.cli import run_guarded
 
 # 200 tiny training images: batch 64 -> 3 steps per epoch, 2 epochs
@@ -70,3 +70,22 @@ def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     assert run_guarded(recipe.main, ["--output", str(tmp_path / "g"), *RECIPES["gan"], "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a readable training checkpoint" in err
+
+
+@pytest.mark.parametrize("kind", ["vae", "gan"])
+def test_cli_train_backbone_calls_the_library(kind, tmp_path, capsys):
+    """`gendistill train-backbone --kind KIND` runs the library's trainer (no recipe file is read) and writes a backbone."""
+    from gendistill.cli import _main
+
+    flags = RECIPES["autoencoder" if kind == "vae" else kind]
+    assert run_guarded(_main, ["train-backbone", "--kind", kind, "--output", str(tmp_path / kind), *flags]) == 0
+    assert f"saved {tmp_path / kind}" in capsys.readouterr().out
+    assert load_backbone(str(tmp_path / kind)).kind == kind
+
+
+def test_cli_train_backbone_unknown_kind_is_one_line(tmp_path, capsys):
+    from gendistill.cli import _main
+
+    with pytest.raises(SystemExit) as e:
+        _main(["train-backbone", "--kind", "nope", "--output", str(tmp_path / "x")])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

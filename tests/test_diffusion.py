@@ -14,7 +14,7 @@ import torch
 
 from conftest import NUM_CLASSES, launch, load_recipe, tiny_vae
 from gendistill.backbones import DiffusionBackbone, VAEBackbone, load_backbone
-from gendistill.backbones.train_diffusion import DiffusionConfig, build_scheduler, build_unet
+from gendistill.training.diffusion import DiffusionConfig, build_scheduler, build_unet
 from gendistill.cache import cached_latents, image_split
 from gendistill.data import FASHION_CLASSES, get_dataset
 from gendistill.synthetic import SyntheticSet
@@ -191,7 +191,7 @@ def test_generative_init_gives_the_class_counts(ldm_dir, tiny_vae_dir, init, tar
 
 
 def test_init_model_defaults(monkeypatch, tmp_path, ldm_dir, tiny_vae_dir):
-    import gendistill.backbones as backbones
+    import gendistill.backbones.loading as backbones
 
     train = get_dataset("fashion-mnist", "train")
     vae = load_backbone(str(tiny_vae_dir))

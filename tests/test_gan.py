@@ -391,7 +391,7 @@ def test_cli_init_and_sample_in_a_gan_space(tmp_path, gan_dir, capsys):
 
 
 def test_minibatch_std_channel_is_zero_for_identical_samples_and_the_group_spread_otherwise():
-    from gendistill.backbones.train_gan import minibatch_std
+    from gendistill.training.gan import minibatch_std
 
     same = torch.ones(8, 3, 2, 2)
     out = minibatch_std(same, 4)
@@ -403,7 +403,7 @@ def test_minibatch_std_channel_is_zero_for_identical_samples_and_the_group_sprea
 
 
 def test_mode_seeking_loss_is_large_when_different_z_give_one_image():
-    from gendistill.backbones.train_gan import mode_seeking_loss
+    from gendistill.training.gan import mode_seeking_loss
 
     z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     collapsed = mode_seeking_loss(torch.ones(8, 1, 4, 4), z)
@@ -422,7 +422,7 @@ def test_within_class_spread_tells_a_collapsed_generator_from_varied_images():
 
 
 def test_discriminator_auxiliary_classifier_logits_and_the_ac_term_changes_training():
-    from gendistill.backbones.train_gan import GANConfig, ProjectionDiscriminator, train_gan
+    from gendistill.training.gan import GANConfig, ProjectionDiscriminator, train_gan
 
     D = ProjectionDiscriminator(1, 10, (8, 8, 8), mbstd_group=4).eval()  # eval: spectral norm's power iteration is frozen
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)

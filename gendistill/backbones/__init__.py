@@ -1,96 +1,21 @@
-"""Backbones: images <-> latent codes. ``load_backbone("pixel" | DIR | hub id | shipped name, latent_space=None, options=None)``."""
+"""Backbones: images <-> latent codes, at run time (training them lives in :mod:`gendistill.training`).
+
+One interface (:class:`Backbone`, ``base``) and one module per kind: ``pixel`` (identity), ``vae`` (a diffusers
+AutoencoderKL), ``gan`` (a generator; ``gan_model`` holds the generator's network), ``diffusion`` (a UNet + DDIM).
+``loading`` turns a name (``pixel``, a shipped asset, a directory or a hub id) into one:
+``load_backbone("pixel" | DIR | hub id | shipped name, latent_space=None, options=None)``.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-from .base import BACKBONES, INFO_FILE, Backbone, effective_match_space
+from .base import BACKBONES, Backbone, effective_match_space
 from .diffusion import DiffusionBackbone
-from .gan import GENERATOR_CLASS, GANBackbone
+from .gan import GANBackbone
+from .loading import (ASSETS, DEFAULT_BACKBONE, backbone_kind, backbone_options, load_backbone, option_names,
+                      resolve_source, shipped_backbones)
 from .pixel import PixelBackbone
 from .vae import VAEBackbone
 
-ASSETS = Path(os.environ.get("GENDISTILL_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
-DEFAULT_BACKBONE = "fashion-mnist-vae"
-_CLASS_TO_KIND = {"AutoencoderKL": "vae", GENERATOR_CLASS: "gan"}
-
-
-def resolve_source(source: str) -> str:
-    """A shipped name (``fashion-mnist-vae``) becomes its directory under ``assets/backbones``."""
-    shipped = ASSETS / "backbones" / source
-    if not Path(source).exists() and shipped.is_dir():
-        return str(shipped)
-    return source
-
-
-def backbone_kind(source: str) -> str:
-    if source in BACKBONES:
-        return source
-    path = Path(source)
-    if path.is_dir():
-        info = path / INFO_FILE
-        if info.exists():
-            return json.loads(info.read_text()).get("kind", "vae")
-        if (path / "unet").is_dir():  # a Stable Diffusion layout (unet/, text_encoder/, tokenizer/, vae/, scheduler/)
-            return "diffusion"
-        for cfg in (path / "config.json", path / "vae" / "config.json"):
-            if cfg.exists():
-                try:
-                    name = json.loads(cfg.read_text()).get("_class_name")
-                except json.JSONDecodeError:
-                    raise ValueError(f"{str(cfg)!r} is not valid JSON; re-create the backbone directory") from None
-                if name in _CLASS_TO_KIND:
-                    return _CLASS_TO_KIND[name]
-                raise ValueError(f"{source!r} holds a {name!r}; supported backbones: {', '.join(BACKBONES.names())} "
-                                 "(AutoencoderKL directories for vae, ConditionalStyleGenerator ones for gan, "
-                                 "a directory holding unet/ and scheduler/ for diffusion)")
-        raise ValueError(f"{source!r} is not a backbone directory (no config.json); pass 'pixel', a diffusers VAE, GAN or diffusion directory or a hub id")
-    if path.suffix or source.startswith((".", "/")) or source.count("/") != 1:
-        raise ValueError(f"unknown backbone {source!r}: not a directory, a hub id (owner/name) or one of {', '.join(BACKBONES.names() + shipped_backbones())}")
-    return "vae"  # a hub id
-
-
-def shipped_backbones() -> list[str]:
-    root = ASSETS / "backbones"
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def option_names() -> list[str]:
-    """Every load-time option some backbone kind takes (diffusion: decode_steps, invert_to, guidance_scale, prompt_template)."""
-    return sorted({name for kind in BACKBONES.names() for name in BACKBONES.get(kind).option_names})
-
-
-def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space: str | None = None,
-                  options: dict | None = None, class_names=None) -> Backbone:
-    """The backbone at ``source``; ``latent_space`` picks one of a gan's spaces (z, w, w+, f<k>; None: its default);
-    ``options`` are load-time settings of kinds that have them (None values: the backbone's defaults; any other for a
-    kind without that option is an error); ``class_names`` are the dataset's (a text-conditioned model's prompts)."""
-    source = resolve_source(source)
-    kind = backbone_kind(source)
-    cls = BACKBONES.get(kind)
-    kwargs = {"image_shape": image_shape}
-    for name, value in (options or {}).items():
-        if value is None:
-            continue
-        if name not in cls.option_names:
-            owners = [k for k in BACKBONES.names() if name in BACKBONES.get(k).option_names] or ["no"]
-            raise ValueError(f"--{name.replace('_', '-')} applies to {' and '.join(owners)} backbones; {source!r} is a {kind} backbone (leave it unset)")
-        kwargs[name] = value
-    if class_names is not None:
-        kwargs["class_names"] = list(class_names)
-    if latent_space is not None:
-        if not cls.has_latent_spaces:
-            raise ValueError(f"--latent-space {latent_space!r} applies to gan backbones; {source!r} is a {kind} backbone with one latent space (leave --latent-space unset)")
-        kwargs["latent_space"] = latent_space
-    return cls.from_pretrained(source, **kwargs)
-
-
-def backbone_options(cfg) -> dict:
-    """The load-time options a config (a recipe's dataclass or argparse namespace) sets, by name; unset ones are None."""
-    return {name: getattr(cfg, name, None) for name in option_names()}
-
-
-__all__ = ["Backbone", "effective_match_space", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone", "BACKBONES", "load_backbone",
-           "backbone_options", "option_names", "resolve_source", "DEFAULT_BACKBONE", "shipped_backbones"]
+__all__ = ["Backbone", "effective_match_space", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone", "BACKBONES",
+           "load_backbone", "backbone_kind", "backbone_options", "option_names", "resolve_source", "DEFAULT_BACKBONE",
+           "shipped_backbones", "ASSETS"]

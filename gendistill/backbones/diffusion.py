@@ -433,7 +433,7 @@ def resolve_vae(directory: Path, pointer: str) -> str:
     local = directory / pointer
     if not Path(pointer).is_absolute() and local.is_dir():
         return str(local)
-    from . import resolve_source
+    from .loading import resolve_source
 
     resolved = resolve_source(pointer)
     if not Path(resolved).is_dir():

@@ -10,8 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import ImageDataset
-from .training import EpochCheckpoint
-from .vae import VAEBackbone
+from ..backbones.vae import VAEBackbone
+from .base import TRAINERS, Trainer
+from .common import EpochCheckpoint
 
 
 @dataclass
@@ -81,3 +82,10 @@ def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     log(f"trained autoencoder in {time.time() - start:.0f}s; scaling_factor={vae.config.scaling_factor:.4f}; config {asdict(cfg)}")
     return VAEBackbone(vae.cpu(), image_shape=train.image_shape, source="trained")
+
+
+def _describe(backbone: VAEBackbone, cfg: AutoencoderConfig) -> str:
+    return f"sha256 {backbone.weights_sha256()[:16]}, latent shape {backbone.latent_shape}"
+
+
+TRAINERS.register("vae")(Trainer(AutoencoderConfig, train_autoencoder, "recipes/train_autoencoder.py", _describe))

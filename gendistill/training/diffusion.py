@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..backbones.diffusion import DiffusionBackbone, run_unet, soft_class_unet
 from ..cache import cached_latents
 from ..data import ImageDataset
-from .diffusion import DiffusionBackbone, run_unet, soft_class_unet
-from .training import EpochCheckpoint, ema_update
+from .base import TRAINERS, Trainer
+from .common import EpochCheckpoint, ema_update
 
 
 @dataclass
@@ -100,7 +101,7 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
     """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of latent diffusion on ``train`` encoded by ``cfg.vae``;
     the EMA UNet with a DDIM scheduler as a backbone. ``checkpoint``: a file for the per-epoch training state
     (``EpochCheckpoint``); ``resume`` continues from it."""
-    from . import load_backbone
+    from ..backbones import load_backbone
 
     vae = load_backbone(cfg.vae, image_shape=train.image_shape)
     if vae.kind != "vae":
@@ -146,3 +147,12 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
     bar.close()
     log(f"trained latent diffusion for {step} steps in {time.time() - start:.0f}s; config {asdict(cfg)}")
     return DiffusionBackbone(ema.cpu(), scheduler, vae.cpu(), train.classes, source="trained", vae_pointer=cfg.vae)
+
+
+def _describe(backbone: DiffusionBackbone, cfg: DiffusionConfig) -> str:
+    mb = sum(p.numel() * p.element_size() for p in backbone.unet.parameters()) / 2**20
+    return (f"sha256 {backbone.weights_sha256()[:16]}, UNet {mb:.2f} MB, noise latent {backbone.noise_shape}, "
+            f"VAE {cfg.vae} sha256 {backbone.vae.weights_sha256()[:16]}")
+
+
+TRAINERS.register("diffusion")(Trainer(DiffusionConfig, train_diffusion, "recipes/train_diffusion.py", _describe, samples=True, cache=True))

@@ -31,10 +31,11 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
+from ..backbones.gan import GANBackbone
+from ..backbones.gan_model import ConditionalStyleGenerator
 from ..data import ImageDataset
-from .gan import GANBackbone
-from .gan_model import ConditionalStyleGenerator
-from .training import EpochCheckpoint, ema_update
+from .base import TRAINERS, Trainer
+from .common import EpochCheckpoint, ema_update
 
 
 @dataclass
@@ -193,3 +194,11 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
     bar.close()
     log(f"trained GAN for {step} steps in {time.time() - start:.0f}s; config {asdict(cfg)}")
     return GANBackbone(G_ema.cpu(), image_shape=train.image_shape, source="trained")
+
+
+def _describe(backbone: GANBackbone, cfg: GANConfig) -> str:
+    mb = sum(p.numel() * p.element_size() for p in backbone.generator.parameters()) / 2**20
+    return f"sha256 {backbone.weights_sha256()[:16]}, {mb:.2f} MB of weights, latent spaces {', '.join(backbone.latent_spaces)}"
+
+
+TRAINERS.register("gan")(Trainer(GANConfig, train_gan, "recipes/train_gan.py", _describe, samples=True))
