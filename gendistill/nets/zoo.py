@@ -1,4 +1,4 @@
-"""AlexNet, VGG-11 and ResNet-18 in the small-input variants the dataset-distillation field evaluates across.
+"""AlexNet, VGG-11, ResNet-18 and an MLP: AlexNet, VGG and ResNet in the small-input variants the dataset-distillation field evaluates across.
 
 The maths follows the DC reference code (VICO-UoE/DatasetCondensation ``networks.py``, used by DC/DSA/DM/MTT for their
 cross-architecture tables); shapes are computed from the input instead of assumed to be 32x32:
@@ -24,12 +24,14 @@ reference's: a non-default ``depth`` or ``pool`` raises rather than being ignore
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
 from torch import nn
 
-from .nets import NETS, FeatureNet, NetConfig, _act, _norm
+from .layers import FeatureNet, _act, _norm
+from .registry import NETS, NetConfig
 
 REFERENCE_WIDTH = 128  # NetConfig's default width: the zoo's channel counts are scaled by width / REFERENCE_WIDTH
 
@@ -133,3 +135,15 @@ def resnet18(in_shape, num_classes, **overrides):
 @NETS.register("resnet18bn")
 def resnet18bn(in_shape, num_classes, **overrides):
     return ResNet(in_shape, num_classes, _config("resnet18bn", dict(norm="batchnorm"), overrides))
+
+
+class MLP(FeatureNet):
+    def __init__(self, in_shape, num_classes: int, cfg: NetConfig):
+        super().__init__()
+        d = math.prod(in_shape)
+        self._set_head(nn.Sequential(nn.Flatten(), nn.Linear(d, 128), _act(cfg.act), nn.Linear(128, 128), _act(cfg.act)), 128, num_classes)
+
+
+@NETS.register("mlp")
+def mlp(in_shape, num_classes, **overrides):
+    return MLP(in_shape, num_classes, replace(NetConfig(), **overrides))
