@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..augment import get_augment
 from ..nets import fresh_net, get_net
-from . import OBJECTIVES, StepContext
+from .base import OBJECTIVES, StepContext
 
 
 def mean_embedding_loss(emb_real: torch.Tensor, emb_syn: torch.Tensor) -> torch.Tensor:

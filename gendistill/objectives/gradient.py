@@ -33,7 +33,7 @@ from torch import nn
 
 from ..augment import Augment, get_augment
 from ..nets import fresh_net, get_net
-from . import OBJECTIVES, StepContext
+from .base import OBJECTIVES, StepContext
 
 # the reference's ``get_loops(ipc)``: (outer_loop, inner_loop), tuned for images per class 1 ... 50
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

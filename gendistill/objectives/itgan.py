@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import OBJECTIVES, StepContext, get_objective
+from .base import OBJECTIVES, StepContext, get_objective
 
 
 @OBJECTIVES.register("itgan")

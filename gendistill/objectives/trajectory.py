@@ -46,7 +46,7 @@ from torch.func import functional_call
 
 from ..augment import get_augment
 from ..experts import Experts, resolve_augment
-from . import OBJECTIVES, StepContext
+from .base import OBJECTIVES, StepContext
 
 UNROLLS = ("autograd", "constant")
 
