@@ -3,7 +3,9 @@
 A trainer that runs for half an hour must not lose it to a crash or a Ctrl-C: ``EpochCheckpoint`` writes the
 training state (modules, optimisers, schedulers, the data generator, epoch and step) atomically after every epoch to
 ``<output>.ckpt``; the recipe's ``--resume`` continues from it and gives the same weights as an uninterrupted run,
-since everything random comes from the stored generator. The file is removed once the backbone is saved.
+since everything random comes from the stored generator. The file is removed once the backbone is saved. It is a
+safetensors file with the non-tensor state as JSON (:mod:`gendistill.state`): no pickle, so a tampered checkpoint
+cannot run code.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import atomic_dir, atomic_path
+from ..errors import first_line
+from ..io import atomic_dir
+from ..state import load_state, save_state
 
 
 @torch.no_grad()
@@ -52,20 +56,26 @@ class EpochCheckpoint:
             raise FileNotFoundError(f"--resume: no checkpoint at {str(self.path)!r}; run without --resume to start")
 
     def load(self) -> tuple[int, int]:
-        """(first epoch to run, steps done): (0, 0) without ``resume``."""
+        """(first epoch to run, steps done): (0, 0) without ``resume``. The file is safetensors + JSON (no pickle:
+        nothing in it is executed); one of another kind, truncated or not fitting this trainer raises one line."""
         if self.path is None or not self.resume:
             return 0, 0
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a truncated or foreign file
-            raise ValueError(f"{str(self.path)!r} is not a readable training checkpoint ({type(e).__name__}); delete it and start over") from None
-        if state.get("config") != self.config:
-            diff = sorted(k for k in set(self.config) | set(state.get("config", {})) if self.config.get(k) != state.get("config", {}).get(k))
+            state = load_state(self.path, "training checkpoint")
+            _check_layout(state, self.parts, self.path)
+        except ValueError as e:
+            raise ValueError(f"{e}; delete it and start over") from None
+        if state["config"] != self.config:
+            diff = sorted(k for k in set(self.config) | set(state["config"]) if self.config.get(k) != state["config"].get(k))
             raise ValueError(f"{str(self.path)!r} was written with a different config ({', '.join(diff)}); "
                              "resume with the same flags or delete it to start over")
-        for name, obj in self.parts.items():
-            obj.load_state_dict(state["parts"][name])
-        self.generator.set_state(state["generator"])
+        try:
+            for name, obj in self.parts.items():
+                obj.load_state_dict(state["parts"][name])
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{str(self.path)!r} holds a training state that does not fit this trainer ({type(e).__name__}: "
+                             f"{first_line(e)}); delete it and start over") from None
         return int(state["epoch"]) + 1, int(state["step"])
 
     def save(self, epoch: int, step: int) -> None:
@@ -73,12 +83,24 @@ class EpochCheckpoint:
             return
         state = {"config": self.config, "epoch": epoch, "step": step, "generator": self.generator.get_state(),
                  "parts": {name: obj.state_dict() for name, obj in self.parts.items()}}
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        save_state(state, self.path)
 
     def remove(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def _check_layout(state, parts: dict, path: Path) -> None:
+    """``state`` has the fields :meth:`EpochCheckpoint.save` writes, of the right types, and every part."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{str(path)!r} is not a readable training checkpoint (its state is not a mapping)")
+    kinds = {"config": dict, "epoch": int, "step": int, "generator": torch.Tensor, "parts": dict}
+    wrong = sorted(k for k, kind in kinds.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool))
+    if wrong:
+        raise ValueError(f"{str(path)!r} is not a readable training checkpoint (missing or mistyped {', '.join(wrong)})")
+    missing = sorted(set(parts) - set(state["parts"]))
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a readable training checkpoint of this trainer (no state for {', '.join(missing)})")
 
 
 @contextmanager
