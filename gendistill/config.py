@@ -40,11 +40,52 @@ def _none_or(cast):
     return parse
 
 
+def _check_value(name: str, value: Any, tp) -> Any:
+    """``value`` for a field typed ``tp`` (int, float, str, bool, optionally ``| None``), or a ValueError; an int
+    is taken for a float field and converted."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    base = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name}: null is not allowed (give a {getattr(base, '__name__', base)})")
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base in (int, float, str, bool) and not (isinstance(value, base) and not (base is int and isinstance(value, bool))):
+        hint = " (YAML reads 1e-5 as text: write 1.0e-5)" if base is float and isinstance(value, str) else ""
+        raise ValueError(f"{name}: expected {base.__name__}, got {type(value).__name__} {value!r}{hint}")
+    return value
+
+
+def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
+    """The values a YAML config file sets for the dataclass ``cls``: every key must be a field (``-`` or ``_``) and
+    every value of the field's type. Raises FileNotFoundError or ValueError naming the file and what to fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config {str(path)!r} must hold a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"config {str(path)!r} has unknown keys {unknown}; valid keys: {sorted(names)}")
+    try:
+        return {k: _check_value(k, v, hints[k]) for k, v in values.items()}
+    except ValueError as e:
+        raise ValueError(f"config {str(path)!r}: {e}") from None
+
+
 def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
     """Build ``cls`` from its defaults, ``--config FILE.yaml`` and ``--key value`` flags (``--flag`` alone = true)."""
     hints = typing.get_type_hints(cls)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML file with any of the keys below")
+    p.add_argument("--config", default=None, help="YAML file with any of the keys below (recipes/configs/ holds every reported run)")
     for f in dataclasses.fields(cls):
         tp = _base_type(hints[f.name])
         flag = f"--{f.name.replace('_', '-')}"
@@ -57,20 +98,10 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     args = p.parse_args(argv)
     values: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            p.error(f"--config {args.config!r} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            p.error(f"--config {args.config!r} is not valid YAML ({str(e).splitlines()[0]})")
-        if not isinstance(loaded, dict):
-            p.error(f"--config {args.config!r} must hold a mapping of keys to values")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(k.replace("-", "_") for k in loaded) - names)
-        if unknown:
-            p.error(f"--config {args.config!r} has unknown keys {unknown}; valid keys: {sorted(names)}")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+            values.update(read_config_file(cls, args.config))
+        except (FileNotFoundError, ValueError) as e:
+            p.error(f"--config: {e}")
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
     return cls(**values)
 

@@ -166,3 +166,10 @@ def _fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(True)
     PartialState._reset_state()
+
+
+def measured_facts(name: str) -> dict:
+    """What was measured on a shipped backbone (hash, quality figures, commands): its gendistill.json's ``measured``."""
+    import json
+
+    return json.loads((ROOT / "assets" / "backbones" / name / "gendistill.json").read_text())["measured"]

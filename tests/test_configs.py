@@ -1,0 +1,140 @@
+"""Every config under recipes/configs/ parses against its recipe's config class (nothing runs), and the docs cite
+only configs that exist. ``recipes/configs/<method>/<dataset>_<ipc N or budget>_<variant>.yaml``."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from gendistill.config import parse_config, read_config_file
+
+from conftest import ROOT, load_recipe
+
+CONFIGS = ROOT / "recipes" / "configs"
+# method folder -> the recipe that runs it
+RECIPES = {"dm": "latent_dm", "dc": "latent_dc", "dsa": "latent_dc", "mtt": "latent_mtt", "tesla": "latent_mtt",
+           "datm": "latent_mtt", "itgan": "itgan", "experts": "train_experts"}
+NAME = re.compile(r"^(?P<dataset>[a-z0-9-]+)_(?P<size>ipc(?P<ipc>\d+)|[a-z0-9]+)_(?P<variant>[a-z0-9.+-]+)\.yaml$")
+ALL = sorted(CONFIGS.rglob("*.yaml"))
+
+
+class _Captured(Exception):
+    pass
+
+
+_classes: dict[str, type] = {}
+
+
+def config_class(recipe: str) -> type:
+    """The dataclass that ``recipes/<recipe>.py`` parses its arguments into (caught at its ``parse_config`` call)."""
+    if recipe not in _classes:
+        module = load_recipe(ROOT / "recipes" / f"{recipe}.py")
+
+        def capture(cls, argv=None, description=None):
+            _classes[recipe] = cls
+            raise _Captured
+
+        module.parse_config = capture
+        with pytest.raises(_Captured):
+            module.main([])
+    return _classes[recipe]
+
+
+def test_there_are_configs_and_every_folder_names_a_recipe():
+    assert len(ALL) >= 10
+    folders = {p.parent.name for p in ALL}
+    assert folders <= set(RECIPES), f"config folders without a recipe: {sorted(folders - set(RECIPES))}; add them to RECIPES"
+    assert all(p.parent.parent == CONFIGS for p in ALL), "configs live one level down: recipes/configs/<method>/NAME.yaml"
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_parses_against_its_recipe(path):
+    method = path.parent.name
+    cls = config_class(RECIPES[method])
+    values = read_config_file(cls, path)  # unknown keys and wrong types raise here
+    cfg = parse_config(cls, ["--config", str(path)])  # the path a recipe takes
+    assert {k: getattr(cfg, k) for k in values} == values
+    named = NAME.match(path.name)
+    assert named, f"{path.name}: name it <dataset>_<ipcN or budget>_<variant>.yaml"
+    assert named["dataset"] == cfg.dataset
+    if named["ipc"] is not None:
+        assert int(named["ipc"]) == cfg.ipc
+    if "method" in values or hasattr(cfg, "method"):
+        assert cfg.method == method, f"{path.name} is under {method}/ but runs method {cfg.method!r}"
+    assert cfg.output, "a config names its output directory, so that two configs never share one"
+
+
+def test_outputs_are_distinct_and_experts_come_from_a_config():
+    outputs: dict[str, Path] = {}
+    experts_made = set()
+    for path in ALL:
+        cfg = parse_config(config_class(RECIPES[path.parent.name]), ["--config", str(path)])
+        assert cfg.output not in outputs, f"{path} and {outputs[cfg.output]} both write {cfg.output}"
+        outputs[cfg.output] = path
+        if path.parent.name == "experts":
+            experts_made.add(cfg.output)
+    for path in ALL:
+        cfg = parse_config(config_class(RECIPES[path.parent.name]), ["--config", str(path)])
+        if getattr(cfg, "experts", None):
+            assert cfg.experts in experts_made, f"{path}: experts {cfg.experts} are made by no config in recipes/configs/experts/"
+
+
+def _cited(text: str) -> set[str]:
+    return set(re.findall(r"(?:recipes/)?configs/([a-z]+/[A-Za-z0-9_.+-]+\.yaml)", text))
+
+
+def test_docs_cite_existing_configs_and_every_config_is_reported():
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    cited = set().union(*(_cited(p.read_text()) for p in docs if p.exists()))
+    have = {str(p.relative_to(CONFIGS)) for p in ALL}
+    assert not cited - have, f"docs cite configs that do not exist: {sorted(cited - have)}"
+    results = ROOT / "docs" / "results.md"
+    orphans = have - _cited(results.read_text())
+    assert not orphans, f"configs reported nowhere in docs/results.md: {sorted(orphans)}"
+
+
+def test_config_files_are_checked_key_by_key(tmp_path):
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float = 0.01
+        steps: int = 10
+        name: str | None = None
+        flag: bool = False
+
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 1\nsteps: 5\nname: null\nflag: true\n")
+    assert read_config_file(Cfg, good) == {"lr": 1.0, "steps": 5, "name": None, "flag": True}
+    for text, message in (("lrr: 0.1\n", "unknown keys \\['lrr'\\]"),
+                          ("lr: 1e-5\n", "lr: expected float, got str '1e-5'.*1.0e-5"),
+                          ("steps: 2.5\n", "steps: expected int"),
+                          ("steps: true\n", "steps: expected int"),
+                          ("flag: 1\n", "flag: expected bool"),
+                          ("steps: null\n", "steps: null is not allowed"),
+                          ("- lr\n", "mapping"),
+                          ("lr: [\n", "not valid YAML")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_config_file(Cfg, bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_config_file(Cfg, tmp_path / "missing.yaml")
+
+
+def test_a_bad_config_is_one_line_at_the_command_line(tmp_path, capsys):
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float = 0.01
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: fast\n")
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--config", str(bad)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "bad.yaml" in err and "lr: expected float" in err
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 0.5\n")
+    assert parse_config(Cfg, ["--config", str(good), "--lr", "0.25"]).lr == 0.25  # a flag overrides the file
