@@ -83,7 +83,9 @@ def test_outputs_are_distinct_and_experts_come_from_a_config():
 
 
 def _cited(text: str) -> set[str]:
-    return set(re.findall(r"(?:recipes/)?configs/([a-z]+/[A-Za-z0-9_.+-]+\.yaml)", text))
+    """``<method>/<name>.yaml`` config names a text cites, bare or as ``recipes/configs/...``."""
+    folders = "|".join(map(re.escape, RECIPES))
+    return set(re.findall(rf"(?<![\w-])((?:{folders})/[A-Za-z0-9_.+-]+\.yaml)", text))
 
 
 def test_docs_cite_existing_configs_and_every_config_is_reported():
