@@ -51,7 +51,8 @@ def _check_value(name: str, value: Any, tp) -> Any:
         raise ValueError(f"{name}: null is not allowed (give a {getattr(base, '__name__', base)})")
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if base in (int, float, str, bool) and not (isinstance(value, base) and not (base is int and isinstance(value, bool))):
+    checked = base in (int, float, str, bool)  # other field types (rare in recipe configs) are taken as given
+    if checked and (not isinstance(value, base) or (base is int and isinstance(value, bool))):  # True is an int to Python
         hint = " (YAML reads 1e-5 as text: write 1.0e-5)" if base is float and isinstance(value, str) else ""
         raise ValueError(f"{name}: expected {base.__name__}, got {type(value).__name__} {value!r}{hint}")
     return value
@@ -85,7 +86,8 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     """Build ``cls`` from its defaults, ``--config FILE.yaml`` and ``--key value`` flags (``--flag`` alone = true)."""
     hints = typing.get_type_hints(cls)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML file with any of the keys below (recipes/configs/ holds every reported run)")
+    p.add_argument("--config", default=None,
+                   help="YAML file with any of the keys below (recipes/configs/ holds every reported run)")
     for f in dataclasses.fields(cls):
         tp = _base_type(hints[f.name])
         flag = f"--{f.name.replace('_', '-')}"

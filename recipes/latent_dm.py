@@ -7,7 +7,7 @@
 
 The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real
 images and pushes the gradient back through the decoder (GLaD-style). ``--match-space latent`` matches latents
-directly (LatentDD): 27x cheaper per step, 2.5 points lower here (README "Measured here").
+directly (LatentDD): 27x cheaper per step, 2.5 points lower here (docs/results.md, section 3).
 Writes set.safetensors, grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
 """
 

@@ -6,9 +6,9 @@
     accelerate launch recipes/latent_mtt.py --method datm                           # + difficulty window, soft labels
     accelerate launch recipes/latent_mtt.py --match-space latent --width 128 --optimizer sgd --lr 1000   # experts on latents
 
-The defaults are the configuration measured best here (README): GLaD-style decode-through (``--match-space pixel``: the
-VAE's latents are learned, the experts and the student are ConvNet-3 of width 32 on decoded images), Adam lr 0.01 on
-the latents from k-means centres. Experts trained on the latents themselves give trajectories that do not transfer to
+The defaults are the configuration measured best here (docs/results.md, section 2): GLaD-style decode-through
+(``--match-space pixel``: the VAE's latents are learned, the experts and the student are ConvNet-3 of width 32 on
+decoded images), Adam lr 0.01 on the latents from k-means centres. Experts trained on the latents themselves give trajectories that do not transfer to
 networks trained on the decoded images (71.9% at IPC 10, below random real images).
 
 Learns the latents, the set's eval lr (saved as ``lr``, used by `gendistill eval`) and, for DATM, soft labels (saved

@@ -2,7 +2,8 @@
 
     python recipes/write_imagefolder.py --out data/fmnist-folder --train-per-class 1000
 
-Used to measure the ImageFolder path end to end on data this machine has (README, "Measured here").
+Used to measure the ImageFolder path end to end on data this machine has (docs/results.md, "Any dataset as an
+ImageFolder").
 """
 
 from __future__ import annotations

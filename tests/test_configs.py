@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, load_recipe
 
 from gendistill.config import parse_config, read_config_file
-
-from conftest import ROOT, load_recipe
 
 CONFIGS = ROOT / "recipes" / "configs"
 # method folder -> the recipe that runs it
@@ -46,8 +45,8 @@ def config_class(recipe: str) -> type:
 def test_there_are_configs_and_every_folder_names_a_recipe():
     assert len(ALL) >= 10
     folders = {p.parent.name for p in ALL}
-    assert folders <= set(RECIPES), f"config folders without a recipe: {sorted(folders - set(RECIPES))}; add them to RECIPES"
-    assert all(p.parent.parent == CONFIGS for p in ALL), "configs live one level down: recipes/configs/<method>/NAME.yaml"
+    assert folders <= set(RECIPES), f"config folders without a recipe: {sorted(folders - set(RECIPES))}; add to RECIPES"
+    assert all(p.parent.parent == CONFIGS for p in ALL), "configs live in recipes/configs/<method>/NAME.yaml"
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -79,7 +78,7 @@ def test_outputs_are_distinct_and_experts_come_from_a_config():
     for path in ALL:
         cfg = parse_config(config_class(RECIPES[path.parent.name]), ["--config", str(path)])
         if getattr(cfg, "experts", None):
-            assert cfg.experts in experts_made, f"{path}: experts {cfg.experts} are made by no config in recipes/configs/experts/"
+            assert cfg.experts in experts_made, f"{path}: no config in recipes/configs/experts/ makes {cfg.experts}"
 
 
 def _cited(text: str) -> set[str]:
