@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .cache import LatentSplit
 from .data import normalize
+from .errors import first_line
 from .objectives import Objective, StepContext
 from .synthetic import SyntheticSet
 
@@ -65,14 +67,31 @@ def lr_factor(name: str):
     raise ValueError(f"unknown lr schedule {name!r}; use one of {', '.join(LR_SCHEDULES)}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM after its checkpoint was written: the one line to print, and the exit code."""
+
+    def __init__(self, step: int, path: Path, signum: int = signal.SIGINT, main: bool = True):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {path}; continue with --resume")
+        self.step, self.path, self.signum, self.main = step, Path(path), int(signum), main
+
+    def moved(self, old: Path, new: Path) -> "Interrupted":
+        """The same interrupt, its checkpoint now under ``new`` instead of ``old`` (a staged --overwrite run put in place)."""
+        return Interrupted(self.step, Path(new) / self.path.relative_to(old), self.signum, self.main)
+
+
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+
+
 @contextmanager
 def deferred_interrupt():
-    """Hold a first Ctrl-C until the running step has finished (``flag["set"]``); a second one interrupts at once.
+    """Hold a first Ctrl-C or SIGTERM until the running step has finished (``flag["set"]``, the signal's number); a
+    second one interrupts at once.
 
     A checkpoint taken in the middle of a step would hold generators that step had already advanced, so the resumed
-    run would differ from an uninterrupted one; the loop checks the flag between steps instead.
+    run would differ from an uninterrupted one; the loop checks the flag between steps instead. SIGTERM is what job
+    schedulers (and ``kill``) send before they kill a process: it is handled exactly like the first Ctrl-C.
     """
-    flag = {"set": False}
+    flag = {"set": 0}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -80,13 +99,14 @@ def deferred_interrupt():
     def handler(signum, frame):
         if flag["set"]:
             raise KeyboardInterrupt
-        flag["set"] = True
+        flag["set"] = signum
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class TrainState:
@@ -164,33 +184,134 @@ def latest_checkpoint(workdir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState, fingerprint: dict) -> Path:
+# A checkpoint directory ``checkpoints/step_NNNNNNN`` (docs/safety.md) holds, never pickled:
+#   config.json                         the run's fingerprint (settings that must match on --resume)
+#   shared.safetensors + shared.json    what every process shares, written once by rank 0: the set, the optimiser,
+#                                       step, losses, seconds and the shared generator; the number of processes
+#   rank_R.safetensors + rank_R.json    what is each process's own: its data generator and the objective's state
+SHARED = "shared"
+
+
+def _rank_name(rank: int) -> str:
+    return f"rank_{rank}"
+
+
+def _checkpoint_parts(syn: SyntheticSet, opt, state: TrainState, objective) -> tuple[dict, dict]:
+    """(shared, per-rank) state dicts of a run."""
+    train = state.state_dict()
+    own = {"train": {"data": train.pop("data")}}
+    if _stateful(objective):
+        own["objective"] = objective.state_dict()
+    return {"set": syn.state_dict(), "optimizer": opt.state_dict(), "train": train}, own
+
+
+def _stateful(objective) -> bool:
+    return hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict")
+
+
+def _all_ok(accelerator: Accelerator, ok: bool) -> bool:
+    """True when ``ok`` on every process (a collective: every process must call it)."""
+    if accelerator.num_processes == 1:
+        return ok
+    failed = accelerator.reduce(torch.tensor([0.0 if ok else 1.0], device=accelerator.device), reduction="sum")
+    return float(failed.sum()) == 0
+
+
+def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState, fingerprint: dict, parts: dict) -> Path:
+    """Write ``checkpoints/step_<step>`` and only then remove the older ones; returns its path.
+
+    Every process writes its own part into a temporary directory; rank 0 writes the shared part and, once every
+    process has succeeded, renames it into place (a checkpoint directory exists only once complete, every file
+    flushed to disk). A failure (a full disk) removes the partial directory and raises a one-line ``OSError``: the
+    previous checkpoint is untouched.
+    """
+    from .checkpoint import save_state
+    from .io import fsync_path, replace_dir
+
     root = checkpoint_root(workdir)
     final = root / f"step_{state.step:07d}"
     tmp = root / f".tmp_step_{state.step:07d}"
+    shared, own = _checkpoint_parts(state=state, **parts)
+    error: OSError | None = None
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp_step_*"):  # left by a run killed while writing (the output is locked: ours)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as e:
+            error = e
+    if _all_ok(accelerator, error is None):  # the directory exists before any process writes into it
+        try:
+            save_state(own, tmp, _rank_name(accelerator.process_index))
+            if accelerator.is_main_process:
+                save_state(shared, tmp, SHARED, meta={"num_processes": accelerator.num_processes, "step": state.step})
+                with open(tmp / "config.json", "w") as f:
+                    f.write(json.dumps(fingerprint, indent=2, sort_keys=True, default=str) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as e:
+            error = e
+    if not _all_ok(accelerator, error is None):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(workdir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        reason = (error.strerror or first_line(error)) if error is not None else "another process could not write its part"
+        raise OSError(error.errno if error is not None else None,
+                      f"could not write the checkpoint of step {state.step} in {root} ({reason}); {kept}; free some space "
+                      "and continue with --resume") from None
     if accelerator.is_main_process:
-        (tmp / "config.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True, default=str) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # atomic: a checkpoint directory exists only once complete
+        fsync_path(tmp)
+        replace_dir(tmp, final)  # an interrupt at a checkpointed step replaces that step's checkpoint crash-safely
         for old in root.glob("step_*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
+        fsync_path(root)
     accelerator.wait_for_everyone()
     return final
 
 
 def _check_fingerprint(path: Path, fingerprint: dict) -> None:
-    saved = json.loads((path / "config.json").read_text())
+    from .checkpoint import read_json
+
+    try:
+        saved = read_json(path / "config.json")
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"{first_line(e)}; delete the checkpoint {path} or start fresh with --overwrite") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{str(path / 'config.json')!r} is not a run fingerprint; delete the checkpoint {path} or start fresh with --overwrite")
     current = json.loads(json.dumps(fingerprint, default=str))
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
         raise ValueError(f"checkpoint {path} was made with a different config ({pairs}); rerun with the same settings or a new --output")
+
+
+def _load_checkpoint(path: Path, accelerator: Accelerator, state: TrainState, syn: SyntheticSet, opt, objective) -> None:
+    """Restore a run from ``_save_checkpoint``'s files: safetensors and JSON only; pickle files are never opened."""
+    from .checkpoint import load_state
+
+    fresh = f"delete the checkpoint {path} or start fresh with --overwrite"
+    if not (path / f"{SHARED}.json").exists() and (any(path.glob("*.pkl")) or any(path.glob("*.bin"))):
+        raise ValueError(f"checkpoint {path} is in the older pickle format (accelerate save_state), which is never loaded: a "
+                         f"pickle can run code; {fresh}")
+    try:
+        shared, meta = load_state(path, SHARED)
+        saved = meta.get("num_processes")
+        if saved == accelerator.num_processes:
+            own, _ = load_state(path, _rank_name(accelerator.process_index))
+            syn.load_state_dict(shared["set"])
+            opt.load_state_dict(shared["optimizer"])
+            state.load_state_dict({**shared["train"], **own["train"]})
+            if _stateful(objective):
+                objective.load_state_dict(own["objective"])
+    except (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        text = f"{path} lacks {first_line(e)}" if isinstance(e, KeyError) else first_line(e)
+        raise ValueError(f"cannot resume from {path}: {text}; {fresh}") from None
+    if saved != accelerator.num_processes:
+        raise ValueError(f"checkpoint {path} was written by {saved} process(es) and this run has {accelerator.num_processes}; "
+                         f"resume with accelerate launch --num_processes {saved}")
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -228,9 +349,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     base_lrs = [g["lr"] for g in opt.param_groups]
     opt = accelerator.prepare_optimizer(opt)
     state = TrainState(cfg.seed, accelerator.process_index)
-    accelerator.register_for_checkpointing(syn, state)
-    if hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict"):
-        accelerator.register_for_checkpointing(objective)  # stateful objectives (DC's inner-loop net) resume exactly
+    parts = {"syn": syn, "opt": opt, "objective": objective}  # stateful objectives (DC's inner-loop net) resume exactly
     fingerprint = dict(fingerprint or asdict(cfg))
 
     if resume:
@@ -238,7 +357,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
             raise FileNotFoundError(f"--resume: no checkpoint under {workdir}/checkpoints; run without --resume to start")
         ckpt = latest_checkpoint(workdir)
         _check_fingerprint(ckpt, fingerprint)
-        accelerator.load_state(str(ckpt))
+        _load_checkpoint(ckpt, accelerator, state, **parts)
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
 
     labels = syn.hard_labels.to(device)
@@ -298,7 +417,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                     bar.set_postfix(loss=f"{value:.4g}")
                     accelerator.log({"loss": value}, step=state.step)
                 if workdir and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
-                    last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+                    last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
                 step_start.update(shared=state.shared.get_state(), data=state.data.get_state())
                 if interrupted["set"]:
                     raise KeyboardInterrupt  # the step is complete: the checkpoint below resumes exactly
@@ -306,12 +425,12 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         if workdir:
             state.shared.set_state(step_start["shared"])  # a second Ctrl-C lands mid-step: go back to the step's start
             state.data.set_state(step_start["data"])
-            path = _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
-            accelerator.print(f"\ninterrupted at step {state.step}; checkpoint saved in {path}; continue with --resume")
+            path = _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
+            raise Interrupted(state.step, path, interrupted["set"] or signal.SIGINT, accelerator.is_main_process) from None
         raise
     finally:
         bar.close()
     if workdir:
-        _save_checkpoint(accelerator, Path(workdir), state, fingerprint)
+        _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
     state.stop_clock()
     return state
