@@ -19,16 +19,37 @@ from pathlib import Path
 from .errors import format_error, USER_ERRORS
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the distillation loop: unwind like Ctrl-C (locks released, nothing half-written)."""
+
+    signum = 15
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def run_guarded(main, argv=None) -> int:
-    """Run ``main``; user errors become one line on stderr and exit code 2 (no traceback)."""
+    """Run ``main``; user errors become one line on stderr and exit code 2 (no traceback). Ctrl-C and SIGTERM stop it
+    with one line and exit code 128 + the signal's number (a distillation run first finishes its step and checkpoints)."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv) or 0
     except USER_ERRORS as e:
         print(format_error(e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gendistill: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if getattr(e, "main", True):  # one line from the main process of a distributed run
+            print(str(e) if str(e) else "gendistill: interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -48,6 +69,14 @@ def _load_set(args):
                              class_names=syn.dataset_meta.get("classes"))
     syn.check_backbone(backbone, ignore_hash=args.ignore_backbone_hash)
     return syn, backbone
+
+
+def _check_out(args, flag: str = "--out") -> None:
+    """Refuse an --out that is the command's input file (or its --backbone): writing it would replace the input."""
+    from .outputs import check_not_input
+
+    check_not_input(args.out, [("FILE", getattr(args, "file", None)), ("--backbone", getattr(args, "backbone", None)),
+                               ("--data-dir", getattr(args, "data_dir", None)), ("--cache-dir", getattr(args, "cache_dir", None))], flag)
 
 
 def _device():
@@ -73,7 +102,9 @@ def cmd_init(args) -> int:
     from .synthetic import set_backbone_options
 
     from .io import check_parent
+
     check_parent(args.out)
+    _check_out(args)
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
     smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
     if args.ipc > smallest:
@@ -159,6 +190,7 @@ def cmd_sample(args) -> int:
     from .plots import image_grid, save_png
 
     check_parent(args.out)
+    _check_out(args)
     syn, backbone = _load_set(args)
     backbone.to(_device())
     images = syn.decode(backbone).cpu()
@@ -170,10 +202,15 @@ def cmd_sample(args) -> int:
 def cmd_export(args) -> int:
     from .io import atomic_dir, check_parent, save_safetensors
 
+    from .outputs import refuse_existing
+
     check_parent(args.out)
+    _check_out(args)
     out = Path(args.out)
-    if args.format == "imagefolder" and out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metadata.json").exists())):
-        raise ValueError(f"{args.out!r} exists and is not an earlier export; choose a new --out (it would be replaced)")
+    if args.format == "imagefolder":
+        refuse_existing(out, overwrite=args.overwrite, flag="--out")
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metadata.json").exists())):
+            raise ValueError(f"{args.out!r} exists and is not an earlier export; choose a new --out (--overwrite replaces only an earlier export)")
     syn, backbone = _load_set(args)
     backbone.to(_device())
     images = syn.decode(backbone).float().cpu()
@@ -211,6 +248,7 @@ def cmd_eval(args) -> int:
 
     if args.out:
         check_parent(args.out)
+        _check_out(args)
     tensors, meta = load_safetensors(args.file)
     records = read_metadata(args.file, meta)
     if meta.get("gendistill.decoded") == "1":
@@ -308,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--out", required=True)
     s.add_argument("--format", default="safetensors", choices=["safetensors", "imagefolder"])
+    s.add_argument("--overwrite", action="store_true", help="imagefolder: replace an earlier export in --out (once the new one is complete)")
     _add_backbone_flags(s)
     s.set_defaults(func=cmd_export)
 

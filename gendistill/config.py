@@ -119,6 +119,7 @@ def backbone_training_parser(cfg_cls: type, description: str | None = None, prog
     p.add_argument("--download", action="store_true")
     p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.ckpt (written after every epoch)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new backbone is complete)")
     for f in dataclasses.fields(cfg_cls):
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(f.default, tuple):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -31,7 +30,9 @@ from .backbones import Backbone
 from .cache import LatentSplit
 from .data import normalize
 from .errors import first_line
+from .io import fsync_path, replace_dir, write_json
 from .objectives import Objective, StepContext
+from .state import load_state, save_state
 from .synthetic import SyntheticSet
 
 MATCH_SPACES = ("latent", "pixel")
@@ -74,7 +75,7 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {path}; continue with --resume")
         self.step, self.path, self.signum, self.main = step, Path(path), int(signum), main
 
-    def moved(self, old: Path, new: Path) -> "Interrupted":
+    def moved(self, old: Path, new: Path) -> Interrupted:
         """The same interrupt, its checkpoint now under ``new`` instead of ``old`` (a staged --overwrite run put in place)."""
         return Interrupted(self.step, Path(new) / self.path.relative_to(old), self.signum, self.main)
 
@@ -184,32 +185,33 @@ def latest_checkpoint(workdir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-# A checkpoint directory ``checkpoints/step_NNNNNNN`` (docs/safety.md) holds, never pickled:
-#   config.json                         the run's fingerprint (settings that must match on --resume)
-#   shared.safetensors + shared.json    what every process shares, written once by rank 0: the set, the optimiser,
-#                                       step, losses, seconds and the shared generator; the number of processes
-#   rank_R.safetensors + rank_R.json    what is each process's own: its data generator and the objective's state
-SHARED = "shared"
+# A checkpoint directory ``checkpoints/step_NNNNNNN`` (docs/safety.md) holds, never pickled (gendistill.state: tensors
+# in safetensors, everything else as JSON in its metadata):
+#   config.json           the run's fingerprint (settings that must match on --resume)
+#   shared.safetensors    what every process shares, written once by rank 0: the set, the optimiser, step, losses,
+#                         seconds, the shared generator and the number of processes
+#   rank_R.safetensors    what is each process's own: its data generator and the objective's state
+SHARED = "shared.safetensors"
 
 
-def _rank_name(rank: int) -> str:
-    return f"rank_{rank}"
-
-
-def _checkpoint_parts(syn: SyntheticSet, opt, state: TrainState, objective) -> tuple[dict, dict]:
-    """(shared, per-rank) state dicts of a run."""
-    train = state.state_dict()
-    own = {"train": {"data": train.pop("data")}}
-    if _stateful(objective):
-        own["objective"] = objective.state_dict()
-    return {"set": syn.state_dict(), "optimizer": opt.state_dict(), "train": train}, own
+def _rank_file(rank: int) -> str:
+    return f"rank_{rank}.safetensors"
 
 
 def _stateful(objective) -> bool:
     return hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict")
 
 
-def _all_ok(accelerator: Accelerator, ok: bool) -> bool:
+def _checkpoint_parts(syn: SyntheticSet, opt, state: TrainState, objective, num_processes: int) -> tuple[dict, dict]:
+    """(shared, per-rank) state dicts of a run."""
+    train = state.state_dict()
+    own = {"train": {"data": train.pop("data")}}
+    if _stateful(objective):
+        own["objective"] = objective.state_dict()
+    return {"set": syn.state_dict(), "optimizer": opt.state_dict(), "train": train, "num_processes": num_processes}, own
+
+
+def all_processes_ok(accelerator: Accelerator, ok: bool) -> bool:
     """True when ``ok`` on every process (a collective: every process must call it)."""
     if accelerator.num_processes == 1:
         return ok
@@ -225,13 +227,10 @@ def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState,
     flushed to disk). A failure (a full disk) removes the partial directory and raises a one-line ``OSError``: the
     previous checkpoint is untouched.
     """
-    from .checkpoint import save_state
-    from .io import fsync_path, replace_dir
-
     root = checkpoint_root(workdir)
     final = root / f"step_{state.step:07d}"
     tmp = root / f".tmp_step_{state.step:07d}"
-    shared, own = _checkpoint_parts(state=state, **parts)
+    shared, own = _checkpoint_parts(state=state, num_processes=accelerator.num_processes, **parts)
     error: OSError | None = None
     if accelerator.is_main_process:
         try:
@@ -241,25 +240,21 @@ def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState,
             tmp.mkdir()
         except OSError as e:
             error = e
-    if _all_ok(accelerator, error is None):  # the directory exists before any process writes into it
+    if all_processes_ok(accelerator, error is None):  # the directory exists before any process writes into it
         try:
-            save_state(own, tmp, _rank_name(accelerator.process_index))
+            save_state(own, tmp / _rank_file(accelerator.process_index))
             if accelerator.is_main_process:
-                save_state(shared, tmp, SHARED, meta={"num_processes": accelerator.num_processes, "step": state.step})
-                with open(tmp / "config.json", "w") as f:
-                    f.write(json.dumps(fingerprint, indent=2, sort_keys=True, default=str) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                save_state(shared, tmp / SHARED)
+                write_json(json.loads(json.dumps(fingerprint, default=str)), tmp / "config.json")
         except OSError as e:
             error = e
-    if not _all_ok(accelerator, error is None):
+    if not all_processes_ok(accelerator, error is None):
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(workdir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         reason = (error.strerror or first_line(error)) if error is not None else "another process could not write its part"
-        raise OSError(error.errno if error is not None else None,
-                      f"could not write the checkpoint of step {state.step} in {root} ({reason}); {kept}; free some space "
+        raise OSError(f"could not write the checkpoint of step {state.step} in {root} ({reason}); {kept}; free some space "
                       "and continue with --resume") from None
     if accelerator.is_main_process:
         fsync_path(tmp)
@@ -272,15 +267,17 @@ def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState,
     return final
 
 
-def _check_fingerprint(path: Path, fingerprint: dict) -> None:
-    from .checkpoint import read_json
+def _fresh(path: Path) -> str:
+    return f"delete the checkpoint {path} or start fresh with --overwrite"
 
+
+def _check_fingerprint(path: Path, fingerprint: dict) -> None:
     try:
-        saved = read_json(path / "config.json")
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"{first_line(e)}; delete the checkpoint {path} or start fresh with --overwrite") from None
+        saved = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{str(path / 'config.json')!r} is not readable JSON ({first_line(e)}); {_fresh(path)}") from None
     if not isinstance(saved, dict):
-        raise ValueError(f"{str(path / 'config.json')!r} is not a run fingerprint; delete the checkpoint {path} or start fresh with --overwrite")
+        raise ValueError(f"{str(path / 'config.json')!r} is not a run fingerprint; {_fresh(path)}")
     current = json.loads(json.dumps(fingerprint, default=str))
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
@@ -290,25 +287,22 @@ def _check_fingerprint(path: Path, fingerprint: dict) -> None:
 
 def _load_checkpoint(path: Path, accelerator: Accelerator, state: TrainState, syn: SyntheticSet, opt, objective) -> None:
     """Restore a run from ``_save_checkpoint``'s files: safetensors and JSON only; pickle files are never opened."""
-    from .checkpoint import load_state
-
-    fresh = f"delete the checkpoint {path} or start fresh with --overwrite"
-    if not (path / f"{SHARED}.json").exists() and (any(path.glob("*.pkl")) or any(path.glob("*.bin"))):
+    if not (path / SHARED).exists() and (any(path.glob("*.pkl")) or any(path.glob("*.bin"))):
         raise ValueError(f"checkpoint {path} is in the older pickle format (accelerate save_state), which is never loaded: a "
-                         f"pickle can run code; {fresh}")
+                         f"pickle can run code; {_fresh(path)}")
     try:
-        shared, meta = load_state(path, SHARED)
-        saved = meta.get("num_processes")
+        shared = load_state(path / SHARED, "checkpoint file")
+        saved = shared.get("num_processes") if isinstance(shared, dict) else None
         if saved == accelerator.num_processes:
-            own, _ = load_state(path, _rank_name(accelerator.process_index))
+            own = load_state(path / _rank_file(accelerator.process_index), "checkpoint file")
             syn.load_state_dict(shared["set"])
             opt.load_state_dict(shared["optimizer"])
             state.load_state_dict({**shared["train"], **own["train"]})
             if _stateful(objective):
                 objective.load_state_dict(own["objective"])
-    except (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        text = f"{path} lacks {first_line(e)}" if isinstance(e, KeyError) else first_line(e)
-        raise ValueError(f"cannot resume from {path}: {text}; {fresh}") from None
+    except (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        text = f"it lacks {first_line(e)}" if isinstance(e, KeyError) else first_line(e)
+        raise ValueError(f"cannot resume from {path}: {text}; {_fresh(path)}") from None
     if saved != accelerator.num_processes:
         raise ValueError(f"checkpoint {path} was written by {saved} process(es) and this run has {accelerator.num_processes}; "
                          f"resume with accelerate launch --num_processes {saved}")

@@ -14,15 +14,16 @@ from . import __version__
 from .backbones import Backbone, backbone_options, effective_match_space, load_backbone
 from .cache import LatentSplit, cached_latents, image_split
 from .data import ImageDataset, get_dataset
-from .distill import DistillConfig, TrainState, distill, make_accelerator
+from .distill import DistillConfig, Interrupted, TrainState, all_processes_ok, distill, make_accelerator
 from .evaluate import EvalConfig, evaluate
 from .io import write_json
 from .objectives import Objective
+from .outputs import RunOutput, staging_path
 from .plots import image_grid, loss_plot, save_png
 from .synthetic import SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
-RESUME_FREE = {"steps", "resume", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output", "mixed_precision", "cache_dir"}
+RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output", "mixed_precision", "cache_dir"}
 
 
 def run_name(method: str, cfg) -> str:
@@ -61,7 +62,8 @@ class RecipeConfig:
     seed: int = 0
     output: str | None = None
     checkpoint_every: int = 500
-    resume: bool = False
+    resume: bool = False  # continue the interrupted run in --output from its checkpoint
+    overwrite: bool = False  # replace what --output holds, once the new run is complete (docs/safety.md)
     mixed_precision: str | None = None  # None: what `accelerate launch` says
     log_with: str | None = None  # csv, tensorboard, wandb (comma-separated)
     cache_dir: str | None = None
@@ -123,8 +125,12 @@ def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelera
                    pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint)
 
 
-def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path) -> dict | None:
-    """set.safetensors, grid.png, loss.png and (unless --eval-runs 0) eval.json; returns the eval result."""
+def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path | None = None) -> dict | None:
+    """set.safetensors, grid.png, loss.png and (unless --eval-runs 0) eval.json in ``outdir``; returns the eval result.
+
+    ``final``: where ``outdir``'s content will be once the run is complete (a staged --overwrite run), for the paths
+    the result and the messages name (default ``outdir``)."""
+    final = Path(final or outdir)
     if not accelerator.is_main_process:
         return None
     syn, backbone = pieces.syn, pieces.backbone
@@ -133,16 +139,20 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     save_png(image_grid(images, syn.labels.cpu(), syn.num_classes), outdir / "grid.png")
     save_png(loss_plot(state.losses, title=f"{syn.run_meta.get('method', '')} loss"), outdir / "loss.png")
     if cfg.eval_runs <= 0:
-        accelerator.print(f"wrote {outdir}/set.safetensors (evaluation skipped: --eval-runs 0)")
+        accelerator.print(f"wrote {final}/set.safetensors (evaluation skipped: --eval-runs 0)")
         return None
     ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed)
     lr = float(syn.lr.detach()) if syn.lr is not None else None
     result = evaluate(images.cpu() if accelerator.device.type == "cpu" else images, syn.labels, pieces.test, ecfg,
                       device=accelerator.device, lr=lr)
-    result["set"] = str(outdir / "set.safetensors")
+    result["set"] = str(final / "set.safetensors")
     write_json(result, outdir / "eval.json")
     accelerator.print(json.dumps({k: result[k] for k in ("mean", "std", "seconds")}))
     return result
+
+
+# the config fields that name files or folders a run reads: --output may be none of them, nor hold one
+INPUT_FIELDS = ("backbone", "init_model", "data_dir", "cache_dir", "experts")
 
 
 def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None, finish=None) -> dict | None:
@@ -150,20 +160,33 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
 
     ``setup(pieces, accelerator) -> Objective`` builds the objective once the pieces exist (trajectory matching needs
     experts for the run's backbone and space, and prepares the set); ``finish(pieces)`` runs before the outputs are written.
+    The output folder is claimed for the run (docs/safety.md): locked against a second run, refused if it holds
+    something unless --resume or --overwrite, and with --overwrite replaced only once the new run is complete.
     """
     outdir = Path(cfg.output or Path("outputs") / run_name(method, cfg))
-    outdir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, outdir)
-    if cfg.log_with:
-        accelerator.init_trackers(f"latent_{method}", config={k: v for k, v in vars(cfg).items() if v is not None})
-    pieces = build(cfg, method, accelerator)
-    if setup is not None:
-        objective = setup(pieces, accelerator)
-    state = run_distill(cfg, pieces, objective, accelerator, outdir)
-    if finish is not None:
-        finish(pieces)
-    result = write_outputs(cfg, pieces, state, accelerator, outdir)
-    accelerator.end_training()
+    inputs = [(f"--{name.replace('_', '-')}", getattr(cfg, name, None)) for name in INPUT_FIELDS]
+    overwrite = getattr(cfg, "overwrite", False)
+    workdir = staging_path(outdir) if overwrite else outdir
+    accelerator = make_accelerator(cfg.mixed_precision, cfg.log_with, workdir)
+    with RunOutput(outdir, overwrite=overwrite, resume=cfg.resume, inputs=inputs, main=accelerator.is_main_process,
+                   agree=lambda ok: all_processes_ok(accelerator, ok)) as out:
+        if cfg.log_with:
+            accelerator.init_trackers(f"latent_{method}", config={k: v for k, v in vars(cfg).items() if v is not None})
+        pieces = build(cfg, method, accelerator)
+        if setup is not None:
+            objective = setup(pieces, accelerator)
+        try:
+            state = run_distill(cfg, pieces, objective, accelerator, out.workdir)
+        except Interrupted as e:
+            if not overwrite:
+                raise
+            out.commit()  # the new run can be resumed from --output now: the old content goes, as --overwrite asked
+            raise e.moved(out.workdir, outdir) from None
+        if finish is not None:
+            finish(pieces)
+        result = write_outputs(cfg, pieces, state, accelerator, out.workdir, final=outdir)
+        accelerator.end_training()
+        out.commit()
     if result is not None:
         lr = f", learned lr {float(pieces.syn.lr.detach()):.4g}" if pieces.syn.lr is not None else ""
         space = effective_match_space(pieces.backbone.kind, cfg.match_space)

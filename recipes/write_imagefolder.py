@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from gendistill.data import get_dataset, list_datasets
+from gendistill.errors import format_error
 from gendistill.io import atomic_dir
+from gendistill.outputs import claim_output
 
 
 def main(argv=None) -> int:
@@ -27,10 +29,11 @@ def main(argv=None) -> int:
     p.add_argument("--train-per-class", type=int, default=1000, help="0: every image")
     p.add_argument("--test-per-class", type=int, default=0, help="0: every image")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once the new folder is complete)")
     args = p.parse_args(argv)
     gen = torch.Generator().manual_seed(args.seed)
     try:
-        with atomic_dir(args.out) as tmp:
+        with claim_output(args.out, overwrite=args.overwrite, inputs=[("--data-dir", args.data_dir)], flag="--out"), atomic_dir(args.out) as tmp:
             for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
                 data = get_dataset(args.dataset, split, args.data_dir)
                 for c, name in enumerate(data.classes):
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
                         a = data.images[i].permute(1, 2, 0).numpy()
                         Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(folder / f"{i:05d}.png")
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(format_error(e), file=sys.stderr)
         return 2
     print(f"wrote {args.out}/train and {args.out}/test ({args.dataset}, {args.train_per_class or 'all'} train images per class)")
     return 0

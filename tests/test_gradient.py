@@ -156,19 +156,19 @@ def test_net_is_redrawn_every_outer_loop_and_trained_in_between():
 
 
 def test_state_dict_round_trip_gives_the_same_next_loss(tmp_path):
-    from gendistill.checkpoint import load_state, save_state
+    from gendistill.state import load_state, save_state
 
     syn, labels, real = toy_problem()
     a = get_objective("dsa", depth=2, width=8, outer_loop=4, inner_loop=2, net_lr=0.1)
     ctx = ctx_for()
     for _ in range(2):
         a(syn, labels, real.__getitem__, ctx).backward()
-    save_state(a.state_dict(), tmp_path, "objective")  # as a checkpoint does: safetensors + JSON, loaded to the CPU
+    save_state(a.state_dict(), tmp_path / "objective.safetensors")  # as a checkpoint does: safetensors + JSON, loaded to the CPU
     gen_state = ctx.generator.get_state()
     expected = a(syn, labels, real.__getitem__, ctx)
 
     b = get_objective("dsa", depth=2, width=8, outer_loop=4, inner_loop=2, net_lr=0.1)
-    b.load_state_dict(load_state(tmp_path, "objective")[0])
+    b.load_state_dict(load_state(tmp_path / "objective.safetensors"))
     ctx.generator.set_state(gen_state)
     assert b.calls == 2
     assert torch.equal(b(syn, labels, real.__getitem__, ctx), expected)

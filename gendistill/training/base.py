@@ -33,11 +33,14 @@ def get_trainer(kind: str) -> Trainer:
 def train_backbone(kind: str, argv: list[str] | None = None, description: str | None = None, prog: str | None = None) -> int:
     """Train a backbone of ``kind`` as ``argv`` says and write it to ``--output`` (diffusers layout); returns 0.
 
-    Interrupted runs leave ``OUTPUT.ckpt`` (written after every epoch) and continue with ``--resume``."""
+    Interrupted runs leave ``OUTPUT.ckpt`` (written after every epoch) and continue with ``--resume``. A non-empty
+    ``--output`` is refused unless ``--overwrite`` (replaced once the new backbone is complete) or ``--resume``, and
+    the output is locked against a second run (docs/safety.md)."""
     from accelerate import Accelerator
 
     from ..config import backbone_training_parser, config_from_args
     from ..data import get_dataset
+    from ..outputs import claim_backbone_output
     from .common import checkpoint_path, resumable, save_trained
 
     trainer = get_trainer(kind)
@@ -51,9 +54,9 @@ def train_backbone(kind: str, argv: list[str] | None = None, description: str | 
     ckpt = checkpoint_path(args.output)
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
     extra = {"cache_dir": args.cache_dir} if trainer.cache else {}
-    with resumable(ckpt):
+    with claim_backbone_output(args), resumable(ckpt):  # refuse a non-empty --output unless --overwrite; lock it
         backbone = trainer.train(train, cfg, device=Accelerator().device, checkpoint=ckpt, resume=args.resume, **extra)
-    samples = args.samples_per_class if trainer.samples else 0
-    save_trained(backbone, train, cfg, args.output, trainer.recipe, samples_per_class=samples, seed=getattr(cfg, "seed", 0))
+        samples = args.samples_per_class if trainer.samples else 0
+        save_trained(backbone, train, cfg, args.output, trainer.recipe, samples_per_class=samples, seed=getattr(cfg, "seed", 0))
     print(f"saved {args.output} ({trainer.describe(backbone, cfg)})")
     return 0
