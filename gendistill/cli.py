@@ -201,7 +201,6 @@ def cmd_sample(args) -> int:
 
 def cmd_export(args) -> int:
     from .io import atomic_dir, check_parent, save_safetensors
-
     from .outputs import refuse_existing
 
     check_parent(args.out)

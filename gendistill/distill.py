@@ -181,7 +181,8 @@ def checkpoint_root(workdir: str | Path) -> Path:
 
 
 def latest_checkpoint(workdir: str | Path) -> Path | None:
-    found = sorted(p for p in checkpoint_root(workdir).glob("step_*") if p.is_dir() and (p / "config.json").exists())
+    """The newest ``checkpoints/step_*`` directory (each appears only once complete: a damaged one is reported on load)."""
+    found = sorted(p for p in checkpoint_root(workdir).glob("step_*") if p.is_dir())
     return found[-1] if found else None
 
 
@@ -272,6 +273,8 @@ def _fresh(path: Path) -> str:
 
 
 def _check_fingerprint(path: Path, fingerprint: dict) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{str(path / 'config.json')!r} is missing; {_fresh(path)}")
     try:
         saved = json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
