@@ -28,12 +28,12 @@ from .io import _fsync_tree, _remove, replace_dir
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and "x/.." have a name once absolute
     return path.with_name(f".{path.name}.lock")
 
 
 def staging_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     return path.with_name(f".{path.name}.overwrite")
 
 
