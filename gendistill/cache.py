@@ -53,13 +53,6 @@ class LatentSplit:
             raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {n} asked for; lower --ipc or --batch-real")
         return idx[torch.randperm(len(idx), generator=generator)[:n]]
 
-    def shard(self, rank: int, world: int) -> "LatentSplit":
-        """Every ``world``-th sample of each class, from ``rank``: the real data each process reads."""
-        if world == 1:
-            return self
-        keep = torch.cat([self.class_indices(c)[rank::world] for c in range(self.num_classes)])
-        return LatentSplit(self.latents[keep], self.labels[keep], self.num_classes, self.space)
-
 
 @torch.no_grad()
 def encode_images(backbone: Backbone, dataset: ImageDataset, batch_size: int = 256, device=None, desc: str = "encode") -> torch.Tensor:

@@ -41,7 +41,8 @@ def run_guarded(main, argv=None) -> int:
     try:
         return main(argv) or 0
     except USER_ERRORS as e:
-        print(format_error(e), file=sys.stderr)
+        if _rank() == 0:  # every process of a launch raises alike (the loop decides together): one line, from rank 0
+            print(format_error(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if getattr(e, "main", True):  # one line from the main process of a distributed run
@@ -53,6 +54,14 @@ def run_guarded(main, argv=None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _rank() -> int:
+    """This process's rank in a distributed launch (``RANK``, set by torchrun / accelerate launch); 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _load_set(args):
@@ -239,6 +248,7 @@ def _safe(name: str) -> str:
 
 def cmd_eval(args) -> int:
     import torch
+    from accelerate import Accelerator
 
     from .data import get_dataset
     from .evaluate import EvalConfig, evaluate
@@ -250,6 +260,7 @@ def cmd_eval(args) -> int:
         _check_out(args)
     tensors, meta = load_safetensors(args.file)
     records = read_metadata(args.file, meta)
+    accelerator = Accelerator()  # under `accelerate launch` with several processes the networks are spread over them
     if meta.get("gendistill.decoded") == "1":
         if "images" not in tensors or "labels" not in tensors:
             raise ValueError(f"{args.file!r} is marked decoded but lacks 'images' or 'labels'; re-export it")
@@ -258,7 +269,7 @@ def cmd_eval(args) -> int:
             raise ValueError(f"{args.file!r}: {len(images)} images but {len(labels)} labels; re-export it")
     else:
         syn, backbone = _load_set(args)
-        backbone.to(_device())
+        backbone.to(accelerator.device)
         images, labels = syn.decode(backbone).cpu(), syn.labels
         lr = float(syn.lr.detach()) if syn.lr is not None and not args.ignore_lr else None
         if lr is not None and not (lr > 0 and torch.isfinite(torch.tensor(lr))):
@@ -269,7 +280,9 @@ def cmd_eval(args) -> int:
     test = get_dataset(name, "test", args.data_dir, args.download)
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
     archs = args.arch.split(",")
-    result = evaluate(images, labels, test, cfg, device=_device(), lr=lr, archs=archs)
+    result = evaluate(images, labels, test, cfg, lr=lr, archs=archs, progress=accelerator.is_local_main_process, accelerator=accelerator)
+    if not accelerator.is_main_process:
+        return 0
     result["set"] = args.file
     out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
     write_json(result, out)

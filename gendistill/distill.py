@@ -4,13 +4,19 @@ Match spaces: ``latent`` (the objective sees latents; real latents come from the
 (GLaD-style decode-through: latents are decoded without grad, the objective gives d(loss)/d(image), and
 ``backbone.decode_vjp`` pushes it back into the latents in chunks). With the pixel backbone both are the same.
 
-Randomness comes from two generators kept in the checkpoint: ``shared`` (nets, augmentation; identical on every
-process) and ``data`` (real batches; seeded per rank, each rank reads its own shard of the real data).
+Randomness comes from two generators kept in the checkpoint, both identical on every process: ``shared`` (nets,
+augmentation) and ``data`` (real batches, drawn for every class each step). Several processes (``accelerate launch``)
+share a step as the objective's ``parallel`` says (see ``gendistill.objectives``): class-separable objectives split the
+classes and the gradients are summed, which is the 1-process gradient; the others ("replicas": trajectory matching)
+compute the whole loss on each process with a per-process generator derived from (seed, rank, step), and the gradients
+are averaged. Loss, gradients, a finiteness flag and the interrupt flag travel in one all-reduce per step, so every
+process takes the same decision (raise, stop, step) at the same step; the set is identical on every process.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -31,11 +37,12 @@ from .cache import LatentSplit
 from .data import normalize
 from .errors import first_line
 from .io import fsync_path, replace_dir, write_json
-from .objectives import Objective, StepContext
+from .objectives import Objective, RealBatches, StepContext
 from .state import load_state, save_state
 from .synthetic import SyntheticSet
 
 MATCH_SPACES = ("latent", "pixel")
+PARALLEL_MODES = ("classes", "replicas")  # how an objective's work splits over processes (gendistill.objectives)
 
 
 @dataclass
@@ -45,7 +52,7 @@ class DistillConfig:
     optimizer: str = "adam"  # adam | sgd
     lr_schedule: str = "constant"  # constant | cosine (every group's lr falls to 0 over `steps`; a function of the step, so resume is exact)
     momentum: float = 0.5  # sgd only
-    batch_real: int = 256  # real samples per class per step (per process)
+    batch_real: int = 256  # real samples per class per step (in total, whatever the number of processes)
     match_space: str = "latent"
     vjp_chunk: int = 64  # latents per decode_vjp chunk (pixel match space)
     checkpoint_every: int = 0  # 0: only when interrupted and at the end
@@ -113,11 +120,11 @@ def deferred_interrupt():
 class TrainState:
     """Step, loss history and generator states: everything besides the set and optimiser a resume needs."""
 
-    def __init__(self, seed: int, rank: int):
+    def __init__(self, seed: int):
         self.step = 0
         self.losses: list[float] = []
-        self.shared = torch.Generator().manual_seed(seed)
-        self.data = torch.Generator().manual_seed(seed * 1000 + 1 + rank)
+        self.shared = torch.Generator().manual_seed(seed)  # nets, augmentation: the same on every process
+        self.data = torch.Generator().manual_seed(seed * 1000 + 1)  # real batches: the same on every process
         self.seconds = 0.0  # time in the loop, summed over every segment of a resumed run
         self._since: float | None = None
 
@@ -314,6 +321,26 @@ def _load_checkpoint(path: Path, accelerator: Accelerator, state: TrainState, sy
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+def local_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """Process ``rank``'s own randomness at ``step`` ("replicas" objectives with several processes): a function of
+    (seed, rank, step) alone, so no per-process state needs checkpointing and a resumed run draws what it would have."""
+    digest = hashlib.sha256(f"gendistill-local/{seed}/{rank}/{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def _decode_rows(backbone: Backbone, latents: torch.Tensor, rows: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """Images of ``latents`` (float32, no grad); with ``rows``, only those rows are decoded, the others stay zero."""
+    src = latents if rows is None else latents[rows]
+    parts = [backbone.decode(src[i : i + chunk]) for i in range(0, len(src), chunk)]
+    decoded = torch.cat(parts).float() if parts else None
+    if rows is None:
+        return decoded
+    images = torch.zeros(len(latents), *backbone.image_shape, device=latents.device)
+    if decoded is not None:
+        images[rows] = decoded
+    return images
+
+
 def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: LatentSplit, cfg: DistillConfig,
             accelerator: Accelerator, dataset_meta: dict, workdir: str | Path | None = None, resume: bool = False,
             fingerprint: dict | None = None) -> TrainState:
@@ -326,7 +353,12 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     in_shape = tuple(backbone.image_shape if space == "pixel" else backbone.latent_shape)
     mean, std = dataset_meta["mean"], dataset_meta["std"]
     transform = (lambda x: normalize(x, mean, std)) if space == "pixel" else (lambda x: x)
-    real = real.shard(accelerator.process_index, accelerator.num_processes)
+    parallel = getattr(objective, "parallel", "replicas")
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"objective {type(objective).__name__} has parallel={parallel!r}; use one of {', '.join(PARALLEL_MODES)}")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    split = world > 1 and parallel == "classes"  # this process matches classes rank, rank + world, ...
+    classes = tuple(range(rank, syn.num_classes, world)) if split else None
 
     backbone.to(device)
     syn.to(device)
@@ -345,7 +377,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     schedule = lr_factor(cfg.lr_schedule)
     base_lrs = [g["lr"] for g in opt.param_groups]
     opt = accelerator.prepare_optimizer(opt)
-    state = TrainState(cfg.seed, accelerator.process_index)
+    state = TrainState(cfg.seed)
     parts = {"syn": syn, "opt": opt, "objective": objective}  # stateful objectives (DC's inner-loop net) resume exactly
     fingerprint = dict(fingerprint or asdict(cfg))
 
@@ -358,49 +390,71 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
 
     labels = syn.hard_labels.to(device)
+    mine = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype, device=device)).nonzero().flatten() if split else None
+    decode_rows = mine if split and not getattr(objective, "whole_set", False) else None  # pixel space: what to decode
     latent_loss = getattr(objective, "latent_loss", None)
     last_good = latest_checkpoint(workdir) if workdir else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"distill ({space} space)", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     state.start_clock()
-
-    def real_batch(c: int) -> torch.Tensor:
-        return real.latents[real.sample_class(c, min(cfg.batch_real, len(real.class_indices(c))), state.data)].to(device)
-
     step_start = {"shared": state.shared.get_state(), "data": state.data.get_state()}
+    stop_signum = 0  # a stop signal (Ctrl-C, SIGTERM) the processes agreed to stop on after a complete step
 
     try:
         with deferred_interrupt() as interrupted:
             while state.step < cfg.steps:
+                local = local_generator(cfg.seed, rank, state.step) if world > 1 and not split else None
                 ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform,
-                                  syn_lr=syn.lr, soft_labels=syn.labels if syn.soft else None)
+                                  syn_lr=syn.lr, soft_labels=syn.labels if syn.soft else None, classes=classes, processes=world,
+                                  local_generator=local)
+                real_batch = RealBatches(real, cfg.batch_real, state.data, device)
                 opt.zero_grad(set_to_none=True)
                 if decode_through:
                     with torch.no_grad(), accelerator.autocast():
-                        images = torch.cat([backbone.decode(syn.latents[i : i + cfg.vjp_chunk]) for i in range(0, len(syn), cfg.vjp_chunk)]).float()
+                        images = _decode_rows(backbone, syn.latents, decode_rows, cfg.vjp_chunk)
                     images.requires_grad_(True)
                     with accelerator.autocast():
                         loss = objective(images, labels, real_batch, ctx)
-                    accelerator.backward(loss)
-                    with accelerator.autocast():
-                        syn.latents.grad = backbone.decode_vjp(syn.latents.detach(), images.grad, cfg.vjp_chunk).float()
+                    if loss.requires_grad:  # a process with no class of its own has nothing to differentiate
+                        accelerator.backward(loss)
+                    if images.grad is not None:
+                        rows = mine if split else slice(None)  # other processes' rows have no gradient here
+                        grad = torch.zeros_like(syn.latents, dtype=torch.float32)
+                        with accelerator.autocast():
+                            if len(syn.latents[rows]):
+                                grad[rows] = backbone.decode_vjp(syn.latents.detach()[rows], images.grad[rows], cfg.vjp_chunk).float()
+                        syn.latents.grad = grad
                 else:
                     with accelerator.autocast():
                         loss = objective(syn.latents, labels, real_batch, ctx)
-                    accelerator.backward(loss)
-                if latent_loss is not None:  # a term on the latents themselves (IT-GAN: stay near the inversions)
+                    if loss.requires_grad:
+                        accelerator.backward(loss)
+                if split:
+                    real_batch.draw()  # the data generator advances alike on every process
+                loss = loss.detach().float()
+                nonfinite = not math.isfinite(float(loss))
+                agreed = interrupted["set"]
+                if world > 1:  # one all-reduce: gradients, loss, how many processes saw a non-finite loss or each stop signal
+                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in learnables]
+                    flags = torch.tensor([float(nonfinite)] + [float(interrupted["set"] == s) for s in STOP_SIGNALS], device=device)
+                    flat = accelerator.reduce(torch.cat([g.detach().reshape(-1).float() for g in grads] + [loss.reshape(1), flags]), reduction="sum")
+                    scale = 1.0 if split else 1.0 / world  # classes: the sum is the 1-process gradient; replicas: the mean
+                    offset = 0
+                    for p, g in zip(learnables, grads):
+                        p.grad = (flat[offset : offset + g.numel()].view_as(p) * scale).to(p.dtype)
+                        offset += g.numel()
+                    loss = flat[offset] * scale
+                    nonfinite = bool(flat[offset + 1] > 0)
+                    agreed = max((s for i, s in enumerate(STOP_SIGNALS) if flat[offset + 2 + i] > 0), default=0)  # SIGTERM first
+                if latent_loss is not None:  # a term on the latents themselves (IT-GAN: stay near the inversions), alike everywhere
                     with accelerator.autocast():
                         extra = latent_loss(syn.latents, labels, ctx)
                     accelerator.backward(extra)  # adds to the latents' gradient from the match
-                    loss = loss.detach() + extra.detach()
-                value = float(loss.detach())
-                if not math.isfinite(value):
+                    loss = loss + extra.detach().float()
+                value = float(loss)
+                if nonfinite or not math.isfinite(value):  # the same decision on every process
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""
                     raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
-                if accelerator.num_processes > 1:
-                    for p in learnables:
-                        if p.grad is not None:
-                            p.grad = accelerator.reduce(p.grad, reduction="mean")
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = base * schedule(state.step, cfg.steps)
                 opt.step()
@@ -416,14 +470,20 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 if workdir and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
                     last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
                 step_start.update(shared=state.shared.get_state(), data=state.data.get_state())
-                if interrupted["set"]:
-                    raise KeyboardInterrupt  # the step is complete: the checkpoint below resumes exactly
+                stop_signum = agreed if world > 1 else interrupted["set"]  # one process: a signal during the checkpoint counts too
+                if stop_signum:
+                    raise KeyboardInterrupt  # the step is complete on every process: the checkpoint below resumes exactly
     except KeyboardInterrupt:
+        if workdir and world > 1 and not stop_signum:  # a second Ctrl-C mid-step: the processes are not at one point
+            stopped = KeyboardInterrupt(f"interrupted in the middle of step {state.step} on {world} processes: no checkpoint taken"
+                                        + (f"; continue from {last_good} with --resume" if last_good else ""))
+            stopped.main = accelerator.is_main_process  # one line, from rank 0 (gendistill.cli.run_guarded)
+            raise stopped from None
         if workdir:
             state.shared.set_state(step_start["shared"])  # a second Ctrl-C lands mid-step: go back to the step's start
             state.data.set_state(step_start["data"])
             path = _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
-            raise Interrupted(state.step, path, interrupted["set"] or signal.SIGINT, accelerator.is_main_process) from None
+            raise Interrupted(state.step, path, stop_signum or interrupted["set"] or signal.SIGINT, accelerator.is_main_process) from None
         raise
     finally:
         bar.close()

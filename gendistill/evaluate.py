@@ -75,10 +75,17 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDatase
 
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig | None = None,
-             device=None, lr: float | None = None, archs: list[str] | None = None, progress: bool = True) -> dict:
-    """The standard protocol: mean and std test accuracy of ``cfg.runs`` fresh nets per architecture."""
+             device=None, lr: float | None = None, archs: list[str] | None = None, progress: bool = True,
+             accelerator=None) -> dict:
+    """The standard protocol: mean and std test accuracy of ``cfg.runs`` fresh nets per architecture.
+
+    With an ``accelerator`` of several processes (every one calls this with the same set), process r trains runs
+    r, r + P, ... and the accuracies are gathered: every process returns the whole result, equal to one process's,
+    since run i's network is seeded by (seed, i) alone. Writing it is the caller's business (rank 0's).
+    """
     cfg = cfg or EvalConfig()
-    device = device or torch.device("cpu")
+    device = device or (accelerator.device if accelerator is not None else torch.device("cpu"))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(test.image_shape):
         raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match the {test.name} test split {test.image_shape}")
     if len(images) != len(labels):
@@ -90,12 +97,17 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
               "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr, "archs": {}}
     start = time.time()
     for arch in archs or [cfg.arch]:
-        accs = []
-        bar = tqdm(range(cfg.runs), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True, leave=False)
+        mine = {}
+        bar = tqdm(range(rank, cfg.runs, world), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True, leave=False)
         for run in bar:
             g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
-            accs.append(train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch))
-            bar.set_postfix(accs=" ".join(f"{100 * a:.2f}" for a in accs))
+            mine[run] = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch)
+            bar.set_postfix(accs=" ".join(f"{100 * a:.2f}" for a in mine.values()))
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            mine = dict(gather_object(list(mine.items())))
+        accs = [mine[run] for run in range(cfg.runs)]
         result["archs"][arch] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs)}
     first = result["archs"][(archs or [cfg.arch])[0]]
     result.update(mean=first["mean"], std=first["std"], seconds=round(time.time() - start, 1))

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -360,7 +361,9 @@ def build_experts(directory: str | Path | None, space: str, backbone: Backbone, 
     """Train (or finish) the experts of a run into ``directory`` (default: the cache, keyed by what they depend on).
 
     The experts are split over the processes of a distributed launch, or by ``shard`` = (i, n): this call trains
-    experts i, i+n, ... (independent processes, e.g. one per CPU core, can share one directory).
+    experts i, i+n, ... (independent processes, e.g. one per CPU core, can share one directory); each expert is its own
+    file, written by the process that trains it. In a distributed launch, rank 0 encodes the latent cache the experts
+    train on (``main_process_first``) and writes experts.json; the others wait, then read.
     """
     from .cache import cached_latents
 
@@ -374,8 +377,9 @@ def build_experts(directory: str | Path | None, space: str, backbone: Backbone, 
         layout = param_layout(net.build(in_shape, train.num_classes, torch.Generator().manual_seed(0)))
         directory = default_experts_dir(experts_cache_root(cache_dir), describe(ident, layout, cfg, fingerprint))
     cached = lambda b, d: cached_latents(b, d, cache_dir, device=device, log=log)  # noqa: E731
-    x, y = expert_inputs(space, backbone, train, cached)
-    test_xy = expert_inputs(space, backbone, test, cached) if test is not None else None
+    with accelerator.main_process_first() if accelerator is not None else nullcontext():  # only rank 0 writes the latent cache
+        x, y = expert_inputs(space, backbone, train, cached)
+        test_xy = expert_inputs(space, backbone, test, cached) if test is not None else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     if shard is not None:
         if world > 1:

@@ -126,25 +126,31 @@ def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelera
 
 
 def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path | None = None) -> dict | None:
-    """set.safetensors, grid.png, loss.png and (unless --eval-runs 0) eval.json in ``outdir``; returns the eval result.
+    """set.safetensors, grid.png, loss.png and (unless --eval-runs 0) eval.json in ``outdir``; returns the eval result
+    (on rank 0). Only rank 0 writes; with several processes the evaluation networks are spread over them (``evaluate``).
 
     ``final``: where ``outdir``'s content will be once the run is complete (a staged --overwrite run), for the paths
     the result and the messages name (default ``outdir``)."""
     final = Path(final or outdir)
-    if not accelerator.is_main_process:
-        return None
     syn, backbone = pieces.syn, pieces.backbone
-    syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(state.seconds, 1)})
-    images = syn.decode(backbone)
-    save_png(image_grid(images, syn.labels.cpu(), syn.num_classes), outdir / "grid.png")
-    save_png(loss_plot(state.losses, title=f"{syn.run_meta.get('method', '')} loss"), outdir / "loss.png")
-    if cfg.eval_runs <= 0:
+    main = accelerator.is_main_process
+    evaluating = cfg.eval_runs > 0
+    if not (main or evaluating):
+        return None
+    images = syn.decode(backbone)  # the set is identical on every process
+    if main:
+        syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(state.seconds, 1)})
+        save_png(image_grid(images, syn.labels.cpu(), syn.num_classes), outdir / "grid.png")
+        save_png(loss_plot(state.losses, title=f"{syn.run_meta.get('method', '')} loss"), outdir / "loss.png")
+    if not evaluating:
         accelerator.print(f"wrote {final}/set.safetensors (evaluation skipped: --eval-runs 0)")
         return None
     ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed)
     lr = float(syn.lr.detach()) if syn.lr is not None else None
     result = evaluate(images.cpu() if accelerator.device.type == "cpu" else images, syn.labels, pieces.test, ecfg,
-                      device=accelerator.device, lr=lr)
+                      lr=lr, progress=accelerator.is_local_main_process, accelerator=accelerator)
+    if not main:
+        return None
     result["set"] = str(final / "set.safetensors")
     write_json(result, outdir / "eval.json")
     accelerator.print(json.dumps({k: result[k] for k in ("mean", "std", "seconds")}))

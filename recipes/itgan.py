@@ -12,6 +12,7 @@ inversion (gendistill/objectives/itgan.py). Writes set.safetensors, grid.png, lo
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
@@ -42,8 +43,9 @@ class ITGANConfig(RecipeConfig):
 
 def setup(cfg: ITGANConfig, pieces, accelerator):
     """The real-data classifier and the anchors (the set's latents as initialised: the inversions)."""
-    classifier = reference_classifier(pieces.train, accelerator.device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed,
-                                      progress=accelerator.is_local_main_process)
+    with accelerator.main_process_first() if cfg.classifier else nullcontext():  # rank 0 trains and writes it; the others read it
+        classifier = reference_classifier(pieces.train, accelerator.device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed,
+                                          progress=accelerator.is_local_main_process)
     return get_objective("itgan", cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight, classifier=classifier,
                          anchors=pieces.syn.latents.detach().clone(), net=cfg.net, depth=cfg.depth, width=cfg.width,
                          pool=cfg.pool, augment=cfg.augment, kernel=cfg.kernel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import signal
 import subprocess
 import struct
 import sys
@@ -139,12 +140,36 @@ def tiny_vae3_dir(tmp_path_factory) -> Path:
     return save_tiny_vae(tmp_path_factory.mktemp("vae3"), in_channels=3, sample_size=32, image_shape=(1, 28, 28))
 
 
-def launch(args, env_extra=None) -> subprocess.CompletedProcess:
-    """``accelerate launch --cpu`` (one process) of a recipe with ``args``, run from the repository root."""
-    env = {**os.environ, "TQDM_DISABLE": "1", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-           "--dynamo_backend", "no", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+def launch(args, env_extra=None, num_processes: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of a recipe with ``args`` on the CPU, run from the repository root.
+
+    One process: ``--cpu``. Several: ``--multi_gpu`` with ``ACCELERATE_USE_CPU=1``, which starts them with torchrun on
+    the gloo backend (``--cpu --num_processes N`` alone starts one process unless mpirun is set up). On a timeout the
+    launcher and every process it started are killed (their own session) and ``subprocess.TimeoutExpired`` is raised.
+    """
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    if num_processes == 1:
+        mode = ["--cpu", "--num_processes", "1"]
+    else:
+        mode = ["--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(_free_port())]
+        env["ACCELERATE_USE_CPU"] = "1"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1", "--dynamo_backend", "no", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def load_recipe(path: Path):

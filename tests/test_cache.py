@@ -184,18 +184,13 @@ def test_pixel_returns_images_without_writing(tmp_path, train):
     assert torch.equal(split.labels, train.labels)
 
 
-def test_latent_split_sampling_and_shard():
+def test_latent_split_sampling():
     labels = torch.arange(3).repeat(4)  # 4 per class
     split = LatentSplit(torch.arange(12, dtype=torch.float32).view(12, 1), labels, 3)
     pick = split.sample_class(1, 3, torch.Generator().manual_seed(0))
     assert len(set(pick.tolist())) == 3 and (labels[pick] == 1).all()
     with pytest.raises(ValueError, match="fewer than"):
         split.sample_class(0, 5)
-    assert split.shard(0, 1) is split
-    s0, s1 = split.shard(0, 2), split.shard(1, 2)
-    assert len(s0.labels) == len(s1.labels) == 6
-    merged = torch.cat([s0.latents, s1.latents]).flatten().sort().values
-    assert torch.equal(merged, torch.arange(12, dtype=torch.float32))
 
 
 def test_scaling_factor_change_is_not_a_hit(tmp_path, vae, train, tiny_vae_dir):

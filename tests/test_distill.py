@@ -154,14 +154,14 @@ def test_distill_seconds_add_up_over_a_resume(monkeypatch):
 
     now = iter([100.0, 130.0, 500.0, 520.0])
     monkeypatch.setattr(mod, "time", SimpleNamespace(time=lambda: next(now)))
-    first = mod.TrainState(0, 0)
+    first = mod.TrainState(0)
     first.start_clock()
     saved = first.state_dict()  # checkpoint after 30 s
-    resumed = mod.TrainState(0, 0)
+    resumed = mod.TrainState(0)
     resumed.load_state_dict(saved)
     resumed.start_clock()
     assert resumed.clock() == pytest.approx(50.0)
-    legacy = mod.TrainState(0, 0)
+    legacy = mod.TrainState(0)
     legacy.load_state_dict({k: v for k, v in saved.items() if k != "seconds"})
     assert legacy.seconds == 0.0
 

@@ -13,19 +13,24 @@ from a queue of nets that keep learning to classify the real data (``proxy_train
 distillation step on that step's real batches), so the embedding sees the features a trained network uses; a net
 that has taken ``proxy_max_steps`` steps is replaced by a fresh one. ``ce_weight`` adds IDM's cross-entropy of the
 drawn net on the synthetic batch. The queue (nets, optimisers, counters) is the objective's checkpointed state.
-With several processes each trains its queue on its own shard of the real data.
+
+Several processes split the classes (``parallel = "classes"``, see ``gendistill.objectives``): each matches its own
+classes against the same nets and augmentation draws, and the gradients are summed, which gives the 1-process gradient.
+IDM's queue trains on every class's real batch on every process, so it stays identical across processes (its
+training is repeated, not split); the cross-entropy term sees the whole set, its gradient split by rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..augment import get_augment
 from ..nets import fresh_net, get_net
-from .base import OBJECTIVES, StepContext
+from .base import OBJECTIVES, StepContext, real_count
 
 
 def mean_embedding_loss(emb_real: torch.Tensor, emb_syn: torch.Tensor) -> torch.Tensor:
@@ -61,6 +66,7 @@ KERNELS = {"linear": mean_embedding_loss, "gaussian": gaussian_mmd, "mean+cov": 
 @OBJECTIVES.register("dm")
 @dataclass
 class DistributionMatching:
+    parallel: ClassVar[str] = "classes"  # several processes split the classes (gendistill.objectives)
     net: str = "convnet"
     depth: int = 3
     width: int = 128
@@ -88,6 +94,11 @@ class DistributionMatching:
         self._pending: list[dict] | None = None  # a loaded queue, rebuilt once a call says where the nets live
         self._augments = {space: get_augment(self.augment if self.augment != "auto" else ("dsa" if space == "pixel" else "latent"))
                           for space in ("pixel", "latent")}
+
+    @property
+    def whole_set(self) -> bool:
+        """The cross-entropy term sees every synthetic sample (so every process needs the whole set decoded)."""
+        return bool(self.ce_weight)
 
     # -- the trained proxy queue (IDM) --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -134,24 +145,28 @@ class DistributionMatching:
     # -- one matching step ----------------------------------------------------------------------------------------------
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         augment = self._augments[ctx.space]
-        reals = [real(c) for c in range(ctx.num_classes)]
-        if self.proxy == "trained":
-            net = self._trained_net(reals, ctx)
+        if self.proxy == "trained":  # the queue learns from every class, on every process alike
+            reals = {c: real(c) for c in range(ctx.num_classes)}
+            net = self._trained_net([reals[c] for c in range(ctx.num_classes)], ctx)
         else:
+            reals = {c: real(c) for c in range(ctx.num_classes) if ctx.matches(c)}
             net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width, pool=self.pool).to(ctx.device)
             net.requires_grad_(False)
         loss = syn.new_zeros(())
         for c in range(ctx.num_classes):
             x_syn = syn[syn_labels == c]
-            x_real = reals[c]
-            params = augment.make_params(max(len(x_real), len(x_syn)), ctx.generator, ctx.device)
+            n_real = len(reals[c]) if c in reals else real_count(real, c)
+            params = augment.make_params(max(n_real, len(x_syn)), ctx.generator, ctx.device)  # drawn for every class
+            if not ctx.matches(c):
+                continue  # another process matches this class
             with torch.no_grad():  # the real side needs no graph
-                emb_real = net.embed(augment.apply(ctx.transform(x_real), params))
+                emb_real = net.embed(augment.apply(ctx.transform(reals[c]), params))
             emb_syn = net.embed(augment.apply(ctx.transform(x_syn), params))
             loss = loss + self._discrepancy(emb_real.float(), emb_syn.float())
         if self.ce_weight:
             params = augment.make_params(len(syn), ctx.generator, ctx.device)
-            loss = loss + self.ce_weight * F.cross_entropy(net(augment.apply(ctx.transform(syn), params)).float(), syn_labels)
+            x = ctx.own_rows(syn, syn_labels)
+            loss = loss + ctx.shared_term(self.ce_weight * F.cross_entropy(net(augment.apply(ctx.transform(x), params)).float(), syn_labels))
         return loss
 
 

@@ -19,7 +19,10 @@ Mapped onto the loop's one call per step: **each call is one matching step** (on
 So the reference's ``Iteration`` outer iterations are ``Iteration * outer_loop`` steps of our loop. The net, its
 optimiser and the call counter are the objective's state (``state_dict``), so a resumed run equals an uninterrupted one.
 Every process draws the same nets and augmentations from the shared generator and trains its net on the same set,
-so the nets stay identical across ranks with no communication. Labels are the hard class ids (soft labels unused).
+so the nets stay identical across ranks with no communication. Several processes split the classes (``parallel =
+"classes"``): each matches its own, the loop sums the gradients (the 1-process gradient); the inner loop trains on the
+whole set, so it runs on every process (repeated, not split). With BatchNorm nets the statistics come from the first
+``bn_real`` samples of each class's real batch of the step. Labels are the hard class ids (soft labels unused).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import nn
 
 from ..augment import Augment, get_augment
 from ..nets import fresh_net, get_net
-from .base import OBJECTIVES, StepContext
+from .base import OBJECTIVES, StepContext, real_count
 
 # the reference's ``get_loops(ipc)``: (outer_loop, inner_loop), tuned for images per class 1 ... 50
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -93,6 +96,7 @@ def batchwise_params(augment: Augment, batch: int, generator: torch.Generator, d
 @dataclass
 class GradientMatching:
     siamese: ClassVar[bool] = False  # what augment="auto" means: no augmentation (DC)
+    parallel: ClassVar[str] = "classes"  # several processes split the classes (gendistill.objectives)
     net: str = "convnet"
     depth: int = 3
     width: int = 128
@@ -120,6 +124,11 @@ class GradientMatching:
         self._net: nn.Module | None = None
         self._opt: torch.optim.Optimizer | None = None
         self._pending: dict | None = None  # a loaded state, applied once the call's context says where the net lives
+
+    @property
+    def whole_set(self) -> bool:
+        """The inner loop trains on every synthetic sample (so every process needs the whole set decoded)."""
+        return self.outer_loop > 1 and self.inner_loop > 0
 
     # -- state ----------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -185,8 +194,10 @@ class GradientMatching:
             x_syn = syn[syn_labels == c]
             if len(x_syn) == 0:
                 continue
+            aug = batchwise_params(augment, max(real_count(real, c), len(x_syn)), ctx.generator, ctx.device)  # drawn for every class
+            if not ctx.matches(c):
+                continue  # another process matches this class
             x_real = real(c)
-            aug = batchwise_params(augment, max(len(x_real), len(x_syn)), ctx.generator, ctx.device)
             y_real = torch.full((len(x_real),), c, dtype=torch.long, device=x_real.device)
             loss_real = F.cross_entropy(net(augment.apply(ctx.transform(x_real), aug)), y_real)
             gw_real = [g.detach() for g in torch.autograd.grad(loss_real, params)]  # a constant: no graph kept

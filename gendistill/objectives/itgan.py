@@ -9,6 +9,9 @@ loss = DM(syn, real)                                   distribution matching of 
 The first two terms see images (pixel match space, decode-through); the third sees the latents, so it is the
 objective's ``latent_loss``, which the distillation loop adds to the latents' gradient. The classifier and the anchors
 z0 are the objective's state (checkpointed with the run).
+
+Several processes split the classes of the DM term (``parallel = "classes"``); the classifier term sees the whole set on
+every process with its gradient split by rows, and the latent term is added by the loop after the gradients are summed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from .base import OBJECTIVES, StepContext, get_objective
 
 @OBJECTIVES.register("itgan")
 class ITGAN:
+    parallel = "classes"  # several processes split the classes of the DM term (gendistill.objectives)
+
     def __init__(self, cls_weight: float = 0.1, reg_weight: float = 0.01, classifier: nn.Module | None = None,
                  anchors: torch.Tensor | None = None, **dm):
         """``dm``: the settings of the wrapped "dm" objective (net, depth, width, pool, augment, ...)."""
@@ -33,6 +38,11 @@ class ITGAN:
         self.classifier = None if classifier is None else classifier.eval().requires_grad_(False)
         self.anchors = None if anchors is None else anchors.detach().clone()
 
+    @property
+    def whole_set(self) -> bool:
+        """The classifier term sees every synthetic image (so every process needs the whole set decoded)."""
+        return bool(self.cls_weight) or bool(getattr(self.dm, "whole_set", False))
+
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         loss = self.dm(syn, syn_labels, real, ctx)
         if self.cls_weight:
@@ -41,7 +51,8 @@ class ITGAN:
             if self.classifier is None:
                 raise ValueError("itgan has no classifier; recipes/itgan.py trains one on the real data (or set --cls-weight 0)")
             self.classifier.to(ctx.device)
-            loss = loss + self.cls_weight * F.cross_entropy(self.classifier(ctx.transform(syn)).float(), syn_labels)
+            x = ctx.own_rows(syn, syn_labels)
+            loss = loss + ctx.shared_term(self.cls_weight * F.cross_entropy(self.classifier(ctx.transform(x)).float(), syn_labels))
         return loss
 
     def latent_loss(self, latents: torch.Tensor, syn_labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:

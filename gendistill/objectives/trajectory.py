@@ -1,6 +1,6 @@
 """Trajectory matching: MTT (Cazenavette et al. 2022), TESLA (Cui et al. 2023) and DATM (Guo et al. 2024).
 
-Each step draws an expert and a start epoch t (from ``ctx.generator`` only), starts a student network at the expert's
+Each step draws an expert and a start epoch t (from ``ctx.rank_generator`` only), starts a student network at the expert's
 snapshot θ*_t, takes N = ``syn_steps`` SGD steps with the set's learnable lr α on minibatches of the synthetic set
 (``batch_syn`` samples, augmented), and compares with the expert M = ``expert_epochs`` epochs later::
 
@@ -32,12 +32,19 @@ gradients (DATM skips those updates; an optimiser with momentum still coasts), a
 that an expert classifies correctly, and label *logits* averaged over the experts that classify each sample correctly;
 the logits become an ``nn.Parameter`` the loop optimises, the objective's cross-entropy uses ``softmax(logits)`` as
 soft targets, and :func:`finish_soft_labels` turns them into the probabilities the set file stores.
+
+Several processes: the loss is one trajectory's, not a sum over classes, so it does not split. Each process draws its
+own expert, start epoch, minibatches and augmentation from its own generator (``ctx.rank_generator``; ``parallel =
+"replicas"``) and the loop averages the gradients: P processes give the gradient of the mean loss of P independent
+trajectory draws per step (a larger sample, not the 1-process gradient faster). With one process the draws come from
+the shared generator, as they always did.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +81,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 @OBJECTIVES.register("mtt")
 @dataclass
 class TrajectoryMatching:
+    parallel: ClassVar[str] = "replicas"  # each process draws its own trajectory; the gradients are averaged
     experts: Experts | None = None
     syn_steps: int = 20
     expert_epochs: int = 2
@@ -128,8 +136,8 @@ class TrajectoryMatching:
         return self.min_start_epoch, high
 
     def plan(self, n: int, ctx: StepContext) -> tuple[int, int, list]:
-        """Every random choice of one step, drawn in a fixed order from ``ctx.generator``: expert, start, batches."""
-        g = ctx.generator
+        """Every random choice of one step, drawn in a fixed order from this process's generator: expert, start, batches."""
+        g = ctx.rank_generator
         expert = int(torch.randint(self.experts.num_experts, (1,), generator=g))
         low, high = self.window(ctx.step)
         start = int(torch.randint(low, high, (1,), generator=g))
