@@ -88,7 +88,16 @@ def main() -> int:
         else:
             job.append(arg)
     jobs.append(job)
-    codes = [run_job(j) for j in jobs]
+    # a recipe ends with accelerator.end_training(), which destroys the process group: keep it for the next job
+    from accelerate.state import PartialState
+
+    destroy = PartialState.destroy_process_group
+    PartialState.destroy_process_group = lambda self, group=None: None
+    try:
+        codes = [run_job(j) for j in jobs]
+    finally:
+        PartialState.destroy_process_group = destroy
+    PartialState().destroy_process_group()
     if os.environ.get("RANK", "0") == "0":
         print(f"mp_driver exit codes: {codes}", flush=True)
     return next((c for c in codes if c), 0)
