@@ -219,6 +219,16 @@ def no_augment(cfg: DSAConfig | None = None) -> Augment:
     return Augment(replace(cfg or DSAConfig(), strategy="none"))
 
 
+def resolve_augment(name: str, space: str, siamese: bool = True) -> str:
+    """The augmentation ``name`` means in match ``space``: "auto" is DSA's image ops on images ("pixel") and the geometric
+    latent variant on latents; with ``siamese=False`` (DC, which has no augmentation) "auto" is "none"."""
+    if name != "auto":
+        return name
+    if not siamese:
+        return "none"
+    return "dsa" if space == "pixel" else "latent"
+
+
 def get_augment(name: str, cfg: DSAConfig | None = None) -> Augment:
     return AUGMENTS.get(name)(cfg)
 

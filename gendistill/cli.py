@@ -98,14 +98,14 @@ def cmd_init(args) -> int:
 
     from .backbones import backbone_options, load_backbone
     from .cache import real_split
-    from .data import get_dataset
+    from .data import load_split
     from .synthetic import set_backbone_options
 
     from .io import check_parent
 
     check_parent(args.out)
     _check_out(args)
-    train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    train = load_split(args, "train")
     smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
     if args.ipc > smallest:
         raise ValueError(f"--ipc {args.ipc} is more than the {smallest} images of the smallest class of {args.dataset}; lower --ipc")
@@ -240,7 +240,7 @@ def _safe(name: str) -> str:
 def cmd_eval(args) -> int:
     import torch
 
-    from .data import get_dataset
+    from .data import DataConfig, load_split
     from .evaluate import EvalConfig, evaluate
     from .io import check_parent, load_safetensors, write_json
     from .synthetic import read_metadata
@@ -266,7 +266,7 @@ def cmd_eval(args) -> int:
     name = args.dataset or records["dataset"].get("name")
     if not name:
         raise ValueError(f"{args.file!r} does not record its dataset; pass --dataset")
-    test = get_dataset(name, "test", args.data_dir, args.download)
+    test = load_split(DataConfig(name, args.data_dir, args.download), "test")
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
     archs = args.arch.split(",")
     result = evaluate(images, labels, test, cfg, device=_device(), lr=lr, archs=archs)
@@ -303,7 +303,8 @@ def cmd_train_backbone(args, rest) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE
-    from .data import list_datasets
+    from .config import add_data_flags
+    from .data import DataConfig
     from .nets import list_nets
     from .synthetic import INITS
 
@@ -311,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="write an initialised (not yet distilled) set")
-    s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--download", action="store_true")
+    add_data_flags(s)
     s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
     s.add_argument("--ipc", type=int, default=10)
@@ -355,9 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=1000)
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--dataset", default=None, help="test split to use (default: the one recorded)")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--download", action="store_true")
+    add_data_flags(s, DataConfig(dataset=None), "test split to use (default: the one recorded)", choices=False)
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
     _add_backbone_flags(s)

@@ -111,6 +111,20 @@ def get_dataset(name: str, split: str = "train", data_dir: str | None = None, do
     return DATASETS.get(name)(split=split, data_dir=data_dir, download=download)
 
 
+@dataclass
+class DataConfig:
+    """Which dataset to read: the data settings of every config (recipes, trainers, the CLI's commands)."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None  # imagefolder: DIR holding train/ and test/; torchvision datasets: their root
+    download: bool = False  # torchvision datasets: fetch the files if they are missing
+
+
+def load_split(cfg, split: str) -> ImageDataset:
+    """The ``split`` of the dataset that ``cfg`` (a :class:`DataConfig`, a config subclassing it or parsed flags) names."""
+    return get_dataset(cfg.dataset, split, getattr(cfg, "data_dir", None), getattr(cfg, "download", False))
+
+
 # ----------------------------------------------------------------------------------------------- idx files
 
 

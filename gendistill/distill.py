@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from tqdm.auto import tqdm
 
-from .backbones import Backbone
+from .backbones import Backbone, effective_match_space
 from .cache import LatentSplit
 from .data import normalize
 from .errors import first_line
@@ -321,7 +321,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     if cfg.match_space not in MATCH_SPACES:
         raise ValueError(f"unknown match space {cfg.match_space!r}; use one of {', '.join(MATCH_SPACES)}")
     device = accelerator.device
-    space = "pixel" if backbone.kind == "pixel" else cfg.match_space
+    space = effective_match_space(backbone.kind, cfg.match_space)
     decode_through = space == "pixel" and backbone.kind != "pixel"
     in_shape = tuple(backbone.image_shape if space == "pixel" else backbone.latent_shape)
     mean, std = dataset_meta["mean"], dataset_meta["std"]

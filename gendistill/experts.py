@@ -33,8 +33,8 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import get_augment
-from .backbones import Backbone
+from .augment import get_augment, resolve_augment
+from .backbones import Backbone, effective_match_space
 from .data import ImageDataset, normalize
 from .io import save_safetensors, write_json
 from .nets import fresh_net
@@ -66,10 +66,6 @@ class ExpertConfig:
     batch: int = 256
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents (as the objectives)
     seed: int = 0
-
-
-def resolve_augment(name: str, space: str) -> str:
-    return name if name != "auto" else ("dsa" if space == "pixel" else "latent")
 
 
 def param_layout(net: torch.nn.Module) -> list[list]:
@@ -364,8 +360,7 @@ def build_experts(directory: str | Path | None, space: str, backbone: Backbone, 
     """
     from .cache import cached_latents
 
-    if backbone.kind == "pixel":
-        space = "pixel"  # the pixel backbone's latents are the images
+    space = effective_match_space(backbone.kind, space)  # the pixel backbone's latents are the images
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     in_shape = tuple(backbone.latent_shape if space == "latent" else train.image_shape)
     ident = identity(space, backbone, train.meta(), net, in_shape, train.num_classes)

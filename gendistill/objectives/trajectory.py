@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..augment import get_augment
-from ..experts import Experts, resolve_augment
+from ..augment import get_augment, resolve_augment
+from ..experts import Experts
 from .base import OBJECTIVES, StepContext
 
 UNROLLS = ("autograd", "constant")
@@ -322,9 +322,10 @@ def finish_soft_labels(syn) -> None:
 
 def match_space_inputs(backbone, space: str, dataset_meta: dict):
     """Latents -> what the experts see: the latents themselves, or decoded and normalised images."""
+    from ..backbones import effective_match_space
     from ..data import normalize
 
-    if space == "latent" and backbone.kind != "pixel":
+    if effective_match_space(backbone.kind, space) == "latent":
         return lambda z: z
     mean, std = dataset_meta["mean"], dataset_meta["std"]
     return lambda z: normalize(backbone.decode(z).float(), mean, std)
