@@ -15,8 +15,8 @@ through the same affine machinery: one pixel of a 7x7 latent is a seventh of the
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F

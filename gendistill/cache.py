@@ -53,7 +53,7 @@ class LatentSplit:
             raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {n} asked for; lower --ipc or --batch-real")
         return idx[torch.randperm(len(idx), generator=generator)[:n]]
 
-    def shard(self, rank: int, world: int) -> "LatentSplit":
+    def shard(self, rank: int, world: int) -> LatentSplit:
         """Every ``world``-th sample of each class, from ``rank``: the real data each process reads."""
         if world == 1:
             return self

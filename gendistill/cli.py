@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import format_error, USER_ERRORS
+from .errors import USER_ERRORS, format_error
 
 
 class Terminated(KeyboardInterrupt):
@@ -99,9 +99,8 @@ def cmd_init(args) -> int:
     from .backbones import backbone_options, load_backbone
     from .cache import real_split
     from .data import load_split
-    from .synthetic import set_backbone_options
-
     from .io import check_parent
+    from .synthetic import set_backbone_options
 
     check_parent(args.out)
     _check_out(args)
@@ -173,11 +172,13 @@ def _info_experts(args) -> int:
         print(json.dumps(info, indent=2, sort_keys=True, default=str))
         return 0
     t, b, n = info["training"], info["backbone"], info["net"]
-    print(f"experts   {args.file}: {info['complete']}/{t['num_experts']} experts x {t['epochs']} epochs, {info['space']} space, {info['num_params']:,} parameters")
+    print(f"experts   {args.file}: {info['complete']}/{t['num_experts']} experts x {t['epochs']} epochs, "
+          f"{info['space']} space, {info['num_params']:,} parameters")
     print(f"backbone  {b.get('kind')} {b.get('source', '')} sha256 {str(b.get('sha256', '-'))[:16]}")
     print(f"dataset   {info['dataset'].get('name')} {info['num_classes']} classes, input {tuple(info['in_shape'])}")
     print(f"net       {n['name']} depth {n['depth']} width {n['width']}")
-    print(f"training  sgd lr {t['lr']} momentum {t['momentum']} weight decay {t['weight_decay']} batch {t['batch']} augment {t['augment']} seed {t['seed']}")
+    print(f"training  sgd lr {t['lr']} momentum {t['momentum']} weight decay {t['weight_decay']} batch {t['batch']} "
+          f"augment {t['augment']} seed {t['seed']}")
     for row in info["files"]:
         acc = f" test acc {row['test_acc']}" if "test_acc" in row else ""
         size = f"{row['bytes']:,} bytes" if row["present"] else "(missing)"
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
     s.add_argument("--ipc", type=int, default=10)
     s.add_argument("--init", default="real", choices=INITS.names())
-    s.add_argument("--init-model", default=None, help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
+    s.add_argument("--init-model", default=None,
+                   help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
     s.add_argument("--decode-steps", type=int, default=None, help="diffusion: DDIM steps of decode (default 10)")
     s.add_argument("--invert-to", type=int, default=None, help="diffusion: timestep of the noise latents (default: full noise)")
     s.add_argument("--guidance-scale", type=float, default=None, help="diffusion: classifier-free guidance in [0, 30] (default 1: none)")

@@ -182,7 +182,7 @@ def with_objective(base: type, *objectives, unset: bool = False, exclude: tuple[
                 continue
             have.add(field_name)
             if unset:
-                tp, default = typing.Optional[tp], None
+                tp, default = tp | None, None
             added.append((field_name, tp, dataclasses.field(default=default)))
     label = "".join(o if isinstance(o, str) else o.__name__ for o in objectives).title().replace("-", "")
     return dataclasses.make_dataclass(name or f"{base.__name__}With{label}", added, bases=(base,))

@@ -164,7 +164,8 @@ class CSVTracker(GeneralTracker):
             w.writerow([step, *values.values()])
 
 
-def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None, output: str | Path | None = None, cpu: bool = False) -> Accelerator:
+def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None, output: str | Path | None = None,
+                     cpu: bool = False) -> Accelerator:
     if mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"unknown mixed precision {mixed_precision!r}; use no, fp16 or bf16")
     trackers = None
@@ -404,7 +405,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = base * schedule(state.step, cfg.steps)
                 opt.step()
-                if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):  # a student lr must stay positive
+                # a student lr must stay positive
+                if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""
                     raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
                 state.step += 1

@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     backbone = load_backbone(cfg.backbone, image_shape=test.image_shape, latent_space=cfg.latent_space,
                              options=backbone_options(cfg), class_names=train.classes).to(device)
     if not hasattr(backbone, "sample_images"):
-        raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures generator backbones (gan, diffusion; recipes/eval_autoencoder.py the others)")
+        raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures generator "
+                         "backbones (gan, diffusion; recipes/eval_autoencoder.py the others)")
     net = reference_classifier(train, device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed)
     acc_real = (classify(net, test.float_images(), test.mean, test.std, device) == test.labels).float().mean().item()
     labels = torch.arange(train.num_classes).repeat_interleave(cfg.per_class)

@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     out = build_experts(cfg.output, cfg.space, backbone, train, NetSpec(cfg.net, cfg.depth, cfg.width), ecfg, cfg.cache_dir, test,
                         accelerator, log=accelerator.print, shard=shard)
     done = f" (shard {cfg.shard})" if shard else ""
-    accelerator.print(f"experts in {out}{done}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); `gendistill info {out}` describes them")
+    accelerator.print(f"experts in {out}{done}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); "
+                      f"`gendistill info {out}` describes them")
     return 0
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import subprocess
 import struct
+import subprocess
 import sys
 from pathlib import Path
 

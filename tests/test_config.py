@@ -8,8 +8,8 @@ import dataclasses
 import math
 
 import pytest
-
 from conftest import ROOT, load_recipe
+
 from gendistill.augment import get_augment, resolve_augment
 from gendistill.backbones import effective_match_space
 from gendistill.config import objective_kwargs, objective_settings, parse_config, with_objective

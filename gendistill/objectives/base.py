@@ -11,8 +11,9 @@ the match gives the latents (through the decoder in pixel space) and reports the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 

@@ -24,8 +24,9 @@ so the nets stay identical across ranks with no communication. Labels are the ha
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,8 @@ beside the output, writes the backbone directory and says what it wrote. ``recip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..registry import Registry
 
