@@ -246,6 +246,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(latents(out), latents(run(tmp_path / "full", *args)))
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     from gendistill import state as state_module
 

@@ -400,6 +400,7 @@ def test_dm_through_the_diffusion_decoder_under_accelerate(tmp_path, ldm_dir):
     assert (out / "grid.png").exists()
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("init", ["real", "diffusion-prototype"])
 def test_dm_through_the_diffusion_decoder_from_real_data(tmp_path, ldm_dir, init, monkeypatch):
     """(d) from inverted real images (only the chosen ones are inverted) or from the inverted k-means prototypes."""
@@ -424,6 +425,7 @@ def test_dm_from_diffusion_init_on_a_vae(tmp_path, ldm_dir, tiny_vae_dir):
     assert syn.backbone_meta["kind"] == "vae" and syn.run_meta["init_model"]["options"]["guidance_scale"] == 1.5
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_train_diffusion_writes_a_loadable_directory(tmp_path, tiny_vae_dir):
     args = ["--vae", str(tiny_vae_dir), "--max-steps", "2", "--batch-size", "16", "--block-out-channels", "8", "16",
             "--attention", "0", "1", "--norm-num-groups", "4", "--attention-head-dim", "8", "--samples-per-class", "1",
