@@ -1,4 +1,5 @@
-# gendistill: `make demo` sets everything up and runs the main job; `make test` sets up and runs the tests.
+# gendistill: `make demo` sets everything up and runs the main job; `make test` sets up and runs the tests
+# (`make test-fast` without the slow ones, `make lint` runs ruff).
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.gendistill-installed
@@ -6,7 +7,7 @@ SUDO      := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 THREADS   := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup data demo test bench backbone clean
+.PHONY: setup data demo test test-fast lint bench backbone clean
 
 setup: data $(STAMP)
 
@@ -25,6 +26,13 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest
+
+# the edit loop: everything but the tests marked slow (process-spawning, shipped assets); CI runs `make test`
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) benchmarks/dm_speed.py

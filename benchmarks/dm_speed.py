@@ -58,7 +58,8 @@ def main() -> None:
 
     t_latent = seconds_per_step(vae, latents, latents, args, accelerator, meta)
     t_pixel = seconds_per_step(pixel, images, images, args, accelerator, meta)
-    print(f"device {accelerator.device}, torch threads {torch.get_num_threads()}, ipc {args.ipc}, real batch {args.batch_real}/class, {args.steps} timed steps")
+    print(f"device {accelerator.device}, torch threads {torch.get_num_threads()}, ipc {args.ipc}, "
+          f"real batch {args.batch_real}/class, {args.steps} timed steps")
     print(f"latent DM ({tuple(vae.latent_shape)} latents): {t_latent * 1000:.1f} ms/iteration")
     print(f"pixel DM  ({tuple(train.image_shape)} images):  {t_pixel * 1000:.1f} ms/iteration")
     print(f"latent DM is {t_pixel / t_latent:.1f}x faster per iteration than pixel DM")

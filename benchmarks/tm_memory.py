@@ -118,10 +118,12 @@ def main() -> None:
         for method in ("mtt", "tesla"):
             for steps in args.steps:
                 cmd = [sys.executable, __file__, "--child", "--method", method, "--syn-steps", str(steps), "--experts", tmp,
-                       "--shape", args.shape, "--ipc", str(args.ipc), "--classes", str(args.classes), "--device", args.device, "--threads", str(args.threads)]
+                       "--shape", args.shape, "--ipc", str(args.ipc), "--classes", str(args.classes), "--device", args.device,
+                       "--threads", str(args.threads)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
-                    sys.exit(f"error: {method} with {steps} steps failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                    sys.exit(f"error: {method} with {steps} steps failed: "
+                             f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 peaks[method, steps] = r["peak"]
                 print(f"{method:<7} {steps:>9} {r['peak']:>9.1f} {r['peak'] - r['before']:>9.1f} {r['seconds']:>8.2f}", flush=True)

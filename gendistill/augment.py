@@ -15,8 +15,8 @@ through the same affine machinery: one pixel of a 7x7 latent is a seventh of the
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -217,6 +217,16 @@ def latent_augment(cfg: DSAConfig | None = None) -> Augment:
 @AUGMENTS.register("none")
 def no_augment(cfg: DSAConfig | None = None) -> Augment:
     return Augment(replace(cfg or DSAConfig(), strategy="none"))
+
+
+def resolve_augment(name: str, space: str, siamese: bool = True) -> str:
+    """The augmentation ``name`` means in match ``space``: "auto" is DSA's image ops on images ("pixel") and the geometric
+    latent variant on latents; with ``siamese=False`` (DC, which has no augmentation) "auto" is "none"."""
+    if name != "auto":
+        return name
+    if not siamese:
+        return "none"
+    return "dsa" if space == "pixel" else "latent"
 
 
 def get_augment(name: str, cfg: DSAConfig | None = None) -> Augment:

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import format_error, USER_ERRORS
+from .errors import USER_ERRORS, format_error
 
 
 class Terminated(KeyboardInterrupt):
@@ -107,14 +107,13 @@ def cmd_init(args) -> int:
 
     from .backbones import backbone_options, load_backbone
     from .cache import real_split
-    from .data import get_dataset
-    from .synthetic import set_backbone_options
-
+    from .data import load_split
     from .io import check_parent
+    from .synthetic import set_backbone_options
 
     check_parent(args.out)
     _check_out(args)
-    train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    train = load_split(args, "train")
     smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
     if args.ipc > smallest:
         raise ValueError(f"--ipc {args.ipc} is more than the {smallest} images of the smallest class of {args.dataset}; lower --ipc")
@@ -182,11 +181,13 @@ def _info_experts(args) -> int:
         print(json.dumps(info, indent=2, sort_keys=True, default=str))
         return 0
     t, b, n = info["training"], info["backbone"], info["net"]
-    print(f"experts   {args.file}: {info['complete']}/{t['num_experts']} experts x {t['epochs']} epochs, {info['space']} space, {info['num_params']:,} parameters")
+    print(f"experts   {args.file}: {info['complete']}/{t['num_experts']} experts x {t['epochs']} epochs, "
+          f"{info['space']} space, {info['num_params']:,} parameters")
     print(f"backbone  {b.get('kind')} {b.get('source', '')} sha256 {str(b.get('sha256', '-'))[:16]}")
     print(f"dataset   {info['dataset'].get('name')} {info['num_classes']} classes, input {tuple(info['in_shape'])}")
     print(f"net       {n['name']} depth {n['depth']} width {n['width']}")
-    print(f"training  sgd lr {t['lr']} momentum {t['momentum']} weight decay {t['weight_decay']} batch {t['batch']} augment {t['augment']} seed {t['seed']}")
+    print(f"training  sgd lr {t['lr']} momentum {t['momentum']} weight decay {t['weight_decay']} batch {t['batch']} "
+          f"augment {t['augment']} seed {t['seed']}")
     for row in info["files"]:
         acc = f" test acc {row['test_acc']}" if "test_acc" in row else ""
         size = f"{row['bytes']:,} bytes" if row["present"] else "(missing)"
@@ -250,7 +251,7 @@ def cmd_eval(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from .data import get_dataset
+    from .data import DataConfig, load_split
     from .evaluate import EvalConfig, evaluate
     from .io import check_parent, load_safetensors, write_json
     from .synthetic import read_metadata
@@ -277,7 +278,7 @@ def cmd_eval(args) -> int:
     name = args.dataset or records["dataset"].get("name")
     if not name:
         raise ValueError(f"{args.file!r} does not record its dataset; pass --dataset")
-    test = get_dataset(name, "test", args.data_dir, args.download)
+    test = load_split(DataConfig(name, args.data_dir, args.download), "test")
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
     archs = args.arch.split(",")
     result = evaluate(images, labels, test, cfg, lr=lr, archs=archs, progress=accelerator.is_local_main_process, accelerator=accelerator)
@@ -316,7 +317,8 @@ def cmd_train_backbone(args, rest) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import DEFAULT_BACKBONE
-    from .data import list_datasets
+    from .config import add_data_flags
+    from .data import DataConfig
     from .nets import list_nets
     from .synthetic import INITS
 
@@ -324,14 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="write an initialised (not yet distilled) set")
-    s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--download", action="store_true")
+    add_data_flags(s)
     s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
     s.add_argument("--ipc", type=int, default=10)
     s.add_argument("--init", default="real", choices=INITS.names())
-    s.add_argument("--init-model", default=None, help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
+    s.add_argument("--init-model", default=None,
+                   help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
     s.add_argument("--decode-steps", type=int, default=None, help="diffusion: DDIM steps of decode (default 10)")
     s.add_argument("--invert-to", type=int, default=None, help="diffusion: timestep of the noise latents (default: full noise)")
     s.add_argument("--guidance-scale", type=float, default=None, help="diffusion: classifier-free guidance in [0, 30] (default 1: none)")
@@ -368,9 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=1000)
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--dataset", default=None, help="test split to use (default: the one recorded)")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--download", action="store_true")
+    add_data_flags(s, DataConfig(dataset=None), "test split to use (default: the one recorded)", choices=False)
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
     _add_backbone_flags(s)

@@ -108,15 +108,23 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     return cls(**values)
 
 
+def add_data_flags(p: argparse.ArgumentParser, default=None, dataset_help: str | None = None, choices: bool = True) -> None:
+    """``--dataset``, ``--data-dir`` and ``--download``: the fields of :class:`~gendistill.data.DataConfig` as flags,
+    with ``default``'s values (default: ``DataConfig()``; ``DataConfig(dataset=None)`` for "the one a file records");
+    ``choices=False`` leaves an unknown name to the registry's one-line error."""
+    from .data import DataConfig, list_datasets
+
+    default = default if default is not None else DataConfig()
+    p.add_argument("--dataset", default=default.dataset, choices=list_datasets() if choices else None, help=dataset_help)
+    p.add_argument("--data-dir", default=default.data_dir, help="imagefolder: DIR holding train/ and test/; torchvision datasets: their root")
+    p.add_argument("--download", action="store_true", default=default.download, help="torchvision datasets: fetch the files if missing")
+
+
 def backbone_training_parser(cfg_cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
     """The flags of a backbone trainer: the dataset, ``--output`` and one flag per field of ``cfg_cls``
     (a tuple field takes several values)."""
-    from .data import list_datasets
-
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--download", action="store_true")
+    add_data_flags(p)
     p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.ckpt (written after every epoch)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new backbone is complete)")
@@ -133,3 +141,59 @@ def config_from_args(cfg_cls: type[C], args: argparse.Namespace) -> C:
     """The ``cfg_cls`` instance that ``backbone_training_parser``'s parsed flags describe (lists back to tuples)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg_cls)}
     return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# ------------------------------------------------------------------------------------- objective settings in configs
+
+_PLAIN = (int, float, str, bool, tuple)
+
+
+def objective_settings(objective) -> dict[str, tuple[Any, Any]]:
+    """``name -> (type, default)`` of an objective's settings (a registered name or its class): the fields of its
+    dataclass, or the keyword parameters of its ``__init__``, of plain types only (numbers, strings, booleans, tuples,
+    optionally None); objects a recipe builds at run time (experts, a classifier, anchor latents) are not settings."""
+    import inspect
+
+    if isinstance(objective, str):
+        from .objectives import OBJECTIVES
+
+        objective = OBJECTIVES.get(objective)
+    if dataclasses.is_dataclass(objective):
+        hints = typing.get_type_hints(objective)
+        found = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(objective) if f.init and f.default is not dataclasses.MISSING}
+    else:
+        hints = typing.get_type_hints(objective.__init__)
+        found = {n: (hints.get(n, type(p.default)), p.default) for n, p in inspect.signature(objective.__init__).parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not inspect.Parameter.empty}
+    return {n: (tp, d) for n, (tp, d) in found.items() if (typing.get_origin(_base_type(tp)) or _base_type(tp)) in _PLAIN}
+
+
+def with_objective(base: type, *objectives, unset: bool = False, exclude: tuple[str, ...] = (), name: str | None = None) -> type:
+    """``base`` (a config dataclass) plus a field for every setting of ``objectives`` it lacks, with the objective's
+    own default, so each default lives in one place; a recipe subclasses the result and redeclares only the defaults
+    it changes. ``unset=True``: every added field defaults to None, "the method's default" (for a recipe whose
+    method, and so whose defaults, is picked at run time; :func:`objective_kwargs` then leaves them out). ``exclude``:
+    settings the recipe decides itself (they get no field)."""
+    have = {f.name for f in dataclasses.fields(base)} | set(exclude)
+    added = []
+    for objective in objectives:
+        for field_name, (tp, default) in objective_settings(objective).items():
+            if field_name in have:
+                continue
+            have.add(field_name)
+            if unset:
+                tp, default = tp | None, None
+            added.append((field_name, tp, dataclasses.field(default=default)))
+    label = "".join(o if isinstance(o, str) else o.__name__ for o in objectives).title().replace("-", "")
+    return dataclasses.make_dataclass(name or f"{base.__name__}With{label}", added, bases=(base,))
+
+
+def objective_kwargs(cfg, *objectives, drop_none: bool = False) -> dict[str, Any]:
+    """The settings of ``objectives`` that ``cfg`` holds, by name, to build the objective from a recipe's config
+    (``drop_none``: leave out None values, so the objective's own defaults apply)."""
+    out = {}
+    for objective in objectives:
+        for field_name in objective_settings(objective):
+            if hasattr(cfg, field_name) and not (drop_none and getattr(cfg, field_name) is None):
+                out[field_name] = getattr(cfg, field_name)
+    return out

@@ -111,6 +111,20 @@ def get_dataset(name: str, split: str = "train", data_dir: str | None = None, do
     return DATASETS.get(name)(split=split, data_dir=data_dir, download=download)
 
 
+@dataclass
+class DataConfig:
+    """Which dataset to read: the data settings of every config (recipes, trainers, the CLI's commands)."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None  # imagefolder: DIR holding train/ and test/; torchvision datasets: their root
+    download: bool = False  # torchvision datasets: fetch the files if they are missing
+
+
+def load_split(cfg, split: str) -> ImageDataset:
+    """The ``split`` of the dataset that ``cfg`` (a :class:`DataConfig`, a config subclassing it or parsed flags) names."""
+    return get_dataset(cfg.dataset, split, getattr(cfg, "data_dir", None), getattr(cfg, "download", False))
+
+
 # ----------------------------------------------------------------------------------------------- idx files
 
 
@@ -143,7 +157,8 @@ def _find_fashion_dir(data_dir: str | None) -> Path:
         if any((d / f"train-images-idx3-ubyte{ext}").exists() for ext in (".gz", "")):
             return d
         how = "--data-dir" if data_dir else FASHION_ENV
-        raise FileNotFoundError(f"Fashion-MNIST idx files not found in {explicit!r} ({how}); point it at the folder with train-images-idx3-ubyte.gz, or install them with `{FASHION_APT}`")
+        raise FileNotFoundError(f"Fashion-MNIST idx files not found in {explicit!r} ({how}); "
+                                f"point it at the folder with train-images-idx3-ubyte.gz, or install them with `{FASHION_APT}`")
     candidates = []
     if shutil.which("dpkg"):
         try:
@@ -193,7 +208,8 @@ def _torchvision(cls_name: str, name: str, mean, std):
         try:
             ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download)
         except RuntimeError as e:
-            raise FileNotFoundError(f"{name} not found under {root!r} ({str(e).splitlines()[0]}); pass --data-dir DIR, or --download to fetch it") from None
+            raise FileNotFoundError(f"{name} not found under {root!r} ({str(e).splitlines()[0]}); "
+                                    "pass --data-dir DIR, or --download to fetch it") from None
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ImageDataset(

@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from tqdm.auto import tqdm
 
-from .backbones import Backbone
+from .backbones import Backbone, effective_match_space
 from .cache import LatentSplit
 from .data import normalize
 from .errors import first_line
@@ -171,7 +171,8 @@ class CSVTracker(GeneralTracker):
             w.writerow([step, *values.values()])
 
 
-def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None, output: str | Path | None = None, cpu: bool = False) -> Accelerator:
+def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None, output: str | Path | None = None,
+                     cpu: bool = False) -> Accelerator:
     if mixed_precision not in (None, "no", "fp16", "bf16"):
         raise ValueError(f"unknown mixed precision {mixed_precision!r}; use no, fp16 or bf16")
     trackers = None
@@ -348,7 +349,7 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     if cfg.match_space not in MATCH_SPACES:
         raise ValueError(f"unknown match space {cfg.match_space!r}; use one of {', '.join(MATCH_SPACES)}")
     device = accelerator.device
-    space = "pixel" if backbone.kind == "pixel" else cfg.match_space
+    space = effective_match_space(backbone.kind, cfg.match_space)
     decode_through = space == "pixel" and backbone.kind != "pixel"
     in_shape = tuple(backbone.image_shape if space == "pixel" else backbone.latent_shape)
     mean, std = dataset_meta["mean"], dataset_meta["std"]
@@ -458,7 +459,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = base * schedule(state.step, cfg.steps)
                 opt.step()
-                if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):  # a student lr must stay positive
+                # a student lr must stay positive
+                if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""
                     raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
                 state.step += 1

@@ -23,10 +23,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,8 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import get_augment
-from .backbones import Backbone
+from .augment import get_augment, resolve_augment
+from .backbones import Backbone, effective_match_space
 from .data import ImageDataset, normalize
 from .io import save_safetensors, write_json
 from .nets import fresh_net
@@ -67,10 +67,6 @@ class ExpertConfig:
     batch: int = 256
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents (as the objectives)
     seed: int = 0
-
-
-def resolve_augment(name: str, space: str) -> str:
-    return name if name != "auto" else ("dsa" if space == "pixel" else "latent")
 
 
 def param_layout(net: torch.nn.Module) -> list[list]:
@@ -159,7 +155,8 @@ def read_description(directory: str | Path) -> dict:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def expert_inputs(space: str, backbone: Backbone, dataset: ImageDataset, cached: Callable[[Backbone, ImageDataset], object]) -> tuple[torch.Tensor, torch.Tensor]:
+def expert_inputs(space: str, backbone: Backbone, dataset: ImageDataset,
+                  cached: Callable[[Backbone, ImageDataset], object]) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) of a split as the experts and the objective see them: latents, or normalised images."""
     if space == "latent":
         split = cached(backbone, dataset)
@@ -196,7 +193,8 @@ def prepare_directory(directory: str | Path, ident: dict, cfg: ExpertConfig, dat
         diff += sorted(f"training.{k}" for k in set(old["training"]) | set(meta["training"])
                        if k != "num_experts" and old["training"].get(k) != meta["training"].get(k))
         if diff:
-            raise ValueError(f"{str(directory)!r} holds experts made with other settings ({', '.join(diff[:4])} differ); use a new --output or the same settings")
+            raise ValueError(f"{str(directory)!r} holds experts made with other settings ({', '.join(diff[:4])} "
+                             "differ); use a new --output or the same settings")
     if write:
         directory.mkdir(parents=True, exist_ok=True)
         write_json(meta, directory / DESCRIPTION)  # num_experts may grow on a re-run
@@ -300,12 +298,14 @@ class Experts:
                 return f.get_slice("trajectory")[epoch % (self.epochs + 1)].float()
         except (SafetensorError, OSError, RuntimeError, KeyError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"{str(path)!r} is not a readable expert file ({first}); re-run recipes/train_experts.py --output {self.directory}") from None
+            raise ValueError(f"{str(path)!r} is not a readable expert file ({first}); "
+                             f"re-run recipes/train_experts.py --output {self.directory}") from None
 
     def check_window(self, expert_epochs: int, max_start_epoch: int, min_start_epoch: int = 0) -> None:
         """Start epochs are drawn from [min_start_epoch, max_start_epoch); targets lie expert_epochs later."""
         if expert_epochs < 1 or min_start_epoch < 0 or max_start_epoch <= min_start_epoch:
-            raise ValueError(f"need expert_epochs >= 1 and 0 <= min_start_epoch < max_start_epoch (got {expert_epochs}, {min_start_epoch}, {max_start_epoch})")
+            raise ValueError("need expert_epochs >= 1 and 0 <= min_start_epoch < max_start_epoch (got "
+                             f"{expert_epochs}, {min_start_epoch}, {max_start_epoch})")
         if max_start_epoch + expert_epochs > self.epochs:
             raise ValueError(f"max_start_epoch {max_start_epoch} + expert_epochs {expert_epochs} is beyond the {self.epochs} epochs stored in "
                              f"{self.directory}; lower them or train longer experts (recipes/train_experts.py --epochs)")
@@ -325,7 +325,9 @@ def load_experts(directory: str | Path, expect: dict | None = None) -> Experts:
             if what == "backbone" and expect["space"] != "latent":
                 continue
             if have != want:
-                show = {"backbone": lambda v: str(v)[:16], "net": lambda v: f"{v.get('name')} depth {v.get('depth')} width {v.get('width')}" if isinstance(v, dict) else repr(v)}.get(what, repr)
+                show = {"backbone": lambda v: str(v)[:16],
+                        "net": lambda v: f"{v.get('name')} depth {v.get('depth')} width {v.get('width')}" if isinstance(v, dict) else repr(v),
+                        }.get(what, repr)
                 raise ValueError(f"experts in {str(directory)!r} were trained with {what} {show(have)}, this run needs {show(want)}; "
                                  f"train matching experts (recipes/train_experts.py with the same {flag}) or omit --experts")
     experts = Experts(directory, meta)
@@ -367,8 +369,7 @@ def build_experts(directory: str | Path | None, space: str, backbone: Backbone, 
     """
     from .cache import cached_latents
 
-    if backbone.kind == "pixel":
-        space = "pixel"  # the pixel backbone's latents are the images
+    space = effective_match_space(backbone.kind, space)  # the pixel backbone's latents are the images
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     in_shape = tuple(backbone.latent_shape if space == "latent" else train.image_shape)
     ident = identity(space, backbone, train.meta(), net, in_shape, train.num_classes)

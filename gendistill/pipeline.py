@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from . import __version__
 from .backbones import Backbone, backbone_options, effective_match_space, load_backbone
 from .cache import LatentSplit, cached_latents, image_split
-from .data import ImageDataset, get_dataset
+from .data import DataConfig, ImageDataset, load_split
 from .distill import DistillConfig, Interrupted, TrainState, all_processes_ok, distill, make_accelerator
 from .evaluate import EvalConfig, evaluate
 from .io import write_json
@@ -33,13 +33,11 @@ def run_name(method: str, cfg) -> str:
 
 
 @dataclasses.dataclass
-class RecipeConfig:
-    """The settings every distillation recipe shares; a recipe subclasses it, adds its method's fields and may
-    give any field another default (redeclaring it keeps its place)."""
+class RecipeConfig(DataConfig):
+    """The settings every distillation recipe shares (after the dataset's); a recipe subclasses it, adds its method's
+    fields (:func:`~gendistill.config.with_objective`) and may give any field another default (redeclaring it keeps
+    its place)."""
 
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
     backbone: str = "fashion-mnist-vae"
     latent_space: str | None = None  # gan backbones: z, w, w+, f<k> (None: the backbone's default, w+)
     decode_steps: int | None = None  # diffusion backbones / init models: DDIM steps of decode (None: 10)
@@ -83,8 +81,7 @@ class Pieces:
 
 def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     """Dataset, backbone, latent cache and an initialised set from a recipe config's names."""
-    train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
-    test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
     options = backbone_options(cfg)  # diffusion settings: for the backbone, or for --init diffusion's model
     backbone = load_backbone(cfg.backbone, image_shape=train.image_shape, latent_space=getattr(cfg, "latent_space", None),
                              options=set_backbone_options(cfg.backbone, cfg.init, options), class_names=train.classes)

@@ -1,10 +1,10 @@
-"""PNG outputs without a plotting dependency: image grids (one row per class) and loss curves."""
+"""PNG outputs without a plotting dependency: image grids (one row per class, torchvision's ``make_grid``) and loss
+curves (PIL). Files are written atomically (``save_png``), which torchvision's ``save_image`` does not do."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -13,20 +13,19 @@ from .io import atomic_path
 
 def image_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int | None = None,
                pad: int = 2, scale: int = 2) -> Image.Image:
-    """One row per class, up to ``per_class`` images each; ``images`` (N, C, H, W) in [0, 1]."""
+    """One row per class, up to ``per_class`` images each, on white (``torchvision.utils.make_grid``); ``images``
+    (N, C, H, W) in [0, 1]; a class with fewer images leaves its row's remaining cells white."""
+    from torchvision.utils import make_grid
+
     hard = labels.argmax(1) if labels.ndim == 2 else labels
-    rows = [images[hard == c] for c in range(num_classes)]
+    rows = [images[hard.to(images.device) == c] for c in range(num_classes)]
     cols = max(1, min(per_class or max(len(r) for r in rows), max(len(r) for r in rows)))
-    c, h, w = images.shape[1:]
-    canvas = np.ones(((h + pad) * num_classes + pad, (w + pad) * cols + pad, 3), dtype=np.uint8) * 255
+    cells = torch.ones(num_classes, cols, min(images.shape[1], 3), *images.shape[2:])
     for i, row in enumerate(rows):
-        for j, img in enumerate(row[:cols]):
-            a = (img.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0)
-            if c == 1:
-                a = np.repeat(a, 3, axis=2)
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y : y + h, x : x + w] = a[..., :3]
-    im = Image.fromarray(canvas)
+        row = row[:cols, :3].detach().float().clamp(0, 1).cpu()
+        cells[i, : len(row)] = row
+    grid = make_grid(cells.flatten(0, 1), nrow=cols, padding=pad, pad_value=1.0)  # 1 channel is repeated to RGB
+    im = Image.fromarray((grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
     return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
 
 

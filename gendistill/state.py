@@ -33,7 +33,8 @@ def _encode(obj, tensors: dict[str, torch.Tensor], path: str):
         items = []
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"state key {k!r} at {path or 'top level'} is a {type(k).__name__}; only str and int keys are stored")
+                raise TypeError(f"state key {k!r} at {path or 'top level'} is a {type(k).__name__}; "
+                                "only str and int keys are stored")
             items.append([k, _encode(v, tensors, f"{path}/{k}")])
         return {"$dict": items}
     if isinstance(obj, tuple):

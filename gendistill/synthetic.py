@@ -29,7 +29,8 @@ class SyntheticSet(nn.Module):
                  backbone: dict | None = None, dataset: dict | None = None, run: dict | None = None):
         super().__init__()
         if labels.ndim not in (1, 2) or len(labels) != len(latents):
-            raise ValueError(f"{len(latents)} latents but labels of shape {tuple(labels.shape)}; expected ({len(latents)},) or ({len(latents)}, classes)")
+            raise ValueError(f"{len(latents)} latents but labels of shape {tuple(labels.shape)}; "
+                             f"expected ({len(latents)},) or ({len(latents)}, classes)")
         self.latents = nn.Parameter(latents.detach().clone().float())
         self.register_buffer("labels", labels.detach().clone())
         self.lr = None if lr is None else nn.Parameter(torch.as_tensor(lr, dtype=torch.float32).detach().clone().reshape(()))
@@ -67,7 +68,7 @@ class SyntheticSet(nn.Module):
     @classmethod
     def initialise(cls, method: str, real: LatentSplit, ipc: int, backbone: Backbone, dataset: dict,
                    generator: torch.Generator | None = None, run: dict | None = None,
-                   init_model: "str | Backbone | None" = None, model_options: dict | None = None) -> "SyntheticSet":
+                   init_model: str | Backbone | None = None, model_options: dict | None = None) -> SyntheticSet:
         """``ipc`` latents per class by an INITS method, from ``real``: the cached latents of the train split, or its
         images (``real.space == "pixel"``, a backbone without a latent cache) of which only the picked ones are encoded.
         A method that samples a generative model (``--init diffusion``) gets ``init_model`` (see ``load_init_model``)."""
@@ -112,7 +113,7 @@ class SyntheticSet(nn.Module):
         save_safetensors(tensors, path, self.metadata(run))
 
     @classmethod
-    def load(cls, path: str | Path, backbone: Backbone | None = None, ignore_hash: bool = False) -> "SyntheticSet":
+    def load(cls, path: str | Path, backbone: Backbone | None = None, ignore_hash: bool = False) -> SyntheticSet:
         tensors, meta = load_safetensors(path)
         records = read_metadata(path, meta)
         for name in ("latents", "labels"):
@@ -120,10 +121,12 @@ class SyntheticSet(nn.Module):
                 raise ValueError(f"{str(path)!r} has no {name!r} tensor; it is not a gendistill set file")
         latents, labels = tensors["latents"], tensors["labels"]
         if labels.ndim not in (1, 2) or len(labels) != len(latents):
-            raise ValueError(f"{str(path)!r}: {len(latents)} latents but labels of shape {tuple(labels.shape)}; the file is inconsistent, re-create it")
+            raise ValueError(f"{str(path)!r}: {len(latents)} latents but labels of shape {tuple(labels.shape)}; "
+                             "the file is inconsistent, re-create it")
         recorded = records["backbone"].get("latent_shape")
         if recorded is not None and list(latents.shape[1:]) != list(recorded):
-            raise ValueError(f"{str(path)!r}: latents of shape {tuple(latents.shape[1:])} but the recorded backbone latent shape is {tuple(recorded)}")
+            raise ValueError(f"{str(path)!r}: latents of shape {tuple(latents.shape[1:])} but the recorded backbone "
+                             f"latent shape is {tuple(recorded)}")
         s = cls(latents, labels, tensors.get("lr"), records["backbone"], records["dataset"], records["run"])
         if backbone is not None:
             s.check_backbone(backbone, ignore_hash)
@@ -136,10 +139,14 @@ class SyntheticSet(nn.Module):
             raise ValueError(f"the set's latents are in latent space {space!r} but backbone {backbone.source!r} was loaded with "
                              f"latent space {have_space!r}; {fix}")
         if tuple(self.latents.shape[1:]) != tuple(backbone.latent_shape):
-            raise ValueError(f"the set's latents have shape {tuple(self.latents.shape[1:])} but backbone {backbone.source!r} makes {tuple(backbone.latent_shape)}; use the backbone the set was made with ({self.backbone_meta.get('source')})")
+            raise ValueError(f"the set's latents have shape {tuple(self.latents.shape[1:])} but backbone "
+                             f"{backbone.source!r} makes {tuple(backbone.latent_shape)}; "
+                             f"use the backbone the set was made with ({self.backbone_meta.get('source')})")
         want, have = self.backbone_meta.get("sha256"), backbone.weights_sha256()
         if want != have and not ignore_hash:
-            raise ValueError(f"backbone hash mismatch: the set was made with {str(want)[:16]}, {backbone.source!r} has {have[:16]}; pass the recorded backbone ({self.backbone_meta.get('source')}) or {HASH_FLAG} to decode anyway")
+            raise ValueError(f"backbone hash mismatch: the set was made with {str(want)[:16]}, "
+                             f"{backbone.source!r} has {have[:16]}; "
+                             f"pass the recorded backbone ({self.backbone_meta.get('source')}) or {HASH_FLAG} to decode anyway")
 
 
 def read_metadata(path, meta: dict[str, str]) -> dict:
@@ -147,7 +154,8 @@ def read_metadata(path, meta: dict[str, str]) -> dict:
     if "gendistill.format" not in meta:
         raise ValueError(f"{str(path)!r} has no gendistill metadata; it was not written by gendistill (use `gendistill init` or a recipe)")
     if meta["gendistill.format"] != FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r} has format version {meta['gendistill.format']!r}; this gendistill reads version {FORMAT_VERSION!r}; upgrade gendistill or re-create the file")
+        raise ValueError(f"{str(path)!r} has format version {meta['gendistill.format']!r}; "
+                         f"this gendistill reads version {FORMAT_VERSION!r}; upgrade gendistill or re-create the file")
     out = {}
     for key in ("backbone", "dataset", "run"):
         try:
@@ -267,7 +275,7 @@ def set_backbone_options(source: str, init: str, options: dict | None) -> dict |
     return options if BACKBONES.get(backbone_kind(resolve_source(source))).option_names else None
 
 
-def load_init_model(init_model: "str | Backbone | None", backbone: Backbone, dataset: dict, options: dict | None = None) -> Backbone:
+def load_init_model(init_model: str | Backbone | None, backbone: Backbone, dataset: dict, options: dict | None = None) -> Backbone:
     """The diffusion model a ``uses_model`` initialiser samples: ``init_model`` (a loaded backbone, or a source loaded
     with ``options`` and the dataset's image shape and class names); if None, the set's backbone when it is a diffusion
     one, else the shipped ``fashion-mnist-ldm``. On the set's backbone's device."""

@@ -15,17 +15,14 @@ from accelerate import Accelerator
 from gendistill.backbones import load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
-from gendistill.data import get_dataset
+from gendistill.data import DataConfig, load_split
 from gendistill.evaluate import classify, psnr, reconstruct, train_reference_classifier
 from gendistill.io import write_json
 
 
 @dataclass
-class EvalAutoencoderConfig:
+class EvalAutoencoderConfig(DataConfig):
     backbone: str = "fashion-mnist-vae"
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
     classifier_epochs: int = 2
     seed: int = 0
     limit: int = 0  # 0: the whole test split
@@ -35,8 +32,7 @@ class EvalAutoencoderConfig:
 def main(argv=None) -> int:
     cfg = parse_config(EvalAutoencoderConfig, argv, __doc__)
     device = Accelerator().device
-    train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
-    test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
     backbone = load_backbone(cfg.backbone, image_shape=test.image_shape).to(device)
     n = cfg.limit or len(test)
     real = test.float_images(slice(0, n))

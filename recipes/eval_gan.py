@@ -22,17 +22,14 @@ from accelerate import Accelerator
 from gendistill.backbones import backbone_options, load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
-from gendistill.data import get_dataset
+from gendistill.data import DataConfig, load_split
 from gendistill.evaluate import classify, psnr, reference_classifier, within_class_spread
 from gendistill.io import write_json
 
 
 @dataclass
-class EvalGANConfig:
+class EvalGANConfig(DataConfig):
     backbone: str = "fashion-mnist-gan"
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
     per_class: int = 1000  # generated images per class
     classifier: str | None = None  # safetensors of the classifier's weights: loaded if it exists, else trained and written
     classifier_epochs: int = 2
@@ -49,12 +46,12 @@ class EvalGANConfig:
 def main(argv=None) -> int:
     cfg = parse_config(EvalGANConfig, argv, __doc__)
     device = Accelerator().device
-    train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
-    test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    train, test = load_split(cfg, "train"), load_split(cfg, "test")
     backbone = load_backbone(cfg.backbone, image_shape=test.image_shape, latent_space=cfg.latent_space,
                              options=backbone_options(cfg), class_names=train.classes).to(device)
     if not hasattr(backbone, "sample_images"):
-        raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures generator backbones (gan, diffusion; recipes/eval_autoencoder.py the others)")
+        raise ValueError(f"{cfg.backbone!r} is a {backbone.kind} backbone; recipes/eval_gan.py measures generator "
+                         "backbones (gan, diffusion; recipes/eval_autoencoder.py the others)")
     net = reference_classifier(train, device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed)
     acc_real = (classify(net, test.float_images(), test.mean, test.std, device) == test.labels).float().mean().item()
     labels = torch.arange(train.num_classes).repeat_interleave(cfg.per_class)

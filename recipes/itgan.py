@@ -16,28 +16,26 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import objective_kwargs, parse_config, with_objective
 from gendistill.evaluate import reference_classifier
 from gendistill.objectives import get_objective
 from gendistill.pipeline import RecipeConfig, run_recipe
 
 
 @dataclass
-class ITGANConfig(RecipeConfig):
+class ITGANConfig(with_objective(RecipeConfig, "itgan", "dm")):
+    """The recipe's settings; IT-GAN's weights and its DM term's settings come from the objectives."""
+
     backbone: str = "fashion-mnist-gan"
     latent_space: str | None = "w+"
     match_space: str = "pixel"  # decode-through: a GAN has no latent cache
     init: str = "real"  # inversions of random real images, IT-GAN's start
     steps: int = 500
     lr: float = 0.01  # Adam on the latents
-    cls_weight: float = 0.1  # x cross-entropy of the real-data classifier on the decoded set
-    reg_weight: float = 0.01  # x mean squared distance of each latent to its inversion
     classifier_epochs: int = 2  # of the real-data ConvNet
     classifier: str | None = None  # safetensors of its weights: loaded if it exists, else trained and written (recipes/eval_gan.py's too)
-    pool: str = "avgpooling"  # of DM's proxy ConvNet
     batch_real: int = 64  # real images per class per step, as recipes/latent_dm.py (the DM term is the same)
     kernel: str = "gaussian"  # of the DM term: M3D's MMD, as recipes/latent_dm.py; "linear" is DM's mean gap
-    augment: str = "auto"  # DSA on the images
     eval_runs: int = 2
 
 
@@ -46,9 +44,8 @@ def setup(cfg: ITGANConfig, pieces, accelerator):
     with accelerator.main_process_first() if cfg.classifier else nullcontext():  # rank 0 trains and writes it; the others read it
         classifier = reference_classifier(pieces.train, accelerator.device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed,
                                           progress=accelerator.is_local_main_process)
-    return get_objective("itgan", cls_weight=cfg.cls_weight, reg_weight=cfg.reg_weight, classifier=classifier,
-                         anchors=pieces.syn.latents.detach().clone(), net=cfg.net, depth=cfg.depth, width=cfg.width,
-                         pool=cfg.pool, augment=cfg.augment, kernel=cfg.kernel)
+    return get_objective("itgan", classifier=classifier, anchors=pieces.syn.latents.detach().clone(),
+                         **objective_kwargs(cfg, "itgan", "dm"))
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import objective_kwargs, parse_config, with_objective
 from gendistill.objectives import get_objective
 from gendistill.objectives.gradient import reference_loops
 from gendistill.pipeline import RecipeConfig, run_recipe
@@ -27,15 +27,14 @@ METHODS = ("dc", "dsa")
 
 
 @dataclass
-class LatentDCConfig(RecipeConfig):
+class LatentDCConfig(with_objective(RecipeConfig, "dc")):
+    """The recipe's settings; DC's own (augment, dis_metric, net_lr, ...) come from the objective's dataclass (dsa has the same)."""
+
     method: str = "dc"  # dc | dsa
     steps: int = 1000  # matching steps: 100 outer iterations at IPC 10 (the reference runs 1000)
     lr: float = 0.01  # Adam on the latents (unit-variance VAE latents; the reference: SGD 0.1, momentum 0.5, on pixels)
-    augment: str = "auto"  # auto: none for dc; for dsa DSA's ops on images, geometric ones on latents
-    dis_metric: str = "layerwise"  # layerwise (the reference's "ours") | mse | cos
     outer_loop: int | None = None  # matching steps per proxy net; None: the reference's value for --ipc
     inner_loop: int | None = None  # net-training epochs between matching steps; None: the reference's value
-    net_lr: float = 0.01  # SGD lr of the proxy net's inner loop
 
 
 def main(argv=None) -> int:
@@ -45,9 +44,7 @@ def main(argv=None) -> int:
     outer, inner = reference_loops(cfg.ipc)
     cfg.outer_loop = outer if cfg.outer_loop is None else cfg.outer_loop  # resolved values go into the set's config
     cfg.inner_loop = inner if cfg.inner_loop is None else cfg.inner_loop
-    objective = get_objective(cfg.method, net=cfg.net, depth=cfg.depth, width=cfg.width, augment=cfg.augment, dis_metric=cfg.dis_metric,
-                              outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop, net_lr=cfg.net_lr)
-    run_recipe(cfg, cfg.method, objective)
+    run_recipe(cfg, cfg.method, get_objective(cfg.method, **objective_kwargs(cfg, cfg.method)))
     return 0
 
 

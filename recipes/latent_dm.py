@@ -17,35 +17,27 @@ import sys
 from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import objective_kwargs, parse_config, with_objective
 from gendistill.objectives import get_objective
 from gendistill.pipeline import RecipeConfig, run_recipe
 
 
 @dataclass
-class LatentDMConfig(RecipeConfig):
+class LatentDMConfig(with_objective(RecipeConfig, "dm")):
+    """The recipe's settings; DM's own (pool, augment, proxy*, ce_weight) come from the objective's dataclass."""
+
     match_space: str = "pixel"  # decode-through: DSA on decoded images (82.2% in 200 steps, vs 79.7% matching latents)
     init: str = "kmeans"  # k-means centres of each class's real latents (78.2% alone, vs 75.7% for random real)
     steps: int = 200
     lr: float = 0.01  # small steps from the k-means start: lr 0.05 / 1000 steps (DM's mean gap) fell back to 76.5%
     batch_real: int = 64  # real images per class per step (each step decodes the set and pushes the gradient back)
-    pool: str = "avgpooling"  # of the proxy ConvNet; "none" keeps a latent's spatial detail in the embedding
-    augment: str = "auto"  # auto: DSA on images, the geometric latent variant on latents
     kernel: str = "gaussian"  # M3D's MMD (80.2% in one run vs 79.6% for DM's mean gap "linear"); also mean+cov
-    proxy: str = "fresh"  # fresh: a new random net per step (DM); trained: IDM's queue of nets learning the real data
-    proxy_nets: int = 10
-    proxy_train: int = 2
-    proxy_max_steps: int = 100
-    ce_weight: float = 0.0
     eval_runs: int = 2  # the demo evaluates 2 networks (300 epochs) to stay near 15 minutes on 2 cores
 
 
 def main(argv=None) -> int:
     cfg = parse_config(LatentDMConfig, argv, __doc__)
-    objective = get_objective("dm", net=cfg.net, depth=cfg.depth, width=cfg.width, pool=cfg.pool, augment=cfg.augment, kernel=cfg.kernel,
-                              proxy=cfg.proxy, proxy_nets=cfg.proxy_nets, proxy_train=cfg.proxy_train,
-                              proxy_max_steps=cfg.proxy_max_steps, ce_weight=cfg.ce_weight)
-    run_recipe(cfg, "dm", objective)
+    run_recipe(cfg, "dm", get_objective("dm", **objective_kwargs(cfg, "dm")))
     return 0
 
 

@@ -26,19 +26,21 @@ import torch
 
 from gendistill.backbones import effective_match_space
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import objective_kwargs, parse_config, with_objective
 from gendistill.experts import ExpertConfig, NetSpec, build_experts, identity, load_experts
 from gendistill.objectives import get_objective
 from gendistill.objectives.trajectory import finish_soft_labels, init_soft_labels, match_space_inputs
 from gendistill.pipeline import RecipeConfig, run_recipe
 
 METHODS = ("mtt", "tesla", "datm")
-OBJECTIVE_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "max_start_epoch_final",
-                  "expansion_end_step", "batch_syn", "augment", "unroll", "threshold")
 
 
 @dataclass
-class LatentMTTConfig(RecipeConfig):
+class LatentMTTConfig(with_objective(RecipeConfig, "mtt", unset=True, exclude=("lr_teacher", "label_logits"))):
+    """The recipe's settings; the objective's (syn_steps, expert_epochs, ..., threshold) come from its dataclass, unset
+    (None) so that --method's own defaults apply (mtt, tesla and datm differ). The recipe always learns the set's lr
+    (so lr_teacher never applies) and label_logits follows --method (datm's soft labels are logits)."""
+
     method: str = "mtt"  # mtt | tesla | datm
     experts: str | None = None  # experts directory; None: default experts, trained once into the cache
     match_space: str = "pixel"  # decode-through: experts and student see decoded images (latent: they see latents)
@@ -51,16 +53,6 @@ class LatentMTTConfig(RecipeConfig):
     lr_lr: float = 1e-5  # of the learned eval lr
     syn_lr_init: float = 0.01  # the learned eval lr starts at the experts' lr
     lr_labels: float = 2.0  # of DATM's soft-label logits
-    syn_steps: int | None = None
-    expert_epochs: int | None = None
-    max_start_epoch: int | None = None
-    min_start_epoch: int | None = None
-    max_start_epoch_final: int | None = None
-    expansion_end_step: int | None = None
-    batch_syn: int | None = None
-    augment: str | None = None
-    unroll: str | None = None  # datm: autograd (default) or constant
-    threshold: float | None = None
     label_epoch: int = -1  # expert snapshot that initialises DATM's soft labels (-1: the last)
     num_experts: int = 4  # default experts (no --experts)
     expert_train_epochs: int = 8
@@ -76,8 +68,7 @@ def setup(cfg, pieces, accelerator):
     directory = cfg.experts or build_experts(None, space, backbone, train, net, ExpertConfig(cfg.num_experts, cfg.expert_train_epochs),
                                              cfg.cache_dir, pieces.test, accelerator, log=accelerator.print)
     experts = load_experts(directory, expect=identity(space, backbone, train.meta(), net, in_shape, train.num_classes))
-    knobs = {k: getattr(cfg, k) for k in OBJECTIVE_KEYS if getattr(cfg, k) is not None}
-    objective = get_objective(cfg.method, experts=experts, **knobs)
+    objective = get_objective(cfg.method, experts=experts, **objective_kwargs(cfg, cfg.method, drop_none=True))
     syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
     t = experts.meta["training"]
     syn.run_meta["experts"] = {"directory": str(directory), "space": space, "num_experts": t["num_experts"], "epochs": t["epochs"], "lr": t["lr"]}

@@ -20,17 +20,14 @@ from dataclasses import dataclass, fields
 from gendistill.backbones import load_backbone
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
-from gendistill.data import get_dataset
+from gendistill.data import DataConfig, load_split
 from gendistill.distill import make_accelerator
 from gendistill.experts import ExpertConfig, NetSpec, build_experts
 
 
 @dataclass
-class TrainExpertsConfig:
+class TrainExpertsConfig(DataConfig):
     output: str | None = None
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = False
     backbone: str = "fashion-mnist-vae"
     space: str = "latent"  # latent: the backbone's cached latents; pixel: normalised images
     net: str = "convnet"
@@ -60,14 +57,15 @@ def main(argv=None) -> int:
             raise ValueError(f"--shard {cfg.shard!r} must be i/n with 0 <= i < n, e.g. 0/2")
         shard = (int(parts[0]), int(parts[1]))
     accelerator = make_accelerator(None)
-    train = get_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
-    test = get_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download) if cfg.test else None
+    train = load_split(cfg, "train")
+    test = load_split(cfg, "test") if cfg.test else None
     backbone = load_backbone(cfg.backbone if cfg.space == "latent" else "pixel", image_shape=train.image_shape).to(accelerator.device)
     ecfg = ExpertConfig(**{f.name: getattr(cfg, f.name) for f in fields(ExpertConfig)})
     out = build_experts(cfg.output, cfg.space, backbone, train, NetSpec(cfg.net, cfg.depth, cfg.width), ecfg, cfg.cache_dir, test,
                         accelerator, log=accelerator.print, shard=shard)
     done = f" (shard {cfg.shard})" if shard else ""
-    accelerator.print(f"experts in {out}{done}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); `gendistill info {out}` describes them")
+    accelerator.print(f"experts in {out}{done}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); "
+                      f"`gendistill info {out}` describes them")
     return 0
 
 

@@ -15,7 +15,8 @@ import sys
 import torch
 from PIL import Image
 
-from gendistill.data import get_dataset, list_datasets
+from gendistill.config import add_data_flags
+from gendistill.data import load_split
 from gendistill.errors import format_error
 from gendistill.io import atomic_dir
 from gendistill.outputs import claim_output
@@ -23,8 +24,7 @@ from gendistill.outputs import claim_output
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
-    p.add_argument("--data-dir", default=None)
+    add_data_flags(p)
     p.add_argument("--out", required=True)
     p.add_argument("--train-per-class", type=int, default=1000, help="0: every image")
     p.add_argument("--test-per-class", type=int, default=0, help="0: every image")
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     try:
         with claim_output(args.out, overwrite=args.overwrite, inputs=[("--data-dir", args.data_dir)], flag="--out"), atomic_dir(args.out) as tmp:
             for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
-                data = get_dataset(args.dataset, split, args.data_dir)
+                data = load_split(args, split)
                 for c, name in enumerate(data.classes):
                     folder = tmp / split / f"{c:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
                     folder.mkdir(parents=True)

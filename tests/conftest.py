@@ -6,8 +6,8 @@ import gzip
 import importlib.util
 import os
 import signal
-import subprocess
 import struct
+import subprocess
 import sys
 from pathlib import Path
 

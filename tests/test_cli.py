@@ -236,6 +236,7 @@ def test_eval_set_file(capsys, tmp_path, set_file):
     assert len(r["archs"]["convnet"]["accs"]) == 1
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_table_reads_the_set_and_every_eval_beside_it(capsys, tmp_path, set_file):
     run = tmp_path / "run"
     run.mkdir()

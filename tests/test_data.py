@@ -7,11 +7,10 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from conftest import NUM_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, write_fashion_dir, write_idx
 from PIL import Image
 
-from conftest import NUM_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, write_fashion_dir, write_idx
 from gendistill.data import FASHION_CLASSES, get_dataset, list_datasets, normalize, read_idx
-
 
 # ----------------------------------------------------------------------------------------------- idx files
 

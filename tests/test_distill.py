@@ -7,18 +7,16 @@ import os
 import subprocess
 import sys
 from copy import deepcopy
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import ROOT, launch, load_recipe
 from safetensors import safe_open
 
-from conftest import launch, load_recipe
 from gendistill.objectives import StepContext, get_objective
 from gendistill.objectives.distribution import mean_embedding_loss
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "latent_dm.py"
 
 
@@ -124,6 +122,7 @@ def test_pixel_backbone_is_classic_dm(tmp_path):
         assert json.loads(f.metadata()["gendistill.backbone"])["kind"] == "pixel"
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_distillation_changes_the_set_and_lowers_loss(tmp_path, tiny_vae_dir):
     from gendistill.synthetic import SyntheticSet
 
@@ -136,6 +135,7 @@ def test_distillation_changes_the_set_and_lowers_loss(tmp_path, tiny_vae_dir):
 
 @pytest.mark.parametrize("extra", [(), ("--proxy", "trained", "--proxy-nets", 3, "--proxy-max-steps", 2, "--kernel", "gaussian")],
                          ids=["dm", "idm-queue"])
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, extra):
     from gendistill.synthetic import SyntheticSet
 
@@ -176,6 +176,7 @@ def test_cosine_schedule_decays_to_zero_and_rejects_unknown_names():
         lr_factor("step")
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("how", ["ctrl-c", "second-ctrl-c"])
 def test_cosine_run_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_vae_dir, monkeypatch, how):
     """A first Ctrl-C finishes the running step; an exception mid-step (a second Ctrl-C) rewinds to its start."""
@@ -243,6 +244,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_vae_dir, 
     assert not (tmp_path / "nan" / "set.safetensors").exists()
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_evaluate_returns_protocol_fields(tiny_idx_dir):
     from gendistill.data import get_dataset
     from gendistill.evaluate import EvalConfig, evaluate
@@ -258,6 +260,7 @@ def test_evaluate_returns_protocol_fields(tiny_idx_dir):
     assert 0 <= evaluate(train.float_images(idx), soft, test, cfg)["mean"] <= 1
 
 
+@pytest.mark.slow  # spawns a process
 @pytest.mark.parametrize("extra", [["--match-space", "latent"], ["--match-space", "pixel"], ["--backbone", "pixel"]])
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
     backbone = [] if "--backbone" in extra else ["--backbone", str(tiny_vae_dir)]
@@ -269,6 +272,7 @@ def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
     assert json.loads((out / "eval.json").read_text())["settings"]["epochs"] == 2
 
 
+@pytest.mark.slow  # spawns a process
 def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_vae_dir):
     out = tmp_path / "bf16"
     proc = launch(["--mixed_precision", "bf16", str(RECIPE), "--backbone", str(tiny_vae_dir), "--match-space", "pixel", "--steps", "2",
@@ -277,6 +281,7 @@ def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_vae_dir):
     assert (out / "set.safetensors").exists()
 
 
+@pytest.mark.slow  # spawns a process
 def test_recipe_bad_input_is_one_line(tmp_path, tiny_vae_dir):
     proc = subprocess.run([sys.executable, str(RECIPE), "--backbone", str(tiny_vae_dir), "--ipc", "500", "--output", str(tmp_path / "x")],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=300)

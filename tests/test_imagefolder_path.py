@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, load_recipe
 from PIL import Image
 from safetensors import safe_open
 
 from gendistill.backbones import load_backbone
-from conftest import ROOT, load_recipe
 
 CLASSES = ("circle", "square", "stripes")
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from gendistill.errors import format_error
-from gendistill.io import atomic_dir, atomic_path, check_parent, load_safetensors, save_safetensors, tensor_sha256, write_json
+from gendistill.io import (
+    atomic_dir,
+    atomic_path,
+    check_parent,
+    load_safetensors,
+    save_safetensors,
+    tensor_sha256,
+    write_json,
+)
 
 
 def test_check_parent(tmp_path, monkeypatch):

@@ -221,6 +221,7 @@ sys.exit(run_guarded(load_recipe(__import__("pathlib").Path(sys.argv[1])).main, 
 """
 
 
+@pytest.mark.slow  # spawns a process
 def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     args = ["--steps", "60", "--log-with", "csv"]
@@ -245,6 +246,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(latents(out), latents(run(tmp_path / "full", *args)))
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     from gendistill import state as state_module
 
@@ -368,6 +370,7 @@ def test_lock_refuses_a_second_holder_with_its_pid_and_is_released(tmp_path):
         pass
 
 
+@pytest.mark.slow  # spawns a process
 def test_lock_held_by_another_process(tmp_path, capsys):
     out = tmp_path / "run"
     code = ("import sys, time; from gendistill.outputs import OutputLock; OutputLock(sys.argv[1]).acquire(); "

@@ -11,8 +11,16 @@ from __future__ import annotations
 from .base import BACKBONES, Backbone, effective_match_space
 from .diffusion import DiffusionBackbone
 from .gan import GANBackbone
-from .loading import (ASSETS, DEFAULT_BACKBONE, backbone_kind, backbone_options, load_backbone, option_names,
-                      resolve_source, shipped_backbones)
+from .loading import (
+    ASSETS,
+    DEFAULT_BACKBONE,
+    backbone_kind,
+    backbone_options,
+    load_backbone,
+    option_names,
+    resolve_source,
+    shipped_backbones,
+)
 from .pixel import PixelBackbone
 from .vae import VAEBackbone
 

@@ -54,7 +54,7 @@ class SoftClassEmbedding(nn.Embedding):
     weight, the same state-dict key), so a latent's condition weights reach the UNet differentiably."""
 
     @classmethod
-    def wrap(cls, emb: nn.Embedding) -> "SoftClassEmbedding":
+    def wrap(cls, emb: nn.Embedding) -> SoftClassEmbedding:
         return cls(emb.num_embeddings, emb.embedding_dim, _weight=emb.weight.data)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,7 @@ class GANBackbone(Backbone):
     invert_feature_weight = 0.1
     invert_tolerance = 0.01  # mean pixel MSE (PSNR 20 dB) above which encode warns
 
-    def __init__(self, generator: "ConditionalStyleGenerator", image_shape=None, source: str = "gan", latent_space: str | None = None):
+    def __init__(self, generator: ConditionalStyleGenerator, image_shape=None, source: str = "gan", latent_space: str | None = None):
         """``image_shape`` is accepted like every kind's, but a generator makes one shape: its own (the pipeline
         checks that it is the dataset's)."""
         cfg = generator.config
@@ -318,7 +318,8 @@ class GANBackbone(Backbone):
             if latent_space not in valid:
                 raise ValueError(f"unknown latent space {latent_space!r} for gan backbone {source!r}; valid: {', '.join(valid)}")
         if cfg.get("_class_name") not in (None, GENERATOR_CLASS):
-            raise ValueError(f"{source!r} holds a {cfg.get('_class_name')!r}, not a {GENERATOR_CLASS}; pass a directory written by recipes/train_gan.py")
+            raise ValueError(f"{source!r} holds a {cfg.get('_class_name')!r}, not a {GENERATOR_CLASS}; "
+                             "pass a directory written by recipes/train_gan.py")
         from .gan_model import ConditionalStyleGenerator
 
         try:

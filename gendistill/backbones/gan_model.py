@@ -88,7 +88,7 @@ class ConditionalStyleGenerator(ModelMixin, ConfigMixin):
 
     # -- initialisation -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator) -> "ConditionalStyleGenerator":
+    def reset_parameters(self, generator: torch.Generator) -> ConditionalStyleGenerator:
         """Fresh weights drawn from ``generator`` only: N(0, 1/fan_in) weights, zero biases, modulation biases 1."""
         def normal(p, std):
             p.copy_(torch.randn(p.shape, generator=generator) * std)

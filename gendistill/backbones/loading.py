@@ -45,9 +45,11 @@ def backbone_kind(source: str) -> str:
                 raise ValueError(f"{source!r} holds a {name!r}; supported backbones: {', '.join(BACKBONES.names())} "
                                  "(AutoencoderKL directories for vae, ConditionalStyleGenerator ones for gan, "
                                  "a directory holding unet/ and scheduler/ for diffusion)")
-        raise ValueError(f"{source!r} is not a backbone directory (no config.json); pass 'pixel', a diffusers VAE, GAN or diffusion directory or a hub id")
+        raise ValueError(f"{source!r} is not a backbone directory (no config.json); pass 'pixel', a diffusers VAE, "
+                         "GAN or diffusion directory or a hub id")
     if path.suffix or source.startswith((".", "/")) or source.count("/") != 1:
-        raise ValueError(f"unknown backbone {source!r}: not a directory, a hub id (owner/name) or one of {', '.join(BACKBONES.names() + shipped_backbones())}")
+        raise ValueError(f"unknown backbone {source!r}: not a directory, a hub id (owner/name) or one of "
+                         f"{', '.join(BACKBONES.names() + shipped_backbones())}")
     return "vae"  # a hub id
 
 
@@ -75,13 +77,15 @@ def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space
             continue
         if name not in cls.option_names:
             owners = [k for k in BACKBONES.names() if name in BACKBONES.get(k).option_names] or ["no"]
-            raise ValueError(f"--{name.replace('_', '-')} applies to {' and '.join(owners)} backbones; {source!r} is a {kind} backbone (leave it unset)")
+            raise ValueError(f"--{name.replace('_', '-')} applies to {' and '.join(owners)} backbones; "
+                             f"{source!r} is a {kind} backbone (leave it unset)")
         kwargs[name] = value
     if class_names is not None:
         kwargs["class_names"] = list(class_names)
     if latent_space is not None:
         if not cls.has_latent_spaces:
-            raise ValueError(f"--latent-space {latent_space!r} applies to gan backbones; {source!r} is a {kind} backbone with one latent space (leave --latent-space unset)")
+            raise ValueError(f"--latent-space {latent_space!r} applies to gan backbones; "
+                             f"{source!r} is a {kind} backbone with one latent space (leave --latent-space unset)")
         kwargs["latent_space"] = latent_space
     return cls.from_pretrained(source, **kwargs)
 

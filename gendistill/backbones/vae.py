@@ -91,7 +91,7 @@ class VAEBackbone(Backbone):
                 image_shape = tuple(json.loads(info_file.read_text())["image_shape"])
         try:
             vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder)
-        except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+        except (OSError, ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"could not load AutoencoderKL from {source!r} ({first}); pass a local diffusers VAE directory") from None
         return cls(vae, image_shape=image_shape, source=source)

@@ -57,8 +57,8 @@ def _config(name: str, defaults: dict, overrides: dict) -> NetConfig:
     for field in ("depth", "pool"):
         value, default = getattr(cfg, field), getattr(NetConfig(), field)
         if value != default:
-            raise ValueError(f"{name} has the reference's fixed depth and pooling, so {field}={value!r} does not apply; "
-                             f"leave {field} at its default {default!r} or use the convnet")
+            raise ValueError(f"{name} has the reference's fixed depth and pooling, so {field}={value!r} "
+                             f"does not apply; leave {field} at its default {default!r} or use the convnet")
     return cfg
 
 

@@ -25,8 +25,9 @@ class c is the same whichever process matches it; ``--batch-real`` is per class,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 

@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..augment import get_augment
+from ..augment import get_augment, resolve_augment
 from ..nets import fresh_net, get_net
 from .base import OBJECTIVES, StepContext, real_count
 
@@ -92,8 +92,7 @@ class DistributionMatching:
         self._discrepancy = KERNELS[self.kernel]
         self._queue: list[dict] = []  # {"net", "opt", "steps"}
         self._pending: list[dict] | None = None  # a loaded queue, rebuilt once a call says where the nets live
-        self._augments = {space: get_augment(self.augment if self.augment != "auto" else ("dsa" if space == "pixel" else "latent"))
-                          for space in ("pixel", "latent")}
+        self._augments = {space: get_augment(resolve_augment(self.augment, space)) for space in ("pixel", "latent")}
 
     @property
     def whole_set(self) -> bool:

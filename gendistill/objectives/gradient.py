@@ -27,14 +27,15 @@ whole set, so it runs on every process (repeated, not split). With BatchNorm net
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import Augment, get_augment
+from ..augment import Augment, get_augment, resolve_augment
 from ..nets import fresh_net, get_net
 from .base import OBJECTIVES, StepContext, real_count
 
@@ -118,8 +119,7 @@ class GradientMatching:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}; set --{name.replace('_', '-')} to {low} or more")
         if not self.net_lr > 0:
             raise ValueError(f"net_lr must be > 0, got {self.net_lr}; set --net-lr to e.g. 0.01")
-        auto = {"pixel": "dsa", "latent": "latent"} if self.siamese else {"pixel": "none", "latent": "none"}
-        self._augments = {space: get_augment(auto[space] if self.augment == "auto" else self.augment) for space in auto}
+        self._augments = {space: get_augment(resolve_augment(self.augment, space, self.siamese)) for space in ("pixel", "latent")}
         self.calls = 0
         self._net: nn.Module | None = None
         self._opt: torch.optim.Optimizer | None = None

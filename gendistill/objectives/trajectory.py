@@ -28,7 +28,8 @@ respect to the set's latents (or images), lr and soft labels is the one computed
 ``datm``: MTT (or TESLA's reverse pass, ``unroll="constant"``) with DATM's difficulty alignment: start epochs drawn
 from ``[min_start_epoch, upper)`` where ``upper`` grows linearly from ``max_start_epoch`` to ``max_start_epoch_final``
 over the first ``expansion_end_step`` steps (sequential generation), steps whose loss exceeds ``threshold`` give zero
-gradients (DATM skips those updates; an optimiser with momentum still coasts), and learnable soft labels. :func:`init_soft_labels` prepares a set as DATM does: per class, real samples
+gradients (DATM skips those updates; an optimiser with momentum still coasts), and learnable soft labels.
+:func:`init_soft_labels` prepares a set as DATM does: per class, real samples
 that an expert classifies correctly, and label *logits* averaged over the experts that classify each sample correctly;
 the logits become an ``nn.Parameter`` the loop optimises, the objective's cross-entropy uses ``softmax(logits)`` as
 soft targets, and :func:`finish_soft_labels` turns them into the probabilities the set file stores.
@@ -51,8 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..augment import get_augment
-from ..experts import Experts, resolve_augment
+from ..augment import get_augment, resolve_augment
+from ..experts import Experts
 from .base import OBJECTIVES, StepContext
 
 UNROLLS = ("autograd", "constant")
@@ -270,7 +271,10 @@ def expert_logits(experts: Experts, x: torch.Tensor, epoch: int = -1, expert: in
     out = []
     for e in which:
         theta = experts.snapshot(e, epoch).to(x.device)
-        out.append(torch.cat([net(theta, x[i : i + batch]).float() for i in range(0, len(x), batch)]) if len(x) else x.new_zeros(0, meta["num_classes"]))
+        if len(x) == 0:
+            out.append(x.new_zeros(0, meta["num_classes"]))
+            continue
+        out.append(torch.cat([net(theta, x[i : i + batch]).float() for i in range(0, len(x), batch)]))
     return torch.stack(out)
 
 
@@ -330,9 +334,10 @@ def finish_soft_labels(syn) -> None:
 
 def match_space_inputs(backbone, space: str, dataset_meta: dict):
     """Latents -> what the experts see: the latents themselves, or decoded and normalised images."""
+    from ..backbones import effective_match_space
     from ..data import normalize
 
-    if space == "latent" and backbone.kind != "pixel":
+    if effective_match_space(backbone.kind, space) == "latent":
         return lambda z: z
     mean, std = dataset_meta["mean"], dataset_meta["std"]
     return lambda z: normalize(backbone.decode(z).float(), mean, std)

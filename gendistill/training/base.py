@@ -8,8 +8,8 @@ beside the output, writes the backbone directory and says what it wrote. ``recip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..registry import Registry
 
@@ -39,7 +39,7 @@ def train_backbone(kind: str, argv: list[str] | None = None, description: str | 
     from accelerate import Accelerator
 
     from ..config import backbone_training_parser, config_from_args
-    from ..data import get_dataset
+    from ..data import load_split
     from ..outputs import claim_backbone_output
     from .common import checkpoint_path, resumable, save_trained
 
@@ -52,7 +52,7 @@ def train_backbone(kind: str, argv: list[str] | None = None, description: str | 
     args = p.parse_args(argv)
     cfg = config_from_args(trainer.config, args)
     ckpt = checkpoint_path(args.output)
-    train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    train = load_split(args, "train")
     extra = {"cache_dir": args.cache_dir} if trainer.cache else {}
     with claim_backbone_output(args), resumable(ckpt):  # refuse a non-empty --output unless --overwrite; lock it
         backbone = trainer.train(train, cfg, device=Accelerator().device, checkpoint=ckpt, resume=args.resume, **extra)

@@ -74,8 +74,8 @@ class EpochCheckpoint:
                 obj.load_state_dict(state["parts"][name])
             self.generator.set_state(state["generator"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise ValueError(f"{str(self.path)!r} holds a training state that does not fit this trainer ({type(e).__name__}: "
-                             f"{first_line(e)}); delete it and start over") from None
+            raise ValueError(f"{str(self.path)!r} holds a training state that does not fit this trainer "
+                             f"({type(e).__name__}: {first_line(e)}); delete it and start over") from None
         return int(state["epoch"]) + 1, int(state["step"])
 
     def save(self, epoch: int, step: int) -> None:
@@ -97,10 +97,12 @@ def _check_layout(state, parts: dict, path: Path) -> None:
     kinds = {"config": dict, "epoch": int, "step": int, "generator": torch.Tensor, "parts": dict}
     wrong = sorted(k for k, kind in kinds.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool))
     if wrong:
-        raise ValueError(f"{str(path)!r} is not a readable training checkpoint (missing or mistyped {', '.join(wrong)})")
+        raise ValueError(f"{str(path)!r} is not a readable training checkpoint (missing or mistyped "
+                         f"{', '.join(wrong)})")
     missing = sorted(set(parts) - set(state["parts"]))
     if missing:
-        raise ValueError(f"{str(path)!r} is not a readable training checkpoint of this trainer (no state for {', '.join(missing)})")
+        raise ValueError(f"{str(path)!r} is not a readable training checkpoint of this trainer (no state for "
+                         f"{', '.join(missing)})")
 
 
 @contextmanager
@@ -110,7 +112,8 @@ def resumable(path: str | Path):
         yield
     except KeyboardInterrupt:
         if Path(path).exists():
-            print(f"\ninterrupted; the finished epochs are in {path}: run the same command with --resume to continue", file=sys.stderr)
+            print(f"\ninterrupted; the finished epochs are in {path}: "
+                  "run the same command with --resume to continue", file=sys.stderr)
         raise
 
 

@@ -57,9 +57,11 @@ def build_unet(latent_shape, num_classes: int, cfg: DiffusionConfig, seed: int) 
 
     levels = len(cfg.block_out_channels)
     if len(cfg.attention) != levels:
-        raise ValueError(f"--attention needs one 0/1 per level: {levels} levels (--block-out-channels) but {len(cfg.attention)} values")
+        raise ValueError(f"--attention needs one 0/1 per level: {levels} levels (--block-out-channels) but "
+                         f"{len(cfg.attention)} values")
     if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
-        raise ValueError(f"every --block-out-channels value must be a multiple of --norm-num-groups {cfg.norm_num_groups}")
+        raise ValueError("every --block-out-channels value must be a multiple of --norm-num-groups "
+                         f"{cfg.norm_num_groups}")
     c, h, w = latent_shape
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
@@ -105,7 +107,8 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
 
     vae = load_backbone(cfg.vae, image_shape=train.image_shape)
     if vae.kind != "vae":
-        raise ValueError(f"--vae {cfg.vae!r} is a {vae.kind} backbone; latent diffusion models the latents of a vae backbone")
+        raise ValueError(f"--vae {cfg.vae!r} is a {vae.kind} backbone; "
+                         "latent diffusion models the latents of a vae backbone")
     real = cached_latents(vae.to(device), train, cache_dir, device=device, log=log)
     gen = torch.Generator().manual_seed(cfg.seed)
     unet = build_unet(vae.latent_shape, train.num_classes, cfg, cfg.seed).to(device).train()

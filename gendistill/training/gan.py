@@ -198,7 +198,8 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
 
 def _describe(backbone: GANBackbone, cfg: GANConfig) -> str:
     mb = sum(p.numel() * p.element_size() for p in backbone.generator.parameters()) / 2**20
-    return f"sha256 {backbone.weights_sha256()[:16]}, {mb:.2f} MB of weights, latent spaces {', '.join(backbone.latent_spaces)}"
+    return (f"sha256 {backbone.weights_sha256()[:16]}, {mb:.2f} MB of weights, "
+            f"latent spaces {', '.join(backbone.latent_spaces)}")
 
 
 TRAINERS.register("gan")(Trainer(GANConfig, train_gan, "recipes/train_gan.py", _describe, samples=True))

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..data import ImageDataset
 from ..backbones.vae import VAEBackbone
+from ..data import ImageDataset
 from .base import TRAINERS, Trainer
 from .common import EpochCheckpoint
 
@@ -80,7 +80,8 @@ def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch
         idx = torch.randperm(len(train), generator=gen)[:2048]
         z = torch.cat([vae.encode(train.float_images(idx[i : i + 256]).to(device) * 2 - 1).latent_dist.mean for i in range(0, len(idx), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    log(f"trained autoencoder in {time.time() - start:.0f}s; scaling_factor={vae.config.scaling_factor:.4f}; config {asdict(cfg)}")
+    log(f"trained autoencoder in {time.time() - start:.0f}s; scaling_factor={vae.config.scaling_factor:.4f}; "
+        f"config {asdict(cfg)}")
     return VAEBackbone(vae.cpu(), image_shape=train.image_shape, source="trained")
 
 

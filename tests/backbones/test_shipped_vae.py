@@ -3,12 +3,15 @@ records (``measured``: what recipes/eval_autoencoder.py gave on the whole test s
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import measured_facts
 
 from gendistill.backbones import load_backbone
 from gendistill.data import get_dataset
 from gendistill.evaluate import psnr, reconstruct
+
+pytestmark = pytest.mark.slow  # reads the shipped assets/backbones and real data
 
 
 def test_shipped_vae_reconstructs_real_test_images(monkeypatch):

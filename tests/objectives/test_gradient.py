@@ -5,20 +5,18 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, launch, load_recipe
 from safetensors import safe_open
 
-from conftest import launch, load_recipe
 from gendistill.augment import DSAConfig, get_augment
 from gendistill.nets import fresh_net
 from gendistill.objectives import StepContext, get_objective
 from gendistill.objectives.gradient import batchwise_params, gradient_distance, layerwise_distance, reference_loops
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "latent_dc.py"
 SHAPE = (2, 8, 8)
 
@@ -218,6 +216,7 @@ def test_recipe_unknown_method_is_a_user_error(tmp_path):
         run_recipe(tmp_path, "--method", "mtt")
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir):
     """Interrupted mid outer iteration (the proxy net trained, not fresh): the objective's state makes resume exact."""
     from gendistill.synthetic import SyntheticSet
@@ -231,6 +230,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir):
     assert torch.equal(a.latents, b.latents)
 
 
+@pytest.mark.slow  # spawns a process
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir):
     out = tmp_path / "launched"
     proc = launch(["--mixed_precision", "no", RECIPE, "--backbone", tiny_vae_dir, "--method", "dsa", "--match-space", "pixel",

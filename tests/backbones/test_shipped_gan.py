@@ -3,12 +3,15 @@ recipes/eval_gan.py's figures), and is not mode-collapsed."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import measured_facts
 
 from gendistill.backbones import load_backbone
 from gendistill.data import get_dataset
 from gendistill.evaluate import within_class_spread
+
+pytestmark = pytest.mark.slow  # reads the shipped assets/backbones and real data
 
 
 def test_shipped_gan_is_the_measured_one_and_varies_within_each_class(monkeypatch):

@@ -174,6 +174,7 @@ def test_zoo_norms_and_settings():
         get_net("alexnet", (4, 7, 7), 10, pool="none")
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_evaluate_across_architectures():
     from gendistill.data import get_dataset
     from gendistill.evaluate import EvalConfig, evaluate

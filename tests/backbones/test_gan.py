@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, load_recipe
 
-from conftest import load_recipe
 from gendistill.backbones import GANBackbone, load_backbone
 from gendistill.backbones.gan_model import ConditionalStyleGenerator
 from gendistill.cache import cached_latents, image_split
 from gendistill.data import get_dataset
 from gendistill.synthetic import SyntheticSet
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACES = ["z", "w", "w+", "f0", "f1", "f2"]
 TINY = dict(z_dim=8, embed_dim=4, w_dim=16, mapping_layers=2, base_size=7, channels=(8, 8, 8))
 IMAGE_SHAPE = (1, 28, 28)
@@ -303,6 +302,7 @@ def test_datm_through_the_gan(tmp_path, gan_dir):
     assert syn.latents.shape == (20, 12) and syn.labels.shape == (20, 10) and syn.run_meta["experts"]["space"] == "pixel"
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_itgan_recipe(tmp_path, gan_dir, fast_inversion):
     out = tmp_path / "itgan"
     argv = _recipe_args(out, gan_dir, "--classifier-epochs", "1", "--reg-weight", "1.0")
@@ -311,6 +311,7 @@ def test_itgan_recipe(tmp_path, gan_dir, fast_inversion):
     assert syn.run_meta["method"] == "itgan" and syn.run_meta["init"] == "real" and syn.latents.shape == (20, 3, 16)
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_reference_classifier_is_trained_once_then_loaded_and_a_bad_file_is_named(tmp_path):
     from gendistill.evaluate import reference_classifier
 
@@ -363,6 +364,7 @@ def test_train_gan_writes_a_loadable_directory(tmp_path):
     assert a.decode(a.random_latents(0, 2)).shape == (2, *IMAGE_SHAPE)
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_eval_gan_recipe(tmp_path, gan_dir, fast_inversion, capsys):
     recipe = load_recipe(ROOT / "recipes" / "eval_gan.py")
     clf = tmp_path / "clf.safetensors"

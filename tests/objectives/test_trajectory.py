@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, launch, load_recipe
 from safetensors import safe_open
 
-from conftest import launch, load_recipe
 from gendistill.backbones import load_backbone
-from gendistill.experts import (ExpertConfig, Experts, NetSpec, describe, expert_file, flatten_params, identity, load_experts,
-                                param_layout, read_description)
+from gendistill.experts import (
+    ExpertConfig,
+    Experts,
+    NetSpec,
+    describe,
+    expert_file,
+    flatten_params,
+    identity,
+    load_experts,
+    param_layout,
+    read_description,
+)
 from gendistill.io import save_safetensors, write_json
 from gendistill.objectives import StepContext, get_objective
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_EXPERTS = ROOT / "recipes" / "train_experts.py"
 LATENT_MTT = ROOT / "recipes" / "latent_mtt.py"
 TINY_NET = ["--depth", "2", "--width", "8"]
@@ -192,12 +200,12 @@ def test_nonfinite_lr_is_one_line(toy_experts):
 
 
 def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tiny_idx_dir, monkeypatch):
+    import gendistill.evaluate as ev
     from gendistill.cache import LatentSplit
     from gendistill.data import get_dataset
     from gendistill.evaluate import EvalConfig, evaluate
     from gendistill.objectives.trajectory import finish_soft_labels, init_soft_labels
     from gendistill.synthetic import SyntheticSet
-    import gendistill.evaluate as ev
 
     g = torch.Generator().manual_seed(0)
     real = LatentSplit(torch.randn(30, *IN_SHAPE, generator=g), torch.arange(K).repeat_interleave(10), K)
@@ -227,8 +235,9 @@ def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tin
 
 
 def _mtt_args(out, backbone, *extra):
-    return [str(a) for a in ["--output", out, "--backbone", backbone, "--match-space", "latent", "--ipc", 2, "--steps", 3, "--eval-runs", 0, "--syn-steps", 3,
-                             "--expert-epochs", 1, "--max-start-epoch", 1, "--lr-lr", 1e-9, *TINY_NET, *extra]]
+    return [str(a) for a in ["--output", out, "--backbone", backbone, "--match-space", "latent", "--ipc", 2, "--steps", 3,
+                             "--eval-runs", 0, "--syn-steps", 3, "--expert-epochs", 1, "--max-start-epoch", 1, "--lr-lr", 1e-9,
+                             *TINY_NET, *extra]]
 
 
 @pytest.mark.parametrize("method", ["mtt", "tesla", "datm"])
@@ -256,6 +265,7 @@ def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method
         assert syn.labels.shape == (20,)
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("unroll", ["autograd", "constant"])
 def test_datm_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, expert_dir, unroll):
     """Latents, soft-label logits and the learned lr all come back from the checkpoint."""
@@ -315,6 +325,7 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, expert_dir, capsys):
     assert not (tmp_path / "err" / "set.safetensors").exists()
 
 
+@pytest.mark.slow  # spawns a process
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, expert_dir):
     out = tmp_path / "launched"
     proc = launch(["--mixed_precision", "no", LATENT_MTT,

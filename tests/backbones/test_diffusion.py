@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NUM_CLASSES, ROOT, launch, load_recipe, tiny_vae
 
-from conftest import NUM_CLASSES, launch, load_recipe, tiny_vae
 from gendistill.backbones import DiffusionBackbone, VAEBackbone, load_backbone
-from gendistill.training.diffusion import DiffusionConfig, build_scheduler, build_unet
 from gendistill.cache import cached_latents, image_split
 from gendistill.data import FASHION_CLASSES, get_dataset
 from gendistill.synthetic import SyntheticSet
+from gendistill.training.diffusion import DiffusionConfig, build_scheduler, build_unet
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (1, 28, 28)
 NOISE_SHAPE = (2, 14, 14)  # the tiny VAE's latents
 LATENT_DIM = math.prod(NOISE_SHAPE) + NUM_CLASSES + 1
@@ -91,6 +90,7 @@ def test_decode_shapes_and_class_weights(ldm_dir):
     assert b.sample_images(torch.tensor([0, 9]), torch.Generator().manual_seed(1)).shape == (2, *IMAGE_SHAPE)
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_invert_then_decode_reproduces_the_latent(tiny_vae_dir):
     """DDIM inversion is exact up to its fixed-point iterations: with a smooth tiny UNet (output layer x 0.1), 20 steps
     to t = 500 and 3 refinements, decoding the inversion gives the VAE latent back within 1e-3 (max abs) where the
@@ -361,7 +361,8 @@ def test_bad_guidance_through_the_cli_is_one_line_and_nonzero(tmp_path, ldm_dir,
     from gendistill.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["init", "--backbone", str(ldm_dir), "--init", "noise", "--ipc", "1", "--guidance-scale", "40", "--out", str(tmp_path / "s.safetensors")])
+        main(["init", "--backbone", str(ldm_dir), "--init", "noise", "--ipc", "1", "--guidance-scale", "40",
+              "--out", str(tmp_path / "s.safetensors")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error: --guidance-scale 40.0 is out of range") and "\n" not in err
 
@@ -383,6 +384,7 @@ def test_cli_records_the_options_a_set_is_decoded_with(tmp_path, ldm_dir, capsys
     assert (tmp_path / "grid.png").exists()
 
 
+@pytest.mark.slow  # spawns a process
 def test_dm_through_the_diffusion_decoder_under_accelerate(tmp_path, ldm_dir):
     out = tmp_path / "dm"
     args = ["recipes/latent_dm.py", "--output", out, "--backbone", ldm_dir, "--match-space", "pixel", "--init", "diffusion",
@@ -398,6 +400,7 @@ def test_dm_through_the_diffusion_decoder_under_accelerate(tmp_path, ldm_dir):
     assert (out / "grid.png").exists()
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("init", ["real", "diffusion-prototype"])
 def test_dm_through_the_diffusion_decoder_from_real_data(tmp_path, ldm_dir, init, monkeypatch):
     """(d) from inverted real images (only the chosen ones are inverted) or from the inverted k-means prototypes."""
@@ -422,6 +425,7 @@ def test_dm_from_diffusion_init_on_a_vae(tmp_path, ldm_dir, tiny_vae_dir):
     assert syn.backbone_meta["kind"] == "vae" and syn.run_meta["init_model"]["options"]["guidance_scale"] == 1.5
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_train_diffusion_writes_a_loadable_directory(tmp_path, tiny_vae_dir):
     args = ["--vae", str(tiny_vae_dir), "--max-steps", "2", "--batch-size", "16", "--block-out-channels", "8", "16",
             "--attention", "0", "1", "--norm-num-groups", "4", "--attention-head-dim", "8", "--samples-per-class", "1",
@@ -439,6 +443,7 @@ def test_train_diffusion_writes_a_loadable_directory(tmp_path, tiny_vae_dir):
     assert a.scheduler.config.prediction_type == "epsilon" and a.unet.config.num_class_embeds == NUM_CLASSES + 1
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 def test_eval_gan_measures_a_diffusion_backbone(tmp_path, ldm_dir):
     argv = ["--backbone", str(ldm_dir), "--per-class", "2", "--classifier-epochs", "1", "--invert", "2", "--decode-steps", "2",
             "--out", str(tmp_path / "eval.json")]

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import save_tiny_vae, tiny_vae
+
 from gendistill.backbones import BACKBONES, PixelBackbone, VAEBackbone, load_backbone
 
 IMAGE_SHAPE = (1, 28, 28)

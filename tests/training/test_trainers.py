@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT, load_recipe
+
 from gendistill.backbones import load_backbone
-from gendistill.training import common as training
 from gendistill.cli import run_guarded
+from gendistill.training import common as training
 
 # 200 tiny training images: batch 64 -> 3 steps per epoch, 2 epochs
 RECIPES = {
@@ -27,6 +27,7 @@ def _args(kind, tmp_path, tiny_vae_dir):
     return args
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("kind", list(RECIPES))
 def test_interrupted_training_resumes_to_the_same_weights(kind, tmp_path, tiny_vae_dir, monkeypatch, capsys):
     recipe = load_recipe(ROOT / "recipes" / f"train_{'autoencoder' if kind == 'autoencoder' else kind}.py")
@@ -72,6 +73,7 @@ def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a readable training checkpoint" in err
 
 
+@pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("kind", ["vae", "gan"])
 def test_cli_train_backbone_calls_the_library(kind, tmp_path, capsys):
     """`gendistill train-backbone --kind KIND` runs the library's trainer (no recipe file is read) and writes a backbone."""
@@ -136,7 +138,8 @@ def _tiny_checkpoint(path, resume=False, seed=0):
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(net.parameters(), lr=0.1, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
-    return training.EpochCheckpoint(path, Cfg(), {"net": net, "opt": opt, "sched": sched}, torch.Generator().manual_seed(seed), resume), net, opt, sched
+    parts = {"net": net, "opt": opt, "sched": sched}
+    return training.EpochCheckpoint(path, Cfg(), parts, torch.Generator().manual_seed(seed), resume), net, opt, sched
 
 
 def test_trainer_checkpoint_is_safetensors_and_round_trips(tmp_path):
