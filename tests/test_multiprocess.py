@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch, load_recipe
 from safetensors.torch import load_file
 
-from conftest import launch, load_recipe
 from gendistill.cache import LatentSplit
 from gendistill.objectives import RealBatches, StepContext, get_objective
 
