@@ -65,17 +65,14 @@ def _rank() -> int:
 
 
 def _load_set(args):
-    from .backbones import load_backbone
+    """The set at ``args.file`` and its backbone: ``--backbone`` if given, else the one the file names (shipped assets,
+    local Hub cache, Hub, the folders this machine knows; see gendistill.hub), hash-checked."""
+    from .hub import find_backbone
     from .synthetic import SyntheticSet
 
     syn = SyntheticSet.load(args.file)
-    source = args.backbone or syn.backbone_meta.get("source")
-    if not source:
-        raise ValueError(f"{args.file!r} does not record its backbone; pass --backbone")
-    backbone = load_backbone(source, image_shape=tuple(syn.dataset_meta.get("image_shape") or ()) or None,
-                             latent_space=syn.backbone_meta.get("latent_space"),  # a gan set's space (None otherwise)
-                             options=syn.backbone_meta.get("options"),  # a diffusion set's decode settings
-                             class_names=syn.dataset_meta.get("classes"))
+    backbone = find_backbone(syn.backbone_meta, syn.dataset_meta, explicit=args.backbone, near=args.file,
+                             ignore_hash=args.ignore_backbone_hash)
     syn.check_backbone(backbone, ignore_hash=args.ignore_backbone_hash)
     return syn, backbone
 

@@ -1,6 +1,6 @@
 """IT-GAN (Zhao & Bilen 2022): informative training samples from a GAN's latent space.
 
-    python recipes/train_gan.py --output assets/backbones/fashion-mnist-gan       # the GAN, once
+    python recipes/train_gan.py --output gendistill/assets/backbones/fashion-mnist-gan       # the GAN, once
     accelerate launch recipes/itgan.py                                              # Fashion-MNIST, IPC 10, w+
     accelerate launch recipes/itgan.py --latent-space f1 --ipc 1
 
