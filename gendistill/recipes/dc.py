@@ -1,10 +1,11 @@
 """Gradient matching (DC, or DSA with siamese augmentation) in the latent space of a pretrained backbone.
 
-    accelerate launch recipes/latent_dc.py                         # DC, Fashion-MNIST, IPC 10, shipped VAE
-    accelerate launch recipes/latent_dc.py --method dsa            # DSA (augmentation: geometric ops on latents)
-    accelerate launch recipes/latent_dc.py --match-space pixel     # GLaD-style decode-through
-    accelerate launch recipes/latent_dc.py --backbone pixel        # classic pixel-space DC / DSA
-    accelerate launch recipes/latent_dc.py --resume                # continue the run in --output
+    gendistill distill dc                                   # DC, Fashion-MNIST, IPC 10, shipped VAE
+    gendistill distill dsa                                  # DSA (augmentation: geometric ops on latents)
+    gendistill distill dc --match-space pixel               # GLaD-style decode-through
+    gendistill distill dc --backbone pixel                  # classic pixel-space DC / DSA
+    gendistill distill dc --resume                          # continue the run in --output
+    accelerate launch -m gendistill distill dsa             # (or recipes/latent_dc.py --method dsa) on every device
 
 Every step is one matching step (one update of the set); a new proxy net is drawn every --outer-loop steps and
 trained for --inner-loop epochs on the set between two of them (see gendistill/objectives/gradient.py). With no
@@ -37,14 +38,18 @@ class LatentDCConfig(with_objective(RecipeConfig, "dc")):
     inner_loop: int | None = None  # net-training epochs between matching steps; None: the reference's value
 
 
-def main(argv=None) -> int:
-    cfg = parse_config(LatentDCConfig, argv, __doc__)
+def run(cfg: LatentDCConfig) -> dict | None:
+    """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use --method dc or --method dsa")
     outer, inner = reference_loops(cfg.ipc)
     cfg.outer_loop = outer if cfg.outer_loop is None else cfg.outer_loop  # resolved values go into the set's config
     cfg.inner_loop = inner if cfg.inner_loop is None else cfg.inner_loop
-    run_recipe(cfg, cfg.method, get_objective(cfg.method, **objective_kwargs(cfg, cfg.method)))
+    return run_recipe(cfg, cfg.method, get_objective(cfg.method, **objective_kwargs(cfg, cfg.method)))
+
+
+def main(argv=None) -> int:
+    run(parse_config(LatentDCConfig, argv, __doc__))
     return 0
 
 

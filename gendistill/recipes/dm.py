@@ -1,9 +1,10 @@
 """Distribution matching in the latent space of a pretrained backbone (DM + LatentDD).
 
-    accelerate launch recipes/latent_dm.py                      # Fashion-MNIST, IPC 10, shipped VAE, decode-through
-    accelerate launch recipes/latent_dm.py --match-space latent --steps 500 --batch-real 256   # LatentDD: match latents
-    accelerate launch recipes/latent_dm.py --backbone pixel     # classic pixel-space DM
-    accelerate launch recipes/latent_dm.py --resume             # continue the run in --output
+    gendistill distill dm                                    # Fashion-MNIST, IPC 10, shipped VAE, decode-through
+    gendistill distill dm --match-space latent --steps 500 --batch-real 256   # LatentDD: match latents
+    gendistill distill dm --backbone pixel                  # classic pixel-space DM
+    gendistill distill dm --resume                          # continue the run in --output
+    accelerate launch -m gendistill distill dm              # (or recipes/latent_dm.py) on every device / process
 
 The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real
 images and pushes the gradient back through the decoder (GLaD-style). ``--match-space latent`` matches latents
@@ -35,9 +36,13 @@ class LatentDMConfig(with_objective(RecipeConfig, "dm")):
     eval_runs: int = 2  # the demo evaluates 2 networks (300 epochs) to stay near 15 minutes on 2 cores
 
 
+def run(cfg: LatentDMConfig) -> dict | None:
+    """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
+    return run_recipe(cfg, "dm", get_objective("dm", **objective_kwargs(cfg, "dm")))
+
+
 def main(argv=None) -> int:
-    cfg = parse_config(LatentDMConfig, argv, __doc__)
-    run_recipe(cfg, "dm", get_objective("dm", **objective_kwargs(cfg, "dm")))
+    run(parse_config(LatentDMConfig, argv, __doc__))
     return 0
 
 

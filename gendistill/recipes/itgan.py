@@ -1,8 +1,9 @@
 """IT-GAN (Zhao & Bilen 2022): informative training samples from a GAN's latent space.
 
-    python recipes/train_gan.py --output gendistill/assets/backbones/fashion-mnist-gan       # the GAN, once
-    accelerate launch recipes/itgan.py                                              # Fashion-MNIST, IPC 10, w+
-    accelerate launch recipes/itgan.py --latent-space f1 --ipc 1
+    python recipes/train_gan.py --output gendistill/assets/backbones/fashion-mnist-gan   # the GAN (shipped)
+    gendistill distill itgan                                    # Fashion-MNIST, IPC 10, w+
+    gendistill distill itgan --latent-space f1 --ipc 1
+    accelerate launch -m gendistill distill itgan               # (or recipes/itgan.py) on every device
 
 Starts from the inversions of random real images (--init real), then optimises the latents with DM on the decoded
 images + a classification loss from a ConvNet trained on the real data + a term keeping each latent near its
@@ -48,9 +49,13 @@ def setup(cfg: ITGANConfig, pieces, accelerator):
                          **objective_kwargs(cfg, "itgan", "dm"))
 
 
+def run(cfg: ITGANConfig) -> dict | None:
+    """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
+    return run_recipe(cfg, "itgan", setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator))
+
+
 def main(argv=None) -> int:
-    cfg = parse_config(ITGANConfig, argv, __doc__)
-    run_recipe(cfg, "itgan", setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator))
+    run(parse_config(ITGANConfig, argv, __doc__))
     return 0
 
 

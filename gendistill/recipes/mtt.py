@@ -1,10 +1,11 @@
 """Trajectory matching (MTT, TESLA's constant-memory gradient, DATM) in the latent space of a pretrained backbone.
 
     python recipes/train_experts.py --space pixel --width 32 --num-experts 4 --output experts/fmnist-pixel-w32
-    accelerate launch recipes/latent_mtt.py --experts experts/fmnist-pixel-w32     # (or let this recipe train the
-    accelerate launch recipes/latent_mtt.py --method tesla                          #  default experts into the cache)
-    accelerate launch recipes/latent_mtt.py --method datm                           # + difficulty window, soft labels
-    accelerate launch recipes/latent_mtt.py --match-space latent --width 128 --optimizer sgd --lr 1000   # experts on latents
+    gendistill distill mtt --experts experts/fmnist-pixel-w32     # (or let this recipe train the
+    gendistill distill tesla                                      #  default experts into the cache)
+    gendistill distill datm                                       # + difficulty window, soft labels
+    gendistill distill mtt --match-space latent --width 128 --optimizer sgd --lr 1000   # experts on latents
+    accelerate launch -m gendistill distill mtt                   # (or recipes/latent_mtt.py) on every device
 
 The defaults are the configuration measured best here (docs/results.md, section 2): GLaD-style decode-through
 (``--match-space pixel``: the VAE's latents are learned, the experts and the student are ConvNet-3 of width 32 on
@@ -83,14 +84,18 @@ def setup(cfg, pieces, accelerator):
     return objective
 
 
-def main(argv=None) -> int:
-    cfg = parse_config(LatentMTTConfig, argv, __doc__)
+def run(cfg: LatentMTTConfig) -> dict | None:
+    """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown --method {cfg.method!r}; use one of {', '.join(METHODS)}")
     if not (cfg.syn_lr_init > 0 and math.isfinite(cfg.syn_lr_init)):
         raise ValueError(f"--syn-lr-init must be a positive number, got {cfg.syn_lr_init}")
-    run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator),
-               finish=lambda pieces: finish_soft_labels(pieces.syn))
+    return run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator),
+                      finish=lambda pieces: finish_soft_labels(pieces.syn))
+
+
+def main(argv=None) -> int:
+    run(parse_config(LatentMTTConfig, argv, __doc__))
     return 0
 
 
