@@ -150,8 +150,8 @@ class Backbone(nn.Module):
 
     @staticmethod
     def write_info(directory: str | Path, info: dict) -> None:
-        """gendistill.json, then README.md: the model card made from it (``gendistill.hub.model_card``)."""
-        from ..hub import write_model_card
+        """gendistill.json, then README.md: the model card made from it (``gendistill.cards.model_card``)."""
+        from ..cards import write_model_card
 
         (Path(directory) / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         write_model_card(directory)
