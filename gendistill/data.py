@@ -26,6 +26,7 @@ DATASETS: Registry = Registry("dataset")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_ENV = "GENDISTILL_FASHION_MNIST_DIR"
 FASHION_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
+DOWNLOAD_ENV = "GENDISTILL_DOWNLOAD"  # 1: datasets may be downloaded (as --download)
 
 
 @dataclass
@@ -99,6 +100,11 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def download_allowed(download: bool = False) -> bool:
+    """Whether a dataset may be fetched from the network: ``--download`` or GENDISTILL_DOWNLOAD=1."""
+    return bool(download) or os.environ.get(DOWNLOAD_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
 def list_datasets() -> list[str]:
@@ -180,13 +186,6 @@ def _idx_file(d: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{stem}(.gz) is missing from {str(d)!r}; reinstall the dataset ({FASHION_APT})")
 
 
-DOWNLOAD_ENV = "GENDISTILL_DOWNLOAD"  # 1: datasets may be downloaded (as --download)
-
-
-def download_allowed(download: bool = False) -> bool:
-    return bool(download) or os.environ.get(DOWNLOAD_ENV, "").lower() in ("1", "true", "yes", "on")
-
-
 def _fashion_torchvision(split: str, data_dir: str | None, download: bool, missing: FileNotFoundError) -> ImageDataset:
     """Fashion-MNIST through torchvision's reader (``ROOT/FashionMNIST/raw``) when Debian's package is absent: files
     already there, or fetched when the user allows the network (``--download`` / GENDISTILL_DOWNLOAD=1)."""
@@ -244,10 +243,10 @@ def _torchvision(cls_name: str, name: str, mean, std):
 
         root = data_dir or os.path.join(os.path.expanduser("~"), ".cache", "gendistill", "data")
         try:
-            ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download)
+            ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download_allowed(download))
         except RuntimeError as e:
             raise FileNotFoundError(f"{name} not found under {root!r} ({str(e).splitlines()[0]}); "
-                                    "pass --data-dir DIR, or --download to fetch it") from None
+                                    f"pass --data-dir DIR, or --download (or {DOWNLOAD_ENV}=1) to fetch it") from None
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ImageDataset(

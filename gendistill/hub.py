@@ -540,6 +540,8 @@ def pull_set(repo_id: str, revision: str | None = None, out=None) -> dict:
     if ref["type"] == "hub" and not (shipped_root() / ref["repo_id"].split("/")[-1]).is_dir():
         path = hub_snapshot(ref["repo_id"], ref.get("revision"))
         backbone_note += f" in the Hub cache: {path}"
+    elif ref["type"] == "local":
+        backbone_note += ": a folder of its maker's, not published; decode with --backbone DIR"
     with atomic_dir(out) as tmp:
         for item in folder.iterdir():
             if item.name.startswith("."):

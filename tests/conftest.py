@@ -200,4 +200,4 @@ def measured_facts(name: str) -> dict:
     """What was measured on a shipped backbone (hash, quality figures, commands): its gendistill.json's ``measured``."""
     import json
 
-    return json.loads((ROOT / "assets" / "backbones" / name / "gendistill.json").read_text())["measured"]
+    return json.loads((ROOT / "gendistill" / "assets" / "backbones" / name / "gendistill.json").read_text())["measured"]
