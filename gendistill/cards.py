@@ -63,7 +63,7 @@ def _command(run: dict) -> str:
     if not method or not has_recipe(method):
         return "(not recorded)"
     defaults = default_settings(method)
-    skip = {"output", "resume", "method"}
+    skip = {"output", "resume", "method", "data_dir", "cache_dir"}  # this machine's folders: not part of what the run is
     flags = []
     for k, v in config.items():
         if k in skip or k not in defaults or defaults[k] == v:
@@ -163,7 +163,7 @@ def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license
 # {method} {name} IPC {ipc}: a distilled dataset
 
 {n} synthetic training images for {name} ({ipc} per class), stored as latent codes of a generative backbone and decoded
-on load, made with [gendistill](https://pypi.org/project/gendistill/). Train a network on them in place of the real
+on load, made with gendistill. Train a network on them in place of the real
 training split.
 
 ## Load it
@@ -264,7 +264,7 @@ def model_card(directory) -> str:
     body = f"""
 # {d.name}: a gendistill {kind} backbone
 
-{what.get(kind, kind)} for [gendistill](https://pypi.org/project/gendistill/): datasets are distilled into its latent
+{what.get(kind, kind)} for gendistill: datasets are distilled into its latent
 codes and decoded through it. Images {tuple(info.get('image_shape') or ())} in [0, 1]{spaces}.
 {f"Its UNet models the latents of the VAE `{vae.get('source')}` (sha256 `{vae.get('sha256')}`)." if vae else ""}
 {f"Weights sha256 (gendistill's hash): `{measured['weights_sha256']}`." if measured.get('weights_sha256') else ""}
