@@ -115,11 +115,13 @@ def test_export_hf_dataset(capsys, tmp_path, set_dir):
     pixels = torch.from_numpy(np.array(hf[7]["image"])).float().reshape(1, 28, 28) / 255
     assert (pixels - ds[7][0]).abs().max() <= 0.5 / 255 + 1e-6  # the decoded image, rounded to 8 bits
     assert json.loads(hf.info.description)["gendistill.format"] == "1"
-    assert_ok(cli(capsys, "export", set_dir / "set.safetensors", "--format", "hf", "--out", out))  # an earlier export is replaced
+    assert_user_error(cli(capsys, "export", set_dir / "set.safetensors", "--format", "hf", "--out", out), "--overwrite")
+    assert_ok(cli(capsys, "export", set_dir / "set.safetensors", "--format", "hf", "--out", out, "--overwrite"))  # an earlier export
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    assert_user_error(cli(capsys, "export", set_dir / "set.safetensors", "--format", "hf", "--out", mine), "not an earlier export")
+    assert_user_error(cli(capsys, "export", set_dir / "set.safetensors", "--format", "hf", "--out", mine, "--overwrite"),
+                      "not an earlier export")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
