@@ -240,7 +240,8 @@ def _hub_error(e: BaseException, repo_id: str, revision: str | None, repo_type: 
         folder = hub_cache() / f"{repo_type}s--{repo_id.replace('/', '--')}"
         if offline():
             if not folder.is_dir():
-                return FileNotFoundError(f"{what} is not in the local Hub cache ({hub_cache()}) and HF_HUB_OFFLINE=1 forbids the "
+                local = " (as a local folder it does not exist either)" if repo_type == "model" else ""
+                return FileNotFoundError(f"{what} is not in the local Hub cache ({hub_cache()}){local} and HF_HUB_OFFLINE=1 forbids the "
                                          "network; unset HF_HUB_OFFLINE to download it, or fill the cache on a machine with network")
             have = sorted(p.name for p in (folder / "refs").iterdir()) if (folder / "refs").is_dir() else []
             have += sorted(p.name[:12] for p in (folder / "snapshots").iterdir()) if (folder / "snapshots").is_dir() else []
