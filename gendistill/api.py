@@ -93,7 +93,8 @@ class DistilledSet(Dataset):
         """A ``datasets.Dataset`` with features ``image`` (Image) and ``label`` (ClassLabel with the class names), plus
         ``soft_label`` for soft-labelled sets (needs the ``hf`` extra: ``pip install 'gendistill[hf]'``)."""
         try:
-            from datasets import ClassLabel, Dataset as HFDataset, Features, Image, Sequence, Value
+            from datasets import ClassLabel, Features, Image, Sequence, Value
+            from datasets import Dataset as HFDataset
         except ImportError:
             raise ImportError("exporting a Hugging Face dataset needs `datasets`: pip install 'gendistill[hf]'") from None
         import numpy as np

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import first_line
-from .hub import CONFIG_FILE, HUB_URL, SET_FILE, record_ref, ref_link, ref_source
+from .hub import CONFIG_FILE, SET_FILE, record_ref, ref_link, ref_source
 
 REQUIRED_CARD_KEYS = ("license", "tags", "task_categories")
 DATASET_LICENSES = {"fashion-mnist": "mit", "mnist": "mit"}  # a distilled set inherits its dataset's licence
@@ -157,7 +157,8 @@ def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license
              "local": "a local folder of that name (not published): decode with `--backbone DIR` / `load_set(..., backbone=DIR)`"}[ref["type"]]
     backbone_lines = [f"- `{ref_source(ref)}`: {b.get('kind')} backbone, {where}",
                       f"- sha256 of its weights and latent conventions: `{b.get('sha256')}` (checked when the set is decoded)",
-                      f"- latent shape {tuple(b.get('latent_shape') or ())}" + (f", latent space {b['latent_space']}" if b.get("latent_space") else "")
+                      f"- latent shape {tuple(b.get('latent_shape') or ())}"
+                      + (f", latent space {b['latent_space']}" if b.get("latent_space") else "")
                       + (f", options {json.dumps(b['options'], sort_keys=True)}" if b.get("options") else "")]
     body = f"""
 # {method} {name} IPC {ipc}: a distilled dataset
@@ -282,7 +283,8 @@ x = backbone.decode(z)
 
 ## Dataset
 
-{dataset.get('name', 'not recorded')}: {dataset.get('num_classes', '?')} classes ({', '.join(dataset.get('classes') or [])}), images {tuple(dataset.get('image_shape') or ())}.
+{dataset.get('name', 'not recorded')}: {dataset.get('num_classes', '?')} classes ({', '.join(dataset.get('classes') or [])}),
+images {tuple(dataset.get('image_shape') or ())}.
 
 ## Training
 

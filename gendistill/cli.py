@@ -372,13 +372,12 @@ def cmd_distill(argv) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .backbones import DEFAULT_BACKBONE
     from .config import add_data_flags
     from .data import DataConfig
     from .nets import list_nets
     from .synthetic import INITS
-
-    from . import __version__
 
     p = argparse.ArgumentParser(prog="gendistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"gendistill {__version__}")

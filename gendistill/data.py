@@ -201,7 +201,8 @@ def _fashion_torchvision(split: str, data_dir: str | None, download: bool, missi
         raise FileNotFoundError(f"{str(missing).split('; ')[0]}; install Debian's package (`{FASHION_APT}`), or pass --download "
                                 f"(or set {DOWNLOAD_ENV}=1) to fetch it with torchvision into {root!r}") from None
     except OSError as e:  # a failed download (no network)
-        raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({type(e).__name__}: {reason}); "
                                 f"check the network, or install Debian's package (`{FASHION_APT}`)") from None
     return ImageDataset(
         name="fashion-mnist", split=split, images=torch.as_tensor(np.asarray(ds.data)).unsqueeze(1).contiguous().to(torch.uint8),

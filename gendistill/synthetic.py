@@ -291,8 +291,9 @@ def load_init_model(init_model: str | Backbone | None, backbone: Backbone, datas
     else:
         source = init_model or DEFAULT_INIT_MODEL
         if source == DEFAULT_INIT_MODEL and not Path(source).exists() and source not in shipped_backbones():
-            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in gendistill/assets/backbones; make it with "
-                                    f"python recipes/train_diffusion.py --output gendistill/assets/backbones/{DEFAULT_INIT_MODEL}, or pass --init-model DIR")
+            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in gendistill/assets/backbones; make it "
+                                    f"with python recipes/train_diffusion.py --output gendistill/assets/backbones/{DEFAULT_INIT_MODEL}, "
+                                    "or pass --init-model DIR")
         shape = tuple(dataset["image_shape"]) if dataset.get("image_shape") else None
         model = load_backbone(source, image_shape=shape, options=options, class_names=dataset.get("classes"))
     if model.kind != "diffusion":

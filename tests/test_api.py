@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import NUM_CLASSES, ROOT, TEST_PER_CLASS, TRAIN_PER_CLASS, make_images, write_idx
+from test_cli import assert_ok, assert_user_error, cli
 from torch.utils.data import DataLoader
 
 import gendistill
-from conftest import NUM_CLASSES, ROOT, TEST_PER_CLASS, TRAIN_PER_CLASS, write_idx, make_images
 from gendistill.backbones import load_backbone
 from gendistill.cli import main as cli_main
 from gendistill.data import FASHION_CLASSES, get_dataset, normalize
 from gendistill.recipes import make_config
-from test_cli import assert_ok, assert_user_error, cli
 
 IPC = 2
 
@@ -205,7 +205,7 @@ def test_wheel_works_outside_the_checkout(tmp_path, set_dir, tiny_idx_dir):
     shutil.copy(made / "set.safetensors", elsewhere / "set.safetensors")  # the set alone
 
     env.update(PYTHONPATH=str(site), GENDISTILL_HOME=str(tmp_path / "home-b"))
-    probe = "import gendistill, sys; print(gendistill.__file__); print(any(p.startswith(%r) for p in sys.path))" % str(ROOT)
+    probe = f"import gendistill, sys; print(gendistill.__file__); print(any(p.startswith({str(ROOT)!r}) for p in sys.path))"
 
     def run(*args):
         return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)

@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import NUM_CLASSES, ROOT, save_tiny_vae
 from huggingface_hub import DatasetCard, ModelCard, constants
 from safetensors import safe_open
+from test_cli import assert_ok, assert_user_error, cli
 
 import gendistill
 import gendistill.hub
-from conftest import NUM_CLASSES, save_tiny_vae
 from gendistill.backbones import GANBackbone, load_backbone, shipped_backbones
-from gendistill.data import FASHION_CLASSES, get_dataset
 from gendistill.cards import lint_card, model_card
-from gendistill.hub import reference_for, ref_source, split_revision
+from gendistill.data import FASHION_CLASSES, get_dataset
+from gendistill.hub import ref_source, reference_for, split_revision
 from gendistill.synthetic import SyntheticSet
-from test_cli import assert_ok, assert_user_error, cli
 
 REV = "1" * 40
 REV2 = "2" * 40
@@ -177,18 +177,27 @@ def test_reference_forms(hub, hub_vae, tiny_vae_dir):
         load_backbone("fashion-mnist-vae", revision=REV)
 
 
-def _gan_dir(d: Path) -> Path:
-    from test_gan import tiny_generator
+def _test_module(name: str):
+    """A test module of tests/backbones/ for its tiny-model helpers (imported once, under a name of its own)."""
+    import importlib.util
+    import sys
 
-    GANBackbone(tiny_generator()).save_pretrained(d)
+    key = f"_hub_helpers_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "tests" / "backbones" / f"{name}.py")
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def _gan_dir(d: Path) -> Path:
+    GANBackbone(_test_module("test_gan").tiny_generator()).save_pretrained(d)
     return d
 
 
 def _ldm_dir(d: Path, vae_dir: Path) -> Path:
     """A class-conditional diffusion directory whose VAE lives inside it (vae.source "vae": relative, portable)."""
-    from test_diffusion import tiny_backbone
-
-    tiny_backbone(vae_dir).save_pretrained(d)
+    _test_module("test_diffusion").tiny_backbone(vae_dir).save_pretrained(d)
     shutil.copytree(vae_dir, d / "vae")
     info = json.loads((d / "gendistill.json").read_text())
     info["vae"]["source"] = "vae"
@@ -197,9 +206,7 @@ def _ldm_dir(d: Path, vae_dir: Path) -> Path:
 
 
 def _sd_dir(d: Path) -> Path:
-    from test_diffusion import save_tiny_sd
-
-    return save_tiny_sd(d)
+    return _test_module("test_diffusion").save_tiny_sd(d)
 
 
 @pytest.mark.parametrize("kind", ["vae", "gan", "diffusion", "text-diffusion"])
@@ -270,7 +277,8 @@ def test_a_set_of_an_earlier_version_with_an_absolute_path_still_loads(capsys, t
     tensors = SyntheticSet.load(path)
     from safetensors.torch import save_file
 
-    save_file({"latents": tensors.latents.detach(), "labels": tensors.labels}, str(old), {**metadata(path), "gendistill.backbone": json.dumps(record)})
+    save_file({"latents": tensors.latents.detach(), "labels": tensors.labels}, str(old),
+              {**metadata(path), "gendistill.backbone": json.dumps(record)})
     torch.testing.assert_close(decoded(old), decoded(path))
     assert_ok(cli(capsys, "sample", old, "--out", tmp_path / "g.png"))
     # re-saving it writes the portable reference
@@ -391,10 +399,8 @@ def test_push_backbone_dry_run_and_a_pointer_others_cannot_fetch(capsys, tmp_pat
     assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors", "gendistill.json"} <= {p.name for p in out.iterdir()}
     assert ModelCard.load(out / "README.md").data.tags[0] == "gendistill"
     assert load_backbone(str(out)).weights_sha256() == load_backbone(str(tiny_vae_dir)).weights_sha256()
-    from test_diffusion import tiny_backbone
-
     ldm = tmp_path / "ldm"
-    tiny_backbone(tiny_vae_dir).save_pretrained(ldm)  # its VAE pointer is an absolute path of this machine
+    _test_module("test_diffusion").tiny_backbone(tiny_vae_dir).save_pretrained(ldm)  # its VAE pointer is an absolute path of this machine
     assert_user_error(cli(capsys, "push-backbone", ldm, "me/ldm", "--dry-run", tmp_path / "ldm-repo"), "others cannot fetch")
     assert not (tmp_path / "ldm-repo").exists()
 
