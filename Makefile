@@ -38,7 +38,7 @@ bench: setup
 	$(PY) benchmarks/dm_speed.py
 
 backbone: setup
-	$(PY) recipes/train_autoencoder.py --dataset fashion-mnist --output assets/backbones/fashion-mnist-vae --overwrite
+	$(PY) recipes/train_autoencoder.py --dataset fashion-mnist --output gendistill/assets/backbones/fashion-mnist-vae --overwrite
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -3,8 +3,12 @@
     gendistill init --ipc 10 --out set.safetensors      an initialised (not yet distilled) set
     gendistill info set.safetensors                      shapes, IPC, backbone, dataset, run config, bytes
     gendistill sample set.safetensors --out grid.png     decoded PNG grid, one row per class
-    gendistill export set.safetensors --out images.safetensors   (or --format imagefolder --out DIR)
+    gendistill export set.safetensors --out images.safetensors   (or --format imagefolder|hf --out DIR)
     gendistill eval set.safetensors                      the standard evaluation protocol
+    gendistill distill dm --ipc 10 --steps 200           a distillation recipe (dm, dc, dsa, mtt, tesla, datm, itgan)
+    gendistill push set.safetensors owner/name           a Hub dataset repo with a card (--dry-run DIR: the folder only)
+    gendistill pull owner/name --out DIR                 a pushed set (and its backbone) from the Hub
+    gendistill push-backbone DIR owner/name              a backbone directory as a Hub model repo with a card
     gendistill train-backbone --kind vae --dataset fashion-mnist --output DIR   (or --kind gan | diffusion)
 """
 
@@ -65,17 +69,14 @@ def _rank() -> int:
 
 
 def _load_set(args):
-    from .backbones import load_backbone
+    """The set at ``args.file`` and its backbone: ``--backbone`` if given, else the one the file names (shipped assets,
+    local Hub cache, Hub, the folders this machine knows; see gendistill.hub), hash-checked."""
+    from .hub import find_backbone
     from .synthetic import SyntheticSet
 
     syn = SyntheticSet.load(args.file)
-    source = args.backbone or syn.backbone_meta.get("source")
-    if not source:
-        raise ValueError(f"{args.file!r} does not record its backbone; pass --backbone")
-    backbone = load_backbone(source, image_shape=tuple(syn.dataset_meta.get("image_shape") or ()) or None,
-                             latent_space=syn.backbone_meta.get("latent_space"),  # a gan set's space (None otherwise)
-                             options=syn.backbone_meta.get("options"),  # a diffusion set's decode settings
-                             class_names=syn.dataset_meta.get("classes"))
+    backbone = find_backbone(syn.backbone_meta, syn.dataset_meta, explicit=args.backbone, near=args.file,
+                             ignore_hash=args.ignore_backbone_hash)
     syn.check_backbone(backbone, ignore_hash=args.ignore_backbone_hash)
     return syn, backbone
 
@@ -216,16 +217,30 @@ def cmd_export(args) -> int:
     check_parent(args.out)
     _check_out(args)
     out = Path(args.out)
-    if args.format == "imagefolder":
+    marker = {"imagefolder": "metadata.json", "hf": "state.json"}.get(args.format)
+    if marker:  # a folder: an earlier export of the same format is replaced only with --overwrite, anything else never
         refuse_existing(out, overwrite=args.overwrite, flag="--out")
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metadata.json").exists())):
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
             raise ValueError(f"{args.out!r} exists and is not an earlier export; choose a new --out (--overwrite replaces only an earlier export)")
+    if args.format == "hf":
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise ValueError("--format hf needs the `datasets` package: pip install 'gendistill[hf]'") from None
     syn, backbone = _load_set(args)
     backbone.to(_device())
     images = syn.decode(backbone).float().cpu()
     if args.format == "safetensors":
         meta = syn.metadata() | {"gendistill.decoded": "1"}
         save_safetensors({"images": images, "labels": syn.labels}, args.out, meta)
+    elif args.format == "hf":
+        from .api import DistilledSet
+
+        records = {"backbone": syn.backbone_meta, "dataset": syn.dataset_meta, "run": syn.run_meta}
+        hf = DistilledSet(Path(args.file), syn.latents, syn.labels, records, backbone, raw=True, images=images).to_hf()
+        hf.info.description = json.dumps(syn.metadata(), sort_keys=True)  # the set's gendistill metadata travels along
+        with atomic_dir(args.out) as tmp:
+            hf.save_to_disk(str(tmp))
     else:
         from PIL import Image
 
@@ -292,6 +307,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from .hub import push_set
+
+    info = push_set(args.set, args.repo_id, dry_run=args.dry_run, private=args.private, license=args.license,
+                    backbone=args.backbone, ignore_hash=args.ignore_backbone_hash)
+    if not info["uploaded"]:
+        print(f"wrote {info['folder']}: {', '.join(info['files'])} (dry run: nothing uploaded)")
+    else:
+        print(f"pushed {', '.join(info['files'])} to {info['url']} (commit {info['commit']})")
+    return 0
+
+
+def cmd_push_backbone(args) -> int:
+    from .hub import push_backbone
+
+    info = push_backbone(args.directory, args.repo_id, dry_run=args.dry_run, private=args.private)
+    if not info["uploaded"]:
+        print(f"wrote {info['folder']}: {', '.join(info['files'])} (dry run: nothing uploaded)")
+    else:
+        print(f"pushed {', '.join(info['files'])} to {info['url']}; sets made with it record {info['reference']}")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull_set
+
+    info = pull_set(args.repo_id, revision=args.revision, out=args.out)
+    print(f"pulled {info['repo_id']}@{info['revision'][:12]} into {info['out']}: {', '.join(info['files'])}; {info['backbone']}")
+    return 0
+
+
 def cmd_table(args) -> int:
     from .report import markdown_table, run_row
 
@@ -315,7 +361,18 @@ def cmd_train_backbone(args, rest) -> int:
                           prog=f"gendistill train-backbone --kind {known.kind}")
 
 
+def cmd_distill(argv) -> int:
+    from . import recipes
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: gendistill distill METHOD [--config FILE.yaml] [--key value ...]\n\n" + (recipes.__doc__ or "")
+              + "\n`gendistill distill METHOD --help` lists a method's settings.")
+        return 0 if argv else 2
+    return recipes.main(argv[0], argv[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .backbones import DEFAULT_BACKBONE
     from .config import add_data_flags
     from .data import DataConfig
@@ -323,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .synthetic import INITS
 
     p = argparse.ArgumentParser(prog="gendistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gendistill {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="write an initialised (not yet distilled) set")
@@ -358,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="decode a set into an images file anyone can train on")
     s.add_argument("file")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", default="safetensors", choices=["safetensors", "imagefolder"])
-    s.add_argument("--overwrite", action="store_true", help="imagefolder: replace an earlier export in --out (once the new one is complete)")
+    s.add_argument("--format", default="safetensors", choices=["safetensors", "imagefolder", "hf"],
+                   help="safetensors: an images file; imagefolder: DIR/<class>/*.png; hf: a datasets.Dataset (save_to_disk) in DIR")
+    s.add_argument("--overwrite", action="store_true", help="imagefolder, hf: replace an earlier export in --out (once the new one is complete)")
     _add_backbone_flags(s)
     s.set_defaults(func=cmd_export)
 
@@ -380,6 +439,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_table)
 
+    s = sub.add_parser("push", help="upload a set to a Hub dataset repo with a dataset card")
+    s.add_argument("set", help="a set file or a run directory holding set.safetensors (with grid.png, eval.json)")
+    s.add_argument("repo_id", help="owner/name of the dataset repo (created if missing)")
+    s.add_argument("--dry-run", default=None, metavar="DIR", help="write the exact folder that would be uploaded into DIR; upload nothing")
+    s.add_argument("--private", action="store_true")
+    s.add_argument("--license", default=None, help="the card's licence (default: the dataset's, e.g. mit for fashion-mnist)")
+    s.add_argument("--backbone", default=None, help="the backbone to check the set against and record (e.g. owner/name@REVISION "
+                                                    "for a set made with a local folder since pushed by push-backbone)")
+    s.add_argument("--ignore-backbone-hash", action="store_true", help="push even if the backbone's weight hash differs")
+    s.set_defaults(func=cmd_push)
+
+    s = sub.add_parser("push-backbone", help="upload a backbone directory to a Hub model repo with a model card")
+    s.add_argument("directory")
+    s.add_argument("repo_id", help="owner/name of the model repo (created if missing)")
+    s.add_argument("--dry-run", default=None, metavar="DIR", help="write the exact folder that would be uploaded into DIR; upload nothing")
+    s.add_argument("--private", action="store_true")
+    s.set_defaults(func=cmd_push_backbone)
+
+    s = sub.add_parser("pull", help="download a pushed set (and its backbone when it is a Hub repo) from the Hub")
+    s.add_argument("repo_id", help="owner/name of the dataset repo (owner/name@REVISION pins one)")
+    s.add_argument("--revision", default=None, help="a branch, tag or commit (default main)")
+    s.add_argument("--out", default=None, help="folder to create (default ./NAME); never overwritten")
+    s.set_defaults(func=cmd_pull)
+
+    s = sub.add_parser("distill", help="run a distillation recipe: gendistill distill METHOD [--key value ...] (METHOD --help)", add_help=False)
+
     s = sub.add_parser("train-backbone", help="train a backbone: --kind vae (default), gan or diffusion, then its flags", add_help=False)
     s.set_defaults(func=cmd_train_backbone)
     return p
@@ -390,6 +475,8 @@ def _main(argv=None) -> int:
     parser = build_parser()
     if argv and argv[0] == "train-backbone":
         return cmd_train_backbone(None, argv[1:])
+    if argv and argv[0] == "distill":
+        return cmd_distill(argv[1:])
     args = parser.parse_args(argv)
     for name in ("ipc",):
         if getattr(args, name, 1) < 1:

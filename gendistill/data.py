@@ -26,6 +26,7 @@ DATASETS: Registry = Registry("dataset")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_ENV = "GENDISTILL_FASHION_MNIST_DIR"
 FASHION_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
+DOWNLOAD_ENV = "GENDISTILL_DOWNLOAD"  # 1: datasets may be downloaded (as --download)
 
 
 @dataclass
@@ -99,6 +100,11 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def download_allowed(download: bool = False) -> bool:
+    """Whether a dataset may be fetched from the network: ``--download`` or GENDISTILL_DOWNLOAD=1."""
+    return bool(download) or os.environ.get(DOWNLOAD_ENV, "").lower() in ("1", "true", "yes", "on")
 
 
 def list_datasets() -> list[str]:
@@ -180,9 +186,41 @@ def _idx_file(d: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{stem}(.gz) is missing from {str(d)!r}; reinstall the dataset ({FASHION_APT})")
 
 
+def _fashion_torchvision(split: str, data_dir: str | None, download: bool, missing: FileNotFoundError) -> ImageDataset:
+    """Fashion-MNIST through torchvision's reader (``ROOT/FashionMNIST/raw``) when Debian's package is absent: files
+    already there, or fetched when the user allows the network (``--download`` / GENDISTILL_DOWNLOAD=1)."""
+    import torchvision
+
+    root = data_dir or os.path.join(os.path.expanduser("~"), ".cache", "gendistill", "data")
+    allowed = download_allowed(download)
+    try:
+        ds = torchvision.datasets.FashionMNIST(root, train=split == "train", download=allowed)
+    except RuntimeError as e:  # not there (torchvision: "Dataset not found. You can use download=True ...")
+        if allowed:
+            raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({str(e).splitlines()[0]}); check the network") from None
+        raise FileNotFoundError(f"{str(missing).split('; ')[0]}; install Debian's package (`{FASHION_APT}`), or pass --download "
+                                f"(or set {DOWNLOAD_ENV}=1) to fetch it with torchvision into {root!r}") from None
+    except OSError as e:  # a failed download (no network)
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({type(e).__name__}: {reason}); "
+                                f"check the network, or install Debian's package (`{FASHION_APT}`)") from None
+    return ImageDataset(
+        name="fashion-mnist", split=split, images=torch.as_tensor(np.asarray(ds.data)).unsqueeze(1).contiguous().to(torch.uint8),
+        labels=torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64),
+        classes=list(FASHION_CLASSES), mean=(0.2860,), std=(0.3530,),
+    )
+
+
 @DATASETS.register("fashion-mnist")
 def fashion_mnist(split: str, data_dir: str | None = None, download: bool = False) -> ImageDataset:
-    d = _find_fashion_dir(data_dir)
+    """Debian's idx files (or ``--data-dir`` / GENDISTILL_FASHION_MNIST_DIR holding them); without them, torchvision's
+    reader (``--data-dir`` as its root, default ~/.cache/gendistill/data), downloading only when allowed."""
+    try:
+        d = _find_fashion_dir(data_dir)
+    except FileNotFoundError as e:
+        if os.environ.get(FASHION_ENV) and not data_dir:
+            raise  # the folder the user named is used or refused
+        return _fashion_torchvision(split, data_dir, download, e)
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_idx_file(d, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_file(d, f"{prefix}-labels-idx1-ubyte"))
@@ -206,10 +244,10 @@ def _torchvision(cls_name: str, name: str, mean, std):
 
         root = data_dir or os.path.join(os.path.expanduser("~"), ".cache", "gendistill", "data")
         try:
-            ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download)
+            ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download_allowed(download))
         except RuntimeError as e:
             raise FileNotFoundError(f"{name} not found under {root!r} ({str(e).splitlines()[0]}); "
-                                    "pass --data-dir DIR, or --download to fetch it") from None
+                                    f"pass --data-dir DIR, or --download (or {DOWNLOAD_ENV}=1) to fetch it") from None
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
         return ImageDataset(

@@ -99,11 +99,14 @@ class SyntheticSet(nn.Module):
 
     # -- files --------------------------------------------------------------------------------------------
     def metadata(self, run: dict | None = None) -> dict[str, str]:
+        """The file's metadata; the backbone named portably and the run config without this machine's paths (hub)."""
+        from .hub import portable_backbone, portable_run
+
         return {
             "gendistill.format": FORMAT_VERSION,
-            "gendistill.backbone": json.dumps(self.backbone_meta, sort_keys=True),
+            "gendistill.backbone": json.dumps(portable_backbone(self.backbone_meta), sort_keys=True),
             "gendistill.dataset": json.dumps(self.dataset_meta, sort_keys=True),
-            "gendistill.run": json.dumps({"package_version": __version__, **self.run_meta, **(run or {})}, sort_keys=True, default=str),
+            "gendistill.run": json.dumps(portable_run({"package_version": __version__, **self.run_meta, **(run or {})}), sort_keys=True, default=str),
         }
 
     def save(self, path: str | Path, run: dict | None = None) -> None:
@@ -288,8 +291,9 @@ def load_init_model(init_model: str | Backbone | None, backbone: Backbone, datas
     else:
         source = init_model or DEFAULT_INIT_MODEL
         if source == DEFAULT_INIT_MODEL and not Path(source).exists() and source not in shipped_backbones():
-            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in assets/backbones; make it with "
-                                    f"python recipes/train_diffusion.py --output assets/backbones/{DEFAULT_INIT_MODEL}, or pass --init-model DIR")
+            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in gendistill/assets/backbones; make it "
+                                    f"with python recipes/train_diffusion.py --output gendistill/assets/backbones/{DEFAULT_INIT_MODEL}, "
+                                    "or pass --init-model DIR")
         shape = tuple(dataset["image_shape"]) if dataset.get("image_shape") else None
         model = load_backbone(source, image_shape=shape, options=options, class_names=dataset.get("classes"))
     if model.kind != "diffusion":

@@ -1,45 +1,14 @@
-"""Distribution matching in the latent space of a pretrained backbone (DM + LatentDD).
+"""distribution matching (DM + LatentDD): the recipe lives in the library, gendistill/recipes/dm.py (`gendistill distill dm --help`).
 
-    accelerate launch recipes/latent_dm.py                      # Fashion-MNIST, IPC 10, shipped VAE, decode-through
-    accelerate launch recipes/latent_dm.py --match-space latent --steps 500 --batch-real 256   # LatentDD: match latents
-    accelerate launch recipes/latent_dm.py --backbone pixel     # classic pixel-space DM
-    accelerate launch recipes/latent_dm.py --resume             # continue the run in --output
-
-The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real
-images and pushes the gradient back through the decoder (GLaD-style). ``--match-space latent`` matches latents
-directly (LatentDD): 27x cheaper per step, 2.5 points lower here (docs/results.md, section 3).
-Writes set.safetensors, grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
+    accelerate launch recipes/latent_dm.py [--key value ...]      # the same as: accelerate launch -m gendistill distill dm
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
-from gendistill.config import objective_kwargs, parse_config, with_objective
-from gendistill.objectives import get_objective
-from gendistill.pipeline import RecipeConfig, run_recipe
-
-
-@dataclass
-class LatentDMConfig(with_objective(RecipeConfig, "dm")):
-    """The recipe's settings; DM's own (pool, augment, proxy*, ce_weight) come from the objective's dataclass."""
-
-    match_space: str = "pixel"  # decode-through: DSA on decoded images (82.2% in 200 steps, vs 79.7% matching latents)
-    init: str = "kmeans"  # k-means centres of each class's real latents (78.2% alone, vs 75.7% for random real)
-    steps: int = 200
-    lr: float = 0.01  # small steps from the k-means start: lr 0.05 / 1000 steps (DM's mean gap) fell back to 76.5%
-    batch_real: int = 64  # real images per class per step (each step decodes the set and pushes the gradient back)
-    kernel: str = "gaussian"  # M3D's MMD (80.2% in one run vs 79.6% for DM's mean gap "linear"); also mean+cov
-    eval_runs: int = 2  # the demo evaluates 2 networks (300 epochs) to stay near 15 minutes on 2 cores
-
-
-def main(argv=None) -> int:
-    cfg = parse_config(LatentDMConfig, argv, __doc__)
-    run_recipe(cfg, "dm", get_objective("dm", **objective_kwargs(cfg, "dm")))
-    return 0
-
+from gendistill.recipes.dm import LatentDMConfig, main, run  # noqa: F401  (re-exported for scripts and tests)
 
 if __name__ == "__main__":
     sys.exit(run_guarded(main))

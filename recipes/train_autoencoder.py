@@ -1,6 +1,6 @@
 """Train a small AutoencoderKL backbone for a dataset and save it in diffusers layout.
 
-    python recipes/train_autoencoder.py --dataset fashion-mnist --output assets/backbones/fashion-mnist-vae
+    python recipes/train_autoencoder.py --dataset fashion-mnist --output gendistill/assets/backbones/fashion-mnist-vae
     python recipes/train_autoencoder.py --dataset imagefolder --data-dir DIR --output my-vae --epochs 20
 
 The same as ``gendistill train-backbone --kind vae``; the trainer is gendistill/training/vae.py.

@@ -1,6 +1,6 @@
 """Train the small class-conditional latent diffusion model on a VAE backbone's latents and save it in diffusers layout.
 
-    python recipes/train_diffusion.py --output assets/backbones/fashion-mnist-ldm      # Fashion-MNIST, shipped VAE
+    python recipes/train_diffusion.py --output gendistill/assets/backbones/fashion-mnist-ldm      # Fashion-MNIST, shipped VAE
     python recipes/train_diffusion.py --output my-ldm --vae my-vae --epochs 20 --block-out-channels 64 128 128
 
 The directory holds unet/ (the EMA UNet2DModel, class embeddings + a null class), scheduler/ (DDIMScheduler),

@@ -1,6 +1,6 @@
 """Train the small class-conditional GAN backbone for a dataset and save it in diffusers layout.
 
-    python recipes/train_gan.py --dataset fashion-mnist --output assets/backbones/fashion-mnist-gan
+    python recipes/train_gan.py --dataset fashion-mnist --output gendistill/assets/backbones/fashion-mnist-gan
     python recipes/train_gan.py --output my-gan --epochs 10 --channels 128 64 32
 
 The directory holds the EMA generator (config.json + safetensors, a ConditionalStyleGenerator), gendistill.json

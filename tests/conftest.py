@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 # no test may reach the network: huggingface_hub reads this when first imported
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
+# this user's gendistill state (the folders of local backbones loaded before): a throw-away one for the whole session
+os.environ["GENDISTILL_HOME"] = tempfile.mkdtemp(prefix="gendistill-home-")
 # tiny models: one thread is fastest and does not fight other jobs on a small machine for cores
 torch.set_num_threads(1)
 
@@ -197,4 +200,4 @@ def measured_facts(name: str) -> dict:
     """What was measured on a shipped backbone (hash, quality figures, commands): its gendistill.json's ``measured``."""
     import json
 
-    return json.loads((ROOT / "assets" / "backbones" / name / "gendistill.json").read_text())["measured"]
+    return json.loads((ROOT / "gendistill" / "assets" / "backbones" / name / "gendistill.json").read_text())["measured"]

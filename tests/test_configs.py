@@ -29,6 +29,11 @@ _classes: dict[str, type] = {}
 
 def config_class(recipe: str) -> type:
     """The dataclass that ``recipes/<recipe>.py`` parses its arguments into (caught at its ``parse_config`` call)."""
+    from gendistill import recipes as library
+
+    method = {"latent_dm": "dm", "latent_dc": "dc", "latent_mtt": "mtt", "itgan": "itgan"}.get(recipe)
+    if method is not None:  # the distillation recipes live in the library (gendistill/recipes)
+        return library.config_class(method)
     if recipe not in _classes:
         module = load_recipe(ROOT / "recipes" / f"{recipe}.py")
 

@@ -60,6 +60,7 @@ class Backbone(nn.Module):
     has_latent_spaces: bool = False  # True: ``from_pretrained(..., latent_space=NAME)`` picks one of several spaces
     latent_space: str | None = None
     option_names: tuple[str, ...] = ()  # load-time settings ``from_pretrained`` takes as keywords (see ``options``)
+    reference: dict | None = None  # the portable name a set file records (``gendistill.hub``); set by ``load_backbone``
 
     def __init__(self, image_shape: tuple[int, int, int], source: str):
         super().__init__()
@@ -123,10 +124,16 @@ class Backbone(nn.Module):
         return self._sha256
 
     def describe(self) -> dict:
-        """The ``gendistill.backbone`` record of a set file (with ``latent_space`` for kinds that have several)."""
+        """The ``gendistill.backbone`` record of a set file (with ``latent_space`` for kinds that have several). The
+        backbone is named portably (``ref``: a shipped name, a Hub repo + revision, or a folder's name; ``source`` its
+        short form), never by a path of this machine."""
+        from ..hub import ref_source, reference_for
+
+        ref = self.reference or reference_for(self.source)
         record = {
             "kind": self.kind,
-            "source": self.source,
+            "source": ref_source(ref),
+            "ref": ref,
             "sha256": self.weights_sha256(),
             "latent_shape": list(self.latent_shape),
             "image_shape": list(self.image_shape),
@@ -143,4 +150,8 @@ class Backbone(nn.Module):
 
     @staticmethod
     def write_info(directory: str | Path, info: dict) -> None:
+        """gendistill.json, then README.md: the model card made from it (``gendistill.cards.model_card``)."""
+        from ..cards import write_model_card
+
         (Path(directory) / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_model_card(directory)

@@ -415,7 +415,11 @@ class DiffusionBackbone(Backbone):
         if not class_names:
             raise ValueError(f"{source!r} is text-conditioned: its prompts need the dataset's class names (pass class_names)")
         from diffusers import UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
+
+        try:
+            from transformers import AutoTokenizer, CLIPTextModel
+        except ImportError:
+            raise ValueError(f"{source!r} is text-conditioned: its text encoder needs `transformers` (pip install 'gendistill[text]')") from None
 
         tokenizer = _load("tokenizer", path / "tokenizer", lambda: AutoTokenizer.from_pretrained(str(path / "tokenizer")))
         text_encoder = _load("CLIPTextModel", path / "text_encoder", lambda: CLIPTextModel.from_pretrained(str(path / "text_encoder")))

@@ -11,16 +11,26 @@ from . import diffusion, pixel, vae  # noqa: F401  (register the diffusion, pixe
 from .base import BACKBONES, INFO_FILE, Backbone
 from .gan import GENERATOR_CLASS
 
-ASSETS = Path(os.environ.get("GENDISTILL_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
+ASSETS = Path(os.environ.get("GENDISTILL_ASSETS", Path(__file__).resolve().parents[1] / "assets"))  # package data
 DEFAULT_BACKBONE = "fashion-mnist-vae"
 _CLASS_TO_KIND = {"AutoencoderKL": "vae", GENERATOR_CLASS: "gan"}
 
 
-def resolve_source(source: str) -> str:
-    """A shipped name (``fashion-mnist-vae``) becomes its directory under ``assets/backbones``."""
+def resolve_source(source: str, revision: str | None = None) -> str:
+    """A shipped name (``fashion-mnist-vae``) becomes its directory under ``gendistill/assets/backbones``, a Hub id
+    (``owner/name``, ``owner/name@revision``) its snapshot folder in the Hub cache (downloaded if needed and allowed)."""
+    from ..hub import is_hub_id, resolve_hub_source
+
+    source = str(source)
     shipped = ASSETS / "backbones" / source
     if not Path(source).exists() and shipped.is_dir():
+        if revision:
+            raise ValueError(f"{source!r} is a shipped backbone; a revision applies to Hub repos (owner/name)")
         return str(shipped)
+    if is_hub_id(source):
+        return resolve_hub_source(source, revision)
+    if revision:
+        raise ValueError(f"revision {revision!r} applies to Hub repos (owner/name); {source!r} is not one")
     return source
 
 
@@ -64,11 +74,16 @@ def option_names() -> list[str]:
 
 
 def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space: str | None = None,
-                  options: dict | None = None, class_names=None) -> Backbone:
+                  options: dict | None = None, class_names=None, revision: str | None = None) -> Backbone:
     """The backbone at ``source``; ``latent_space`` picks one of a gan's spaces (z, w, w+, f<k>; None: its default);
     ``options`` are load-time settings of kinds that have them (None values: the backbone's defaults; any other for a
-    kind without that option is an error); ``class_names`` are the dataset's (a text-conditioned model's prompts)."""
-    source = resolve_source(source)
+    kind without that option is an error); ``class_names`` are the dataset's (a text-conditioned model's prompts).
+    ``source`` may be a Hub repo id of any kind (``owner/name``, pinned by ``revision`` or ``owner/name@revision``);
+    the backbone gets its portable ``reference`` (``gendistill.hub``), which a set file records."""
+    from ..hub import attach_reference
+
+    given = source
+    source = resolve_source(source, revision)
     kind = backbone_kind(source)
     cls = BACKBONES.get(kind)
     kwargs = {"image_shape": image_shape}
@@ -87,7 +102,7 @@ def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space
             raise ValueError(f"--latent-space {latent_space!r} applies to gan backbones; "
                              f"{source!r} is a {kind} backbone with one latent space (leave --latent-space unset)")
         kwargs["latent_space"] = latent_space
-    return cls.from_pretrained(source, **kwargs)
+    return attach_reference(cls.from_pretrained(source, **kwargs), given, source, revision)
 
 
 def backbone_options(cfg) -> dict:

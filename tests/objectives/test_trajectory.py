@@ -250,7 +250,8 @@ def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method
     syn = SyntheticSet.load(out / "set.safetensors")
     assert syn.lr is not None and float(syn.lr.detach()) > 0  # the learned lr is saved (its gradient: test_tesla_gradient_equals_mtt)
     assert syn.run_meta["method"] == method and syn.run_meta["steps_done"] == 3
-    assert syn.run_meta["experts"]["directory"] == str(expert_dir) and syn.run_meta["experts"]["epochs"] == 3
+    assert syn.run_meta["experts"]["directory"] == expert_dir.name  # by name: a set records no path of this machine
+    assert syn.run_meta["experts"]["epochs"] == 3
     if method == "datm":
         assert syn.labels.shape == (20, 10) and torch.allclose(syn.labels.sum(1), torch.ones(20))
         # `gendistill eval` trains on the soft labels with the learned lr

@@ -1,0 +1,5 @@
+"""``python -m gendistill ...`` (and ``accelerate launch -m gendistill distill dm``): the ``gendistill`` command."""
+
+from .cli import main
+
+main()
