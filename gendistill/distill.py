@@ -15,6 +15,13 @@ process takes the same decision (raise, stop, step) at the same step; the set is
 ``syn_batch`` K > 0 matches only K latents per class per step (drawn anew each step from the shared generator, as
 DM/IDM draw real batches, so every process draws the same): only those are decoded, matched and pushed back through
 the decoder, and only they move in that step (the other rows get their values back after the optimiser step), so a
+step of a set with hundreds of latents per class costs what a step with K does. ``latent_steps`` N (with
+``match_space="pixel"``) runs the first N steps in the latent match space (against ``real_latents``, the cached
+latents) and the rest decode-through: cheap steps first, the decoder's view last.
+
+``syn_batch`` K > 0 matches only K latents per class per step (drawn anew each step from the shared generator, as
+DM/IDM draw real batches, so every process draws the same): only those are decoded, matched and pushed back through
+the decoder, and only they move in that step (the other rows get their values back after the optimiser step), so a
 step of a set with hundreds of latents per class costs what a step with K does.
 """
 
@@ -61,6 +68,7 @@ class DistillConfig:
     match_space: str = "latent"
     vjp_chunk: int = 64  # latents per decode_vjp chunk (pixel match space)
     syn_batch: int = 0  # latents per class matched per step (0: all); the rest keep their values that step
+    latent_steps: int = 0  # pixel match space: the first N steps match latents (cheap), the rest decode-through
     checkpoint_every: int = 0  # 0: only when interrupted and at the end
     log_every: int = 10
     seed: int = 0
@@ -360,18 +368,31 @@ def syn_rows(hard_labels: torch.Tensor, num_classes: int, per_class: int, genera
 
 def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: LatentSplit, cfg: DistillConfig,
             accelerator: Accelerator, dataset_meta: dict, workdir: str | Path | None = None, resume: bool = False,
-            fingerprint: dict | None = None) -> TrainState:
-    """Optimise ``syn.latents`` for ``cfg.steps`` steps of ``objective`` against ``real`` (latents or images)."""
+            fingerprint: dict | None = None, real_latents: LatentSplit | None = None) -> TrainState:
+    """Optimise ``syn.latents`` for ``cfg.steps`` steps of ``objective`` against ``real`` (latents or images);
+    ``real_latents`` (the cached latents) is what the first ``cfg.latent_steps`` steps match against."""
     if cfg.match_space not in MATCH_SPACES:
         raise ValueError(f"unknown match space {cfg.match_space!r}; use one of {', '.join(MATCH_SPACES)}")
     if cfg.syn_batch < 0:
         raise ValueError(f"--syn-batch must be 0 (all latents) or a number of latents per class, got {cfg.syn_batch}")
     device = accelerator.device
     space = effective_match_space(backbone.kind, cfg.match_space)
-    decode_through = space == "pixel" and backbone.kind != "pixel"
-    in_shape = tuple(backbone.image_shape if space == "pixel" else backbone.latent_shape)
     mean, std = dataset_meta["mean"], dataset_meta["std"]
-    transform = (lambda x: normalize(x, mean, std)) if space == "pixel" else (lambda x: x)
+    reals = {space: real}
+    if cfg.latent_steps < 0:
+        raise ValueError(f"--latent-steps must be 0 or more, got {cfg.latent_steps}")
+    if cfg.latent_steps:
+        if space != "pixel" or backbone.kind == "pixel" or real_latents is None or real_latents.space != "latent":
+            raise ValueError("--latent-steps warms up in the latent match space before decode-through: it needs --match-space pixel "
+                             "and a backbone with a latent cache (vae); drop --latent-steps")
+        reals["latent"] = real_latents
+    setups = {}  # match space -> (decode-through?, the objective's input shape, its transform, the real split)
+    for name, part in reals.items():
+        setups[name] = (name == "pixel" and backbone.kind != "pixel",
+                        tuple(backbone.image_shape if name == "pixel" else backbone.latent_shape),
+                        (lambda x: normalize(x, mean, std)) if name == "pixel" else (lambda x: x),
+                        part)
+    final_space = space
     parallel = getattr(objective, "parallel", "replicas")
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"objective {type(objective).__name__} has parallel={parallel!r}; use one of {', '.join(PARALLEL_MODES)}")
@@ -422,6 +443,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     try:
         with deferred_interrupt() as interrupted:
             while state.step < cfg.steps:
+                space = "latent" if state.step < cfg.latent_steps else final_space
+                decode_through, in_shape, transform, real = setups[space]
                 local = local_generator(cfg.seed, rank, state.step) if world > 1 and not split else None
                 picked = syn_rows(cpu_labels, syn.num_classes, cfg.syn_batch, state.shared)  # the same on every process
                 picked = None if picked is None else picked.to(device)

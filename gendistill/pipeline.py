@@ -54,6 +54,7 @@ class RecipeConfig(DataConfig):
     ipc_budget: float | None = None  # storage-matched: as many latents per class as fit in B float32 images per class
     latent_dtype: str = "float32"  # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
     syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
+    latent_steps: int = 0  # --match-space pixel: the first N steps match latents (cheap), the rest decode-through
     init: str = "real"
     steps: int = 1000
     lr: float = 0.05  # of the latents
@@ -138,7 +139,8 @@ def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelera
         fingerprint["steps"] = cfg.steps  # a decaying lr is a function of the step count: it cannot be extended on resume
     fingerprint["backbone_sha256"] = pieces.backbone.weights_sha256()
     return distill(pieces.syn, objective, pieces.backbone, pieces.real, distill_config(cfg), accelerator,
-                   pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint)
+                   pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint,
+                   real_latents=pieces.real_latents)
 
 
 def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path | None = None) -> dict | None:

@@ -70,8 +70,10 @@ class Int8Codec(Codec):
         flat = z.transpose(0, 1).reshape(z.shape[1], -1) if z.ndim > 1 else z.reshape(1, -1)
         lo, hi = flat.min(1).values, flat.max(1).values
         scale = (hi - lo) / (self.QMAX - self.QMIN)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant channel: any scale is exact
-        zero = torch.round(self.QMIN - lo / scale)
+        zero = torch.round(self.QMIN - lo / scale.clamp_min(1e-300))
+        const = scale <= 0  # a constant channel v: q = 127 (or 0 for v = 0), zero point 0, scale |v| / 127
+        scale = torch.where(const, torch.where(lo != 0, lo.abs() / self.QMAX, torch.ones_like(lo)), scale)
+        zero = torch.where(const, torch.zeros_like(zero), zero)
         return scale.float(), zero.to(torch.int32)
 
     @staticmethod

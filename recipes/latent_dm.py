@@ -4,6 +4,7 @@
     accelerate launch recipes/latent_dm.py --match-space latent --steps 500 --batch-real 256   # LatentDD: match latents
     accelerate launch recipes/latent_dm.py --backbone pixel     # classic pixel-space DM
     accelerate launch recipes/latent_dm.py --resume             # continue the run in --output
+    accelerate launch recipes/latent_dm.py --ipc-budget 10      # storage-matched: as many latents as 10 float32 images/class hold
 
 The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real
 images and pushes the gradient back through the decoder (GLaD-style). ``--match-space latent`` matches latents
@@ -35,9 +36,13 @@ class LatentDMConfig(with_objective(RecipeConfig, "dm")):
     eval_runs: int = 2  # the demo evaluates 2 networks (300 epochs) to stay near 15 minutes on 2 cores
 
 
+def make_objective(cfg: LatentDMConfig):
+    return get_objective("dm", **objective_kwargs(cfg, "dm"))
+
+
 def main(argv=None) -> int:
     cfg = parse_config(LatentDMConfig, argv, __doc__)
-    run_recipe(cfg, "dm", get_objective("dm", **objective_kwargs(cfg, "dm")))
+    run_recipe(cfg, "dm", make_objective(cfg))
     return 0
 
 
