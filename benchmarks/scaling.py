@@ -7,8 +7,10 @@ measured is cost, which does not depend on the weights. Every method runs the re
 same IPC and real batch per class; pixel DM matches images, latent DM matches (4, S/4, S/4) latents, decode-through
 decodes the latents, matches the images and pushes the gradient back through the decoder.
 
-Seconds per step: the loop's own clock (a tracker stamps the time of every step's log call), from the end of the
-warm-up steps to the end of the last of N timed steps, divided by N. Peak memory: on CUDA,
+Seconds per step: a tracker stamps every step's log call in the loop, from the end of the warm-up steps to the end of
+the last of N timed steps, divided by N; two clocks: the process's CPU time (``time.process_time``; with one torch
+thread this is what the step costs, whatever else runs on the machine: the figure to compare on a shared machine) and
+wall time. On CUDA only wall time means anything (CPU time then is the launch overhead). Peak memory: on CUDA,
 ``torch.cuda.max_memory_allocated`` during the steps; on CPU the process's resident set sampled every 5 ms during the
 steps, minus the resident set before them. Each (size, method) runs in its own process so one does not inherit
 another's allocator pool.
@@ -73,20 +75,22 @@ class StepClock(GeneralTracker):
 
     def __init__(self):
         super().__init__()
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, float]] = []  # (wall, process cpu) at the end of each step
 
     @property
     def tracker(self):
         return self.stamps
 
     def log(self, values: dict, step: int | None = None, **kwargs):
-        self.stamps.append(time.perf_counter())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        self.stamps.append((time.perf_counter(), time.process_time()))
 
 
 class PeakRSS:
     """Highest resident set size (bytes) seen by a sampling thread while the block runs, minus the one before it."""
 
-    def __init__(self, every: float = 0.005):
+    def __init__(self, every: float = 0.02):
         self.every, self.peak, self.base = every, 0, 0
 
     @staticmethod
@@ -144,16 +148,18 @@ def measure(size: int, method: str, args) -> dict:
     if device.type == "cuda":  # the loop's log() is where a step ends: make it wait for the device
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        clock.log = lambda values, step=None, **kw: (torch.cuda.synchronize(), clock.stamps.append(time.perf_counter()))
     with PeakRSS() as rss:
-        start = time.perf_counter()
+        start = (time.perf_counter(), time.process_time())
         distill(syn, get_objective("dm", kernel="linear"), backbone, real, cfg, accelerator, meta)
     stamps = clock.stamps
     if len(stamps) != args.warmup + args.steps:
         raise RuntimeError(f"expected {args.warmup + args.steps} step stamps, got {len(stamps)}")
-    per_step = (stamps[-1] - (stamps[args.warmup - 1] if args.warmup else start)) / args.steps
+    first = stamps[args.warmup - 1] if args.warmup else start
+    wall, cpu = ((stamps[-1][i] - first[i]) / args.steps for i in (0, 1))
+    per_step = wall if device.type == "cuda" else cpu
     peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else rss.extra
-    return {"size": size, "method": method, "seconds_per_step": per_step, "peak_bytes": int(peak), "ipc": args.ipc, "syn_batch": args.syn_batch,
+    return {"size": size, "method": method, "seconds_per_step": per_step, "clock": "wall" if device.type == "cuda" else "cpu",
+            "wall_seconds_per_step": wall, "cpu_seconds_per_step": cpu, "peak_bytes": int(peak), "ipc": args.ipc, "syn_batch": args.syn_batch,
             "latent_shape": list(backbone.latent_shape), "device": str(device), "threads": torch.get_num_threads()}
 
 
@@ -178,8 +184,8 @@ def main(argv=None) -> None:
             p.error(f"size {size} is not a multiple of 4 (the VAE's downsampling factor)")
     passed = [a for a in (argv if argv is not None else sys.argv[1:])]
     results = []
-    print(f"DM step cost, IPC {args.ipc}, real batch {args.batch_real}/class, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"ConvNet-3 width 128; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"DM step cost, IPC {args.ipc}, real batch {args.batch_real}/class, syn batch {args.syn_batch or 'all'}/class, {args.steps} "
+          f"timed steps after {args.warmup} warm-up, ConvNet-3 width 128; torch threads {torch.get_num_threads()}", flush=True)
     for size in args.sizes:
         row = {}
         for method in args.methods:
@@ -190,7 +196,7 @@ def main(argv=None) -> None:
             r = json.loads(lines[-1][len("RESULT "):])
             results.append(r)
             row[method] = r
-            print(f"  size {size:4d} {method:15s} {r['seconds_per_step']:8.3f} s/step  peak {r['peak_bytes'] / 2**20:8.1f} MiB  "
+            print(f"  size {size:4d} {method:15s} {r['seconds_per_step']:8.3f} s/step ({r['clock']}; wall {r['wall_seconds_per_step']:.3f})  peak {r['peak_bytes'] / 2**20:8.1f} MiB  "
                   f"(latents {tuple(r['latent_shape'])})", flush=True)
         if "pixel" in row and "latent" in row:
             ratio = row["pixel"]["seconds_per_step"] / row["latent"]["seconds_per_step"]
