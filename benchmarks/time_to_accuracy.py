@@ -60,6 +60,7 @@ def curve(name: str, argv: list[str], args, workdir: Path) -> dict:
     for i, upto in enumerate([0] + marks):
         if upto:
             seg = dataclasses.replace(cfg, steps=upto, resume=i > 1)
+            accelerator = make_accelerator("no")  # a fresh one per segment: each registers its own optimiser and state
             c0 = time.process_time()
             state = run_distill(seg, pieces, objective, accelerator, Path(cfg.output))
             cpu += time.process_time() - c0
