@@ -13,6 +13,7 @@ run needs to reach it and ``time-to-accuracy ratio R x`` = pixel time / latent t
     python benchmarks/time_to_accuracy.py                                   # 200 steps each, eval every 50, 50 epochs x 1 net
     python benchmarks/time_to_accuracy.py --steps 40 --eval-every 20 --eval-epochs 20 --batch-real 16   # small
     python benchmarks/time_to_accuracy.py --latent --latent-steps 150 --syn-batch 5   # any latent_dm.py flag after --latent
+    python benchmarks/time_to_accuracy.py --latent --ipc-budget 10 --syn-batch 10     # storage-matched latent set vs pixel IPC 10
 """
 
 from __future__ import annotations
@@ -99,10 +100,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.eval_every < 1 or args.steps < 1:
         p.error("--steps and --eval-every must be at least 1")
-    common = ["--ipc", str(args.ipc), "--steps", str(args.steps), "--batch-real", str(args.batch_real)]
+    common = ["--steps", str(args.steps), "--batch-real", str(args.batch_real)]
+    size = ["--ipc", str(args.ipc)]
+    latent_size = [] if "--ipc-budget" in latent_extra else size  # a storage-matched latent set against pixel DM at --ipc
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        pixel = curve("pixel", ["--config", args.pixel_config, *common], args, Path(tmp))
-        latent = curve("latent", [*common, *latent_extra], args, Path(tmp))
+        pixel = curve("pixel", ["--config", args.pixel_config, *size, *common], args, Path(tmp))
+        latent = curve("latent", [*latent_size, *common, *latent_extra], args, Path(tmp))
     target = pixel["points"][-1]["accuracy"]
     t_pixel, t_latent = time_to(pixel["points"], target), time_to(latent["points"], target)
     best = max(p["accuracy"] for p in latent["points"])
