@@ -1,7 +1,9 @@
 """The ``gendistill`` command: work with distilled-set files.
 
     gendistill init --ipc 10 --out set.safetensors      an initialised (not yet distilled) set
-    gendistill info set.safetensors                      shapes, IPC, backbone, dataset, run config, bytes
+    gendistill init --ipc-budget 1 --latent-dtype float16 --out set.safetensors   as many latents as 1 image/class holds
+    gendistill info set.safetensors                      shapes, IPC, backbone, dataset, run config, storage ledger
+    gendistill convert set.safetensors --latent-dtype int8 --out small.safetensors   another storage dtype
     gendistill sample set.safetensors --out grid.png     decoded PNG grid, one row per class
     gendistill export set.safetensors --out images.safetensors   (or --format imagefolder|hf --out DIR)
     gendistill eval set.safetensors                      the standard evaluation protocol
@@ -110,31 +112,41 @@ def cmd_init(args) -> int:
     from .cache import real_split
     from .data import load_split
     from .io import check_parent
+    from .storage import check_ipc_args, get_codec, resolve_ipc
     from .synthetic import set_backbone_options
 
     check_parent(args.out)
     _check_out(args)
+    check_ipc_args(args.ipc, args.ipc_budget)
+    get_codec(args.latent_dtype)
     train = load_split(args, "train")
-    smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
-    if args.ipc > smallest:
-        raise ValueError(f"--ipc {args.ipc} is more than the {smallest} images of the smallest class of {args.dataset}; lower --ipc")
     options = backbone_options(args)
     backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space,
                              options=set_backbone_options(args.backbone, args.init, options), class_names=train.classes)
+    args.ipc = resolve_ipc(args.ipc, args.ipc_budget, backbone.latent_shape, train.image_shape, train.num_classes, args.latent_dtype)
+    smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
+    if args.ipc > smallest:
+        flag = "--ipc-budget" if args.ipc_budget is not None else "--ipc"
+        what = f"--ipc-budget {args.ipc_budget:g} asks for {args.ipc} latents per class, " if args.ipc_budget is not None else f"--ipc {args.ipc} is "
+        raise ValueError(f"{what}more than the {smallest} images of the smallest class of {args.dataset}; lower {flag}")
     backbone.to(_device())
     real = real_split(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))  # images for a gan
     from .synthetic import SyntheticSet
 
-    run = {"method": "init", "ipc": args.ipc, "steps": 0, "seed": args.seed, "config": {k: v for k, v in vars(args).items() if k != "func"}}
+    run = {"method": "init", "ipc": args.ipc, "ipc_budget": args.ipc_budget, "latent_dtype": args.latent_dtype, "steps": 0, "seed": args.seed,
+           "config": {k: v for k, v in vars(args).items() if k != "func"}}
     syn = SyntheticSet.initialise(args.init, real, args.ipc, backbone, train.meta(), torch.Generator().manual_seed(args.seed), run=run,
-                                  init_model=args.init_model, model_options=options)
+                                  init_model=args.init_model, model_options=options, latent_dtype=args.latent_dtype)
     syn.save(args.out)
-    print(f"wrote {args.out}: {len(syn)} latents of shape {tuple(syn.latents.shape[1:])}, ipc {args.ipc}, init {args.init}")
+    ledger = syn.ledger()
+    print(f"wrote {args.out}: {len(syn)} latents of shape {tuple(syn.latents.shape[1:])} ({args.latent_dtype}), ipc {args.ipc}, "
+          f"init {args.init}, budget {ledger['budget_ipc']:.4g} images per class")
     return 0
 
 
 def cmd_info(args) -> int:
     from .io import load_safetensors
+    from .storage import format_ledger, read_ledger
     from .synthetic import read_metadata
 
     if Path(args.file).is_dir():
@@ -147,6 +159,7 @@ def cmd_info(args) -> int:
         "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()},
         "decoded": meta.get("gendistill.decoded") == "1",
         **records,
+        "storage": read_ledger(tensors, meta, records["dataset"]),
     }
     labels = tensors.get("labels")
     if labels is not None and labels.numel():
@@ -170,6 +183,8 @@ def cmd_info(args) -> int:
     print(f"run       method {r.get('method')} steps {r.get('steps')} seed {r.get('seed')} gendistill {r.get('package_version')}")
     if "lr" in info:
         print(f"lr        {info['lr']:.6g}")
+    for line in format_ledger(info["storage"]):
+        print(line)
     print(f"config    {json.dumps(r.get('config', {}), sort_keys=True, default=str)}")
     return 0
 
@@ -255,6 +270,25 @@ def cmd_export(args) -> int:
                     Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(folder / f"{j:05d}.png")
             (tmp / "metadata.json").write_text(json.dumps({k: v for k, v in syn.metadata().items()}, indent=2) + "\n")
     print(f"wrote {args.out}: {len(images)} images of shape {tuple(images.shape[1:])} ({args.format})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .io import check_parent
+    from .storage import get_codec
+    from .synthetic import SyntheticSet
+
+    check_parent(args.out)
+    get_codec(args.latent_dtype)
+    if Path(args.out).resolve() == Path(args.file).resolve():
+        raise ValueError(f"--out {args.out!r} is the input file; write the converted set to a new path")
+    syn = SyntheticSet.load(args.file)
+    before = syn.ledger()
+    syn.latent_dtype = args.latent_dtype
+    syn.save(args.out, run={"converted_from": {"file": Path(args.file).name, "latent_dtype": before["latents"]["dtype"]}})
+    after = syn.ledger()
+    print(f"wrote {args.out}: {len(syn)} latents as {args.latent_dtype}, {after['total_bytes']:,} B (was {before['total_bytes']:,} B "
+          f"{before['latents']['dtype']}), budget {after['budget_ipc']:.4g} images per class")
     return 0
 
 
@@ -377,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import add_data_flags
     from .data import DataConfig
     from .nets import list_nets
+    from .storage import LATENT_DTYPES
     from .synthetic import INITS
 
     p = argparse.ArgumentParser(prog="gendistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_flags(s)
     s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
-    s.add_argument("--ipc", type=int, default=10)
+    s.add_argument("--ipc", type=int, default=None, help="latents per class, count-matched (default 10)")
+    s.add_argument("--ipc-budget", type=float, default=None,
+                   help="storage-matched: as many latents per class as fit in B float32 images per class (labels not counted)")
+    s.add_argument("--latent-dtype", default="float32", help=f"storage dtype of the latents: {', '.join(LATENT_DTYPES.names())}")
     s.add_argument("--init", default="real", choices=INITS.names())
     s.add_argument("--init-model", default=None,
                    help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
@@ -404,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("convert", help="rewrite a set with another latent storage dtype (float32, float16, bfloat16, int8)")
+    s.add_argument("file")
+    s.add_argument("--latent-dtype", required=True, help=f"one of: {', '.join(LATENT_DTYPES.names())}")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("sample", help="decode a set into a PNG grid (one row per class)")
     s.add_argument("file")
@@ -478,9 +522,10 @@ def _main(argv=None) -> int:
     if argv and argv[0] == "distill":
         return cmd_distill(argv[1:])
     args = parser.parse_args(argv)
-    for name in ("ipc",):
-        if getattr(args, name, 1) < 1:
-            raise ValueError(f"--{name} must be at least 1")
+    if getattr(args, "ipc", None) is not None and args.ipc < 1:
+        raise ValueError("--ipc must be at least 1")
+    if getattr(args, "ipc", None) is None and getattr(args, "ipc_budget", 0) is None:
+        args.ipc = 10  # count-matched by default
     return args.func(args)
 
 

@@ -11,6 +11,18 @@ classes and the gradients are summed, which is the 1-process gradient; the other
 compute the whole loss on each process with a per-process generator derived from (seed, rank, step), and the gradients
 are averaged. Loss, gradients, a finiteness flag and the interrupt flag travel in one all-reduce per step, so every
 process takes the same decision (raise, stop, step) at the same step; the set is identical on every process.
+
+``syn_batch`` K > 0 matches only K latents per class per step (drawn anew each step from the shared generator, as
+DM/IDM draw real batches, so every process draws the same): only those are decoded, matched and pushed back through
+the decoder, and only they move in that step (the other rows get their values back after the optimiser step), so a
+step of a set with hundreds of latents per class costs what a step with K does. ``latent_steps`` N (with
+``match_space="pixel"``) runs the first N steps in the latent match space (against ``real_latents``, the cached
+latents) and the rest decode-through: cheap steps first, the decoder's view last.
+
+``syn_batch`` K > 0 matches only K latents per class per step (drawn anew each step from the shared generator, as
+DM/IDM draw real batches, so every process draws the same): only those are decoded, matched and pushed back through
+the decoder, and only they move in that step (the other rows get their values back after the optimiser step), so a
+step of a set with hundreds of latents per class costs what a step with K does.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ class DistillConfig:
     batch_real: int = 256  # real samples per class per step (in total, whatever the number of processes)
     match_space: str = "latent"
     vjp_chunk: int = 64  # latents per decode_vjp chunk (pixel match space)
+    syn_batch: int = 0  # latents per class matched per step (0: all); the rest keep their values that step
+    latent_steps: int = 0  # pixel match space: the first N steps match latents (cheap), the rest decode-through
     checkpoint_every: int = 0  # 0: only when interrupted and at the end
     log_every: int = 10
     seed: int = 0
@@ -342,18 +356,43 @@ def _decode_rows(backbone: Backbone, latents: torch.Tensor, rows: torch.Tensor |
     return images
 
 
+def syn_rows(hard_labels: torch.Tensor, num_classes: int, per_class: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Indices of ``per_class`` random latents of each class (sorted), or None when every class has no more than that
+    (or ``per_class`` is 0): the rows a subsampled step matches."""
+    by_class = [torch.nonzero(hard_labels == c).flatten() for c in range(num_classes)]
+    if per_class <= 0 or all(len(idx) <= per_class for idx in by_class):
+        return None
+    picked = [idx[torch.randperm(len(idx), generator=generator)[:per_class]] for idx in by_class]
+    return torch.cat(picked).sort().values
+
+
 def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: LatentSplit, cfg: DistillConfig,
             accelerator: Accelerator, dataset_meta: dict, workdir: str | Path | None = None, resume: bool = False,
-            fingerprint: dict | None = None) -> TrainState:
-    """Optimise ``syn.latents`` for ``cfg.steps`` steps of ``objective`` against ``real`` (latents or images)."""
+            fingerprint: dict | None = None, real_latents: LatentSplit | None = None) -> TrainState:
+    """Optimise ``syn.latents`` for ``cfg.steps`` steps of ``objective`` against ``real`` (latents or images);
+    ``real_latents`` (the cached latents) is what the first ``cfg.latent_steps`` steps match against."""
     if cfg.match_space not in MATCH_SPACES:
         raise ValueError(f"unknown match space {cfg.match_space!r}; use one of {', '.join(MATCH_SPACES)}")
+    if cfg.syn_batch < 0:
+        raise ValueError(f"--syn-batch must be 0 (all latents) or a number of latents per class, got {cfg.syn_batch}")
     device = accelerator.device
     space = effective_match_space(backbone.kind, cfg.match_space)
-    decode_through = space == "pixel" and backbone.kind != "pixel"
-    in_shape = tuple(backbone.image_shape if space == "pixel" else backbone.latent_shape)
     mean, std = dataset_meta["mean"], dataset_meta["std"]
-    transform = (lambda x: normalize(x, mean, std)) if space == "pixel" else (lambda x: x)
+    reals = {space: real}
+    if cfg.latent_steps < 0:
+        raise ValueError(f"--latent-steps must be 0 or more, got {cfg.latent_steps}")
+    if cfg.latent_steps:
+        if space != "pixel" or backbone.kind == "pixel" or real_latents is None or real_latents.space != "latent":
+            raise ValueError("--latent-steps warms up in the latent match space before decode-through: it needs --match-space pixel "
+                             "and a backbone with a latent cache (vae); drop --latent-steps")
+        reals["latent"] = real_latents
+    setups = {}  # match space -> (decode-through?, the objective's input shape, its transform, the real split)
+    for name, part in reals.items():
+        setups[name] = (name == "pixel" and backbone.kind != "pixel",
+                        tuple(backbone.image_shape if name == "pixel" else backbone.latent_shape),
+                        (lambda x: normalize(x, mean, std)) if name == "pixel" else (lambda x: x),
+                        part)
+    final_space = space
     parallel = getattr(objective, "parallel", "replicas")
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"objective {type(objective).__name__} has parallel={parallel!r}; use one of {', '.join(PARALLEL_MODES)}")
@@ -391,8 +430,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
 
     labels = syn.hard_labels.to(device)
-    mine = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype, device=device)).nonzero().flatten() if split else None
-    decode_rows = mine if split and not getattr(objective, "whole_set", False) else None  # pixel space: what to decode
+    cpu_labels = syn.hard_labels.cpu()
+    own = torch.tensor(classes, dtype=labels.dtype, device=device) if split else None
     latent_loss = getattr(objective, "latent_loss", None)
     last_good = latest_checkpoint(workdir) if workdir else None
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"distill ({space} space)", dynamic_ncols=True,
@@ -404,30 +443,40 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     try:
         with deferred_interrupt() as interrupted:
             while state.step < cfg.steps:
+                space = "latent" if state.step < cfg.latent_steps else final_space
+                decode_through, in_shape, transform, real = setups[space]
                 local = local_generator(cfg.seed, rank, state.step) if world > 1 and not split else None
+                picked = syn_rows(cpu_labels, syn.num_classes, cfg.syn_batch, state.shared)  # the same on every process
+                picked = None if picked is None else picked.to(device)
+                step_labels = labels if picked is None else labels[picked]
+                soft = None if not syn.soft else (syn.labels if picked is None else syn.labels[picked])
+                mine = torch.isin(step_labels, own).nonzero().flatten() if split else None
+                decode_rows = mine if split and not getattr(objective, "whole_set", False) else None  # pixel space: what to decode
                 ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform,
-                                  syn_lr=syn.lr, soft_labels=syn.labels if syn.soft else None, classes=classes, processes=world,
-                                  local_generator=local)
+                                  syn_lr=syn.lr, soft_labels=soft, classes=classes, processes=world, local_generator=local)
                 real_batch = RealBatches(real, cfg.batch_real, state.data, device)
                 opt.zero_grad(set_to_none=True)
                 if decode_through:
                     with torch.no_grad(), accelerator.autocast():
-                        images = _decode_rows(backbone, syn.latents, decode_rows, cfg.vjp_chunk)
+                        z = syn.latents.detach() if picked is None else syn.latents.detach()[picked]
+                        images = _decode_rows(backbone, z, decode_rows, cfg.vjp_chunk)
                     images.requires_grad_(True)
                     with accelerator.autocast():
-                        loss = objective(images, labels, real_batch, ctx)
+                        loss = objective(images, step_labels, real_batch, ctx)
                     if loss.requires_grad:  # a process with no class of its own has nothing to differentiate
                         accelerator.backward(loss)
                     if images.grad is not None:
                         rows = mine if split else slice(None)  # other processes' rows have no gradient here
-                        grad = torch.zeros_like(syn.latents, dtype=torch.float32)
+                        grad = torch.zeros_like(z, dtype=torch.float32)
                         with accelerator.autocast():
-                            if len(syn.latents[rows]):
-                                grad[rows] = backbone.decode_vjp(syn.latents.detach()[rows], images.grad[rows], cfg.vjp_chunk).float()
+                            if len(z[rows]):
+                                grad[rows] = backbone.decode_vjp(z[rows], images.grad[rows], cfg.vjp_chunk).float()
+                        if picked is not None:
+                            grad = torch.zeros_like(syn.latents, dtype=torch.float32).index_copy_(0, picked, grad)
                         syn.latents.grad = grad
                 else:
                     with accelerator.autocast():
-                        loss = objective(syn.latents, labels, real_batch, ctx)
+                        loss = objective(syn.latents if picked is None else syn.latents[picked], step_labels, real_batch, ctx)
                     if loss.requires_grad:
                         accelerator.backward(loss)
                 if split:
@@ -458,7 +507,13 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                     raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = base * schedule(state.step, cfg.steps)
+                if picked is not None:  # only the matched rows move: the others get back their values after the step
+                    resting = torch.ones(len(syn), dtype=torch.bool, device=device).index_fill_(0, picked, False)
+                    before = syn.latents.detach()[resting].clone()
                 opt.step()
+                if picked is not None:
+                    with torch.no_grad():
+                        syn.latents[resting] = before
                 # a student lr must stay positive
                 if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""

@@ -20,6 +20,7 @@ from .io import write_json
 from .objectives import Objective
 from .outputs import RunOutput, staging_path
 from .plots import image_grid, loss_plot, save_png
+from .storage import check_ipc_args, get_codec, resolve_ipc
 from .synthetic import SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
@@ -29,7 +30,10 @@ RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "chec
 def run_name(method: str, cfg) -> str:
     backbone = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.backbone).name)
     space = f"-{cfg.latent_space.replace('+', 'p')}" if getattr(cfg, "latent_space", None) else ""
-    return f"{method}-{cfg.dataset}-ipc{cfg.ipc}-{backbone}{space}-{cfg.match_space}"
+    size = f"budget{cfg.ipc_budget:g}" if getattr(cfg, "ipc_budget", None) is not None else f"ipc{cfg.ipc}"
+    dtype = getattr(cfg, "latent_dtype", "float32")
+    size += "" if dtype == "float32" else f"-{dtype}"
+    return f"{method}-{cfg.dataset}-{size}-{backbone}{space}-{cfg.match_space}"
 
 
 @dataclasses.dataclass
@@ -46,7 +50,11 @@ class RecipeConfig(DataConfig):
     prompt_template: str | None = None  # text-conditioned diffusion: class name -> prompt (None: "a photo of a {name}")
     init_model: str | None = None  # --init diffusion / diffusion-prototype: the model (None: the backbone if diffusion, else fashion-mnist-ldm)
     match_space: str = "latent"  # latent | pixel (decode-through; required by backbones without a latent cache: gan)
-    ipc: int = 10
+    ipc: int | None = None  # latents per class, count-matched (None: 10, or what --ipc-budget allows)
+    ipc_budget: float | None = None  # storage-matched: as many latents per class as fit in B float32 images per class
+    latent_dtype: str = "float32"  # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
+    syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
+    latent_steps: int = 0  # --match-space pixel: the first N steps match latents (cheap), the rest decode-through
     init: str = "real"
     steps: int = 1000
     lr: float = 0.05  # of the latents
@@ -67,6 +75,15 @@ class RecipeConfig(DataConfig):
     cache_dir: str | None = None
     eval_epochs: int = 300
     eval_runs: int = 3
+
+    def __post_init__(self):
+        check_ipc_args(self.ipc, self.ipc_budget)
+        get_codec(self.latent_dtype)  # an unknown dtype fails now, not after the data is loaded
+        if self.ipc is None and self.ipc_budget is None:
+            self.ipc = DEFAULT_IPC
+
+
+DEFAULT_IPC = 10
 
 
 @dataclasses.dataclass
@@ -100,11 +117,14 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     else:  # nothing is encoded up front: initialisers invert just the images they pick
         real_latents = images
     real = images if pixel_space else real_latents
+    cfg.ipc = resolve_ipc(cfg.ipc, cfg.ipc_budget, backbone.latent_shape, train.image_shape, train.num_classes, cfg.latent_dtype)
+    if cfg.ipc_budget is not None:
+        accelerator.print(f"--ipc-budget {cfg.ipc_budget:g}: {cfg.ipc} {cfg.latent_dtype} latents of {tuple(backbone.latent_shape)} per class")
     gen = torch.Generator().manual_seed(cfg.seed)
-    run = {"method": method, "ipc": cfg.ipc, "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
+    run = {"method": method, "ipc": cfg.ipc, "ipc_budget": cfg.ipc_budget, "latent_dtype": cfg.latent_dtype, "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
            "config": dataclasses.asdict(cfg)}
     syn = SyntheticSet.initialise(cfg.init, real_latents, cfg.ipc, backbone, train.meta(), gen, run=run,
-                                  init_model=getattr(cfg, "init_model", None), model_options=options)
+                                  init_model=getattr(cfg, "init_model", None), model_options=options, latent_dtype=cfg.latent_dtype)
     return Pieces(train, test, backbone, real_latents, real, syn)
 
 
@@ -119,7 +139,8 @@ def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelera
         fingerprint["steps"] = cfg.steps  # a decaying lr is a function of the step count: it cannot be extended on resume
     fingerprint["backbone_sha256"] = pieces.backbone.weights_sha256()
     return distill(pieces.syn, objective, pieces.backbone, pieces.real, distill_config(cfg), accelerator,
-                   pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint)
+                   pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint,
+                   real_latents=pieces.real_latents)
 
 
 def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path | None = None) -> dict | None:
@@ -134,6 +155,7 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     evaluating = cfg.eval_runs > 0
     if not (main or evaluating):
         return None
+    syn.round_trip_()  # what is evaluated is what the file holds (float16, bfloat16, int8 latents)
     images = syn.decode(backbone)  # the set is identical on every process
     if main:
         syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(state.seconds, 1)})
@@ -193,6 +215,7 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
     if result is not None:
         lr = f", learned lr {float(pieces.syn.lr.detach()):.4g}" if pieces.syn.lr is not None else ""
         space = effective_match_space(pieces.backbone.kind, cfg.match_space)
-        print(f"{method} {cfg.dataset} ipc {cfg.ipc} ({space} space): test accuracy {100 * result['mean']:.2f} +- "
+        budget = f" (budget {pieces.syn.ledger()['budget_ipc']:.3g}, {cfg.latent_dtype})" if cfg.ipc_budget is not None else ""
+        print(f"{method} {cfg.dataset} ipc {cfg.ipc}{budget} ({space} space): test accuracy {100 * result['mean']:.2f} +- "
               f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
     return result

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .backbones.base import effective_match_space
 from .io import load_safetensors
+from .storage import read_ledger
 from .synthetic import read_metadata
 
 
@@ -32,13 +33,15 @@ def _set_and_evals(path: str | Path) -> tuple[Path, list[Path]]:
 
 
 def run_row(path: str | Path) -> dict:
-    """One run's facts: method, backbone, spaces, ipc, init, steps, seconds, bytes and accuracy per architecture."""
+    """One run's facts: method, backbone, spaces, ipc, init, steps, seconds, bytes, the storage ledger's budget and
+    decoder bytes, and accuracy per architecture."""
     set_file, evals = _set_and_evals(path)
     tensors, meta = load_safetensors(set_file)
     records = read_metadata(set_file, meta)
     backbone, run = records["backbone"], records["run"]
     config = run.get("config", {})
     labels = tensors["labels"]
+    ledger = read_ledger(tensors, meta, records["dataset"])
     hard = labels.argmax(1) if labels.ndim == 2 else labels
     archs: dict[str, dict] = {}
     for e in evals:  # later files (sorted by name) win for an architecture both hold
@@ -64,6 +67,10 @@ def run_row(path: str | Path) -> dict:
         "steps": run.get("steps_done", config.get("steps", "-")),
         "distill_seconds": run.get("distill_seconds"),
         "bytes": os.path.getsize(set_file),
+        "latent_dtype": ledger.get("latents", ledger.get("images", {})).get("dtype", "-"),
+        "set_bytes": ledger.get("total_bytes"),
+        "budget_ipc": ledger.get("budget_ipc"),
+        "decoder_bytes": (ledger.get("decoder") or {}).get("bytes"),
         "archs": archs,
         "convnet_drop": drop,
     }
@@ -80,14 +87,17 @@ def markdown_table(rows: list[dict]) -> str:
     seen = list(dict.fromkeys(a for row in rows for a in row["archs"]))
     archs = sorted(seen, key=lambda a: (a != "convnet", seen.index(a)))  # the protocol's net first
     drops = any(r.get("convnet_drop") is not None for r in rows)
-    head = ["run", "method", "backbone", "match space", "match net", "IPC", "init", "steps", "distil s", "bytes", *[f"{a} %" for a in archs],
+    head = ["run", "method", "backbone", "match space", "match net", "IPC", "dtype", "budget (img/class)", "init", "steps", "distil s", "bytes",
+            "decoder bytes", *[f"{a} %" for a in archs],
             *(["convnet - mean of others (points)"] if drops else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         seconds = "-" if r["distill_seconds"] is None else f"{r['distill_seconds']:.0f}"
         ipc = f"{r['ipc']}{' (soft)' if r['soft_labels'] else ''}"
-        cells = [r["run"], r["method"], r["backbone"], r["match_space"], r["match_net"], ipc, r["init"], str(r["steps"]), seconds,
-                 f"{r['bytes']:,}", *[_acc(r["archs"].get(a)) for a in archs]]
+        budget = "-" if r.get("budget_ipc") is None else f"{r['budget_ipc']:.3g}"
+        decoder = "-" if r.get("decoder_bytes") is None else f"{r['decoder_bytes']:,}"
+        cells = [r["run"], r["method"], r["backbone"], r["match_space"], r["match_net"], ipc, r.get("latent_dtype", "-"), budget, r["init"],
+                 str(r["steps"]), seconds, f"{r['bytes']:,}", decoder, *[_acc(r["archs"].get(a)) for a in archs]]
         if drops:
             cells.append("-" if r.get("convnet_drop") is None else f"{100 * r['convnet_drop']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")

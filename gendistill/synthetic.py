@@ -1,7 +1,9 @@
 """The synthetic set: latents (a parameter), labels (hard ids or soft), an optional learnable eval lr.
 
-File contract (``*.safetensors``): tensors ``latents``, ``labels`` and optional ``lr``; string metadata
-``gendistill.format``, ``gendistill.backbone`` / ``gendistill.dataset`` / ``gendistill.run`` (JSON).
+File contract (``*.safetensors``): tensors ``latents`` (in the set's storage dtype; int8 adds ``latents_scale`` and
+``latents_zero_point``, see ``gendistill.storage``), ``labels`` and optional ``lr``; string metadata
+``gendistill.format``, ``gendistill.backbone`` / ``gendistill.dataset`` / ``gendistill.run`` and the storage ledger
+``gendistill.storage`` (JSON). Files written before the ledger existed load all the same (it is computed on reading).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .backbones import Backbone
 from .cache import LatentSplit
 from .io import load_safetensors, save_safetensors
 from .registry import Registry
+from .storage import LEDGER_KEY, codec_of, decoder_record, get_codec, make_ledger, read_ledger
 
 FORMAT_VERSION = "1"
 INITS: Registry = Registry("initialisation")
@@ -26,7 +29,8 @@ DEFAULT_INIT_MODEL = "fashion-mnist-ldm"  # the diffusion model of --init diffus
 
 class SyntheticSet(nn.Module):
     def __init__(self, latents: torch.Tensor, labels: torch.Tensor, lr: float | torch.Tensor | None = None,
-                 backbone: dict | None = None, dataset: dict | None = None, run: dict | None = None):
+                 backbone: dict | None = None, dataset: dict | None = None, run: dict | None = None,
+                 latent_dtype: str = "float32", decoder: dict | None = None):
         super().__init__()
         if labels.ndim not in (1, 2) or len(labels) != len(latents):
             raise ValueError(f"{len(latents)} latents but labels of shape {tuple(labels.shape)}; "
@@ -37,6 +41,8 @@ class SyntheticSet(nn.Module):
         self.backbone_meta = dict(backbone or {})
         self.dataset_meta = dict(dataset or {})
         self.run_meta = dict(run or {})
+        self.latent_dtype = get_codec(latent_dtype).name  # the storage dtype the set is written in (optimised in float32)
+        self.decoder = dict(decoder) if decoder else None  # the decoder's size (``storage.decoder_record``), for the ledger
 
     # -- views ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -68,7 +74,8 @@ class SyntheticSet(nn.Module):
     @classmethod
     def initialise(cls, method: str, real: LatentSplit, ipc: int, backbone: Backbone, dataset: dict,
                    generator: torch.Generator | None = None, run: dict | None = None,
-                   init_model: str | Backbone | None = None, model_options: dict | None = None) -> SyntheticSet:
+                   init_model: str | Backbone | None = None, model_options: dict | None = None,
+                   latent_dtype: str = "float32") -> SyntheticSet:
         """``ipc`` latents per class by an INITS method, from ``real``: the cached latents of the train split, or its
         images (``real.space == "pixel"``, a backbone without a latent cache) of which only the picked ones are encoded.
         A method that samples a generative model (``--init diffusion``) gets ``init_model`` (see ``load_init_model``)."""
@@ -86,7 +93,8 @@ class SyntheticSet(nn.Module):
             device = next(backbone.parameters(), latents).device
             with torch.no_grad():
                 latents = backbone.encode(latents.to(device), labels=labels).detach().cpu()
-        return cls(latents, labels, backbone=backbone.describe(), dataset=dataset, run={"init": method, **(run or {})})
+        return cls(latents, labels, backbone=backbone.describe(), dataset=dataset, run={"init": method, **(run or {})},
+                   latent_dtype=latent_dtype, decoder=decoder_record(backbone))
 
     # -- decoding -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,11 +117,31 @@ class SyntheticSet(nn.Module):
             "gendistill.run": json.dumps(portable_run({"package_version": __version__, **self.run_meta, **(run or {})}), sort_keys=True, default=str),
         }
 
-    def save(self, path: str | Path, run: dict | None = None) -> None:
-        tensors = {"latents": self.latents.detach().float(), "labels": self.labels}
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors a set file holds: the latents in the storage dtype (int8 with its scales), labels, lr."""
+        tensors = {**get_codec(self.latent_dtype).encode(self.latents.detach().float().cpu()), "labels": self.labels.detach().cpu()}
         if self.lr is not None:
-            tensors["lr"] = self.lr.detach().reshape(())
-        save_safetensors(tensors, path, self.metadata(run))
+            tensors["lr"] = self.lr.detach().reshape(()).cpu()
+        return tensors
+
+    def ledger(self, tensors: dict[str, torch.Tensor] | None = None) -> dict:
+        """The storage ledger (``gendistill.storage``) of the set as written: bytes by part, budget, decoder beside."""
+        return make_ledger(tensors or self.stored_tensors(), self.num_classes, self.dataset_meta.get("image_shape"), self.decoder)
+
+    @torch.no_grad()
+    def round_trip_(self) -> "SyntheticSet":
+        """Replace the latents by what the file will hold (quantised to the storage dtype and read back), so that what
+        is evaluated is what is saved. A no-op for float32."""
+        if self.latent_dtype != "float32":
+            codec = get_codec(self.latent_dtype)
+            self.latents.copy_(codec.decode(codec.encode(self.latents.detach().float().cpu())).to(self.latents.device))
+        return self
+
+    def save(self, path: str | Path, run: dict | None = None) -> None:
+        tensors = self.stored_tensors()
+        meta = self.metadata(run)
+        meta[LEDGER_KEY] = json.dumps(self.ledger(tensors), sort_keys=True)
+        save_safetensors(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | Path, backbone: Backbone | None = None, ignore_hash: bool = False) -> SyntheticSet:
@@ -122,7 +150,9 @@ class SyntheticSet(nn.Module):
         for name in ("latents", "labels"):
             if name not in tensors:
                 raise ValueError(f"{str(path)!r} has no {name!r} tensor; it is not a gendistill set file")
-        latents, labels = tensors["latents"], tensors["labels"]
+        labels = tensors["labels"]
+        codec = codec_of(tensors)
+        latents = codec.decode(tensors, where=repr(str(path)))
         if labels.ndim not in (1, 2) or len(labels) != len(latents):
             raise ValueError(f"{str(path)!r}: {len(latents)} latents but labels of shape {tuple(labels.shape)}; "
                              "the file is inconsistent, re-create it")
@@ -130,7 +160,9 @@ class SyntheticSet(nn.Module):
         if recorded is not None and list(latents.shape[1:]) != list(recorded):
             raise ValueError(f"{str(path)!r}: latents of shape {tuple(latents.shape[1:])} but the recorded backbone "
                              f"latent shape is {tuple(recorded)}")
-        s = cls(latents, labels, tensors.get("lr"), records["backbone"], records["dataset"], records["run"])
+        ledger = read_ledger(tensors, meta, records["dataset"])
+        s = cls(latents, labels, tensors.get("lr"), records["backbone"], records["dataset"], records["run"],
+                latent_dtype=codec.name, decoder=ledger.get("decoder"))
         if backbone is not None:
             s.check_backbone(backbone, ignore_hash)
         return s

@@ -159,6 +159,8 @@ PARITY = {
     "dm-latent": [DM, *TINY, "--match-space", "latent"],
     "dm-pixel": [DM, *TINY, "--match-space", "pixel"],
     "dc-pixel": [DC, *TINY, "--match-space", "pixel", "--outer-loop", 2, "--inner-loop", 1],
+    # storage-matched: a subsample of the set per step (the same rows on both processes) and a latent warm-up
+    "dm-subsampled": [DM, *TINY, "--match-space", "pixel", "--syn-batch", 1, "--latent-steps", 1],
 }
 
 

@@ -86,6 +86,18 @@ class Backbone(nn.Module):
         """The values of ``option_names`` this backbone was loaded with (part of its identity; empty for most kinds)."""
         return {}
 
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules ``decode`` runs (whose size a set file reports beside its own): the whole backbone unless a kind
+        knows better (a VAE: its decoder, not its encoder)."""
+        return [self]
+
+    def decoder_params(self) -> int:
+        return sum(t.numel() for m in self.decoder_modules() for t in (*m.parameters(), *m.buffers()))
+
+    def decoder_bytes(self) -> int:
+        """Bytes of the weights ``decode`` needs, in their dtype (0 for the pixel backbone)."""
+        return sum(t.numel() * t.element_size() for m in self.decoder_modules() for t in (*m.parameters(), *m.buffers()))
+
     def decode_for_grad(self, z: torch.Tensor) -> torch.Tensor:
         """``decode(z)`` as ``decode_vjp`` differentiates it: the same values; a kind whose decode is a long chain
         (diffusion: K UNet calls) recomputes activations in the backward pass (checkpointing) to bound memory."""

@@ -270,6 +270,9 @@ class DiffusionBackbone(Backbone):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(self.denoise(z))
 
+    def decoder_modules(self):
+        return [self.unet, *self.vae.decoder_modules(), *([self.text_encoder] if self.text_encoder is not None else [])]
+
     def decode_for_grad(self, z: torch.Tensor) -> torch.Tensor:
         return checkpoint(self.vae.decode, self.denoise(z, grad_checkpoint=True), use_reentrant=False)
 

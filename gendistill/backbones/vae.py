@@ -58,6 +58,9 @@ class VAEBackbone(Backbone):
     def scaling(self) -> dict:
         return {"scaling_factor": self.scale, "shift_factor": self.shift}
 
+    def decoder_modules(self):
+        return [m for m in (self.vae.post_quant_conv, self.vae.decoder) if m is not None]
+
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Posterior means (or samples with ``generator``); ``labels`` are ignored (the VAE is unconditional)."""
         x = _resize(_adapt_channels(x, self.vae.config.in_channels), self.work_size)

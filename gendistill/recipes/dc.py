@@ -42,10 +42,16 @@ def run(cfg: LatentDCConfig) -> dict | None:
     """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use --method dc or --method dsa")
+    return run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces))
+
+
+def setup(cfg: LatentDCConfig, pieces):
+    """The objective, once the set exists (--ipc-budget decides the IPC, and the reference's loops follow it)."""
     outer, inner = reference_loops(cfg.ipc)
     cfg.outer_loop = outer if cfg.outer_loop is None else cfg.outer_loop  # resolved values go into the set's config
     cfg.inner_loop = inner if cfg.inner_loop is None else cfg.inner_loop
-    return run_recipe(cfg, cfg.method, get_objective(cfg.method, **objective_kwargs(cfg, cfg.method)))
+    pieces.syn.run_meta["config"].update(outer_loop=cfg.outer_loop, inner_loop=cfg.inner_loop)
+    return get_objective(cfg.method, **objective_kwargs(cfg, cfg.method))
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@
     gendistill distill dm --match-space latent --steps 500 --batch-real 256   # LatentDD: match latents
     gendistill distill dm --backbone pixel                  # classic pixel-space DM
     gendistill distill dm --resume                          # continue the run in --output
+    gendistill distill dm --ipc-budget 10                   # storage-matched: as many latents as 10 float32 images/class hold
     accelerate launch -m gendistill distill dm              # (or recipes/latent_dm.py) on every device / process
 
 The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real

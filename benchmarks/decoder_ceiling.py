@@ -1,0 +1,63 @@
+"""The decoder's ceiling: the evaluation ConvNet trained on every training image after encode -> decode, against the
+same net trained on the raw images; test accuracy on the real test split for both.
+
+A distilled latent set can only be as good as the images its decoder can draw: training on all 60,000 decoded images
+is the most any latent set of this backbone could teach the network (at this training length). The training is the
+standard protocol's (`gendistill.evaluate.train_and_test`: SGD lr 0.01, momentum 0.9, batch 256, lr x0.1 at half,
+DSA augmentation), only shorter: a few epochs over 60,000 images instead of hundreds over a small set.
+
+    python benchmarks/decoder_ceiling.py [--backbone fashion-mnist-vae] [--epochs 3] [--runs 1] [--out ceiling.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict
+
+import torch
+
+from gendistill.backbones import load_backbone
+from gendistill.data import get_dataset
+from gendistill.evaluate import EvalConfig, reconstruct, train_and_test
+from gendistill.io import write_json
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="fashion-mnist-vae")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images (a quick check)")
+    p.add_argument("--out", default=None, help="write the result JSON here")
+    args = p.parse_args(argv)
+    train, test = get_dataset(args.dataset, "train"), get_dataset(args.dataset, "test")
+    n = min(len(train), args.limit or len(train))
+    raw = train.float_images(slice(0, n))
+    labels = train.labels[:n].clone()
+    backbone = load_backbone(args.backbone, image_shape=train.image_shape)
+    start = time.time()
+    decoded = reconstruct(backbone, raw)
+    recon_seconds = time.time() - start
+    cfg = EvalConfig(epochs=args.epochs, runs=args.runs)
+    result = {"backbone": args.backbone, "latent_shape": list(backbone.latent_shape), "images": n, "settings": asdict(cfg),
+              "reconstruct_seconds": round(recon_seconds, 1)}
+    for name, images in (("decoded", decoded), ("raw", raw)):
+        accs, t0 = [], time.time()
+        for run in range(args.runs):
+            g = torch.Generator().manual_seed(run)
+            accs.append(train_and_test(images, labels, test, cfg, g, torch.device("cpu"), test.mean, test.std))
+        result[name] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "seconds": round(time.time() - t0, 1)}
+        print(f"{name:8s} {n} training images, {args.epochs} epochs x {args.runs} runs: test accuracy "
+              f"{100 * result[name]['mean']:.2f} +- {100 * result[name]['std']:.2f} % ({result[name]['seconds']:.0f} s)", flush=True)
+    print(f"decoder ceiling ({args.backbone}, latents {tuple(backbone.latent_shape)}): {100 * result['decoded']['mean']:.2f} % decoded "
+          f"vs {100 * result['raw']['mean']:.2f} % raw ({100 * (result['raw']['mean'] - result['decoded']['mean']):.2f} points)")
+    if args.out:
+        write_json(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Time to accuracy: pixel DM against the default latent recipe, each evaluated every N steps the same cheap way.
+
+Both runs are ``recipes/latent_dm.py`` configs (the pixel one: ``recipes/configs/dm/fashion-mnist_ipc10_pixel.yaml``,
+the latent one: the recipe's defaults, the demo), distilled in segments of ``--eval-every`` steps (the loop resumes
+exactly from its checkpoint, so the segments make the same run as one call). After each segment the set is decoded
+and evaluated with one fixed cheap protocol (``--eval-epochs`` epochs, ``--eval-runs`` nets, the same seeds for
+every point). Two clocks, distillation only (not set-up, latent encoding or evaluation): the process CPU time of the
+segments (``--clock cpu``, the default: with one torch thread it is what the steps cost, however busy a shared
+machine is) and the loop's wall clock (``TrainState.seconds``, ``--clock wall``: the figure on a machine of one's
+own or a GPU). The target is the pixel run's final accuracy; the script prints the distillation time each
+run needs to reach it and ``time-to-accuracy ratio R x`` = pixel time / latent time (above 1: latent is faster).
+
+    python benchmarks/time_to_accuracy.py                                   # 200 steps each, eval every 50, 50 epochs x 1 net
+    python benchmarks/time_to_accuracy.py --steps 40 --eval-every 20 --eval-epochs 20 --batch-real 16   # small
+    python benchmarks/time_to_accuracy.py --latent --latent-steps 150 --syn-batch 5   # any latent_dm.py flag after --latent
+    python benchmarks/time_to_accuracy.py --latent --ipc-budget 10 --syn-batch 10     # storage-matched latent set vs pixel IPC 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gendistill.distill import make_accelerator
+from gendistill.evaluate import EvalConfig, evaluate
+from gendistill.io import write_json
+from gendistill.pipeline import build, run_distill
+
+ROOT = Path(__file__).resolve().parents[1]
+PIXEL_CONFIG = ROOT / "recipes" / "configs" / "dm" / "fashion-mnist_ipc10_pixel.yaml"
+
+
+def recipe():
+    spec = importlib.util.spec_from_file_location("latent_dm", ROOT / "recipes" / "latent_dm.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def curve(name: str, argv: list[str], args, workdir: Path) -> dict:
+    """Distil with ``latent_dm.py`` flags ``argv`` in segments; the cheap accuracy and loop seconds after each."""
+    dm = recipe()
+    cfg = dm.parse_config(dm.LatentDMConfig, argv)
+    cfg = dataclasses.replace(cfg, output=str(workdir / name), checkpoint_every=0, eval_runs=0, resume=False)
+    Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator("no")
+    pieces = build(cfg, "dm", accelerator)
+    objective = dm.make_objective(cfg)
+    ecfg = EvalConfig(epochs=args.eval_epochs, runs=args.eval_runs, seed=0)
+    points, total, cpu, wall = [], cfg.steps, 0.0, 0.0
+    marks = list(range(0, total, args.eval_every))[1:] + [total]
+    for i, upto in enumerate([0] + marks):
+        if upto:
+            seg = dataclasses.replace(cfg, steps=upto, resume=i > 1)
+            accelerator = make_accelerator("no")  # a fresh one per segment: each registers its own optimiser and state
+            c0 = time.process_time()
+            state = run_distill(seg, pieces, objective, accelerator, Path(cfg.output))
+            cpu += time.process_time() - c0
+            wall = state.seconds
+        seconds = cpu if args.clock == "cpu" else wall
+        images = pieces.syn.decode(pieces.backbone).cpu()
+        t0 = time.time()
+        acc = evaluate(images, pieces.syn.labels.cpu(), pieces.test, ecfg, device=accelerator.device, progress=False)["mean"]
+        points.append({"step": upto, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2), "accuracy": acc})
+        print(f"{name:6s} step {upto:5d}  distil {cpu:8.1f} s cpu {wall:8.1f} s wall  accuracy {100 * acc:6.2f} %  (eval {time.time() - t0:.0f} s)", flush=True)
+    return {"argv": argv, "config": dataclasses.asdict(cfg), "points": points}
+
+
+def time_to(points: list[dict], target: float) -> float | None:
+    for p in points:
+        if p["accuracy"] >= target:
+            return p["seconds"]
+    return None
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    latent_extra = argv[argv.index("--latent") + 1 :] if "--latent" in argv else []
+    argv = argv[: argv.index("--latent")] if "--latent" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--steps", type=int, default=200, help="distillation steps of each run")
+    p.add_argument("--batch-real", type=int, default=64, help="real samples per class per step (both runs)")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-epochs", type=int, default=50, help="epochs of the cheap evaluation")
+    p.add_argument("--eval-runs", type=int, default=1)
+    p.add_argument("--pixel-config", default=str(PIXEL_CONFIG))
+    p.add_argument("--clock", default="cpu", choices=["cpu", "wall"], help="which distillation time the ratio uses")
+    p.add_argument("--out", default=None, help="write both curves and the result to this JSON file")
+    p.add_argument("--workdir", default=None, help="where the runs' checkpoints go (default: a temporary directory)")
+    args = p.parse_args(argv)
+    if args.eval_every < 1 or args.steps < 1:
+        p.error("--steps and --eval-every must be at least 1")
+    common = ["--steps", str(args.steps), "--batch-real", str(args.batch_real)]
+    size = ["--ipc", str(args.ipc)]
+    latent_size = [] if "--ipc-budget" in latent_extra else size  # a storage-matched latent set against pixel DM at --ipc
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        pixel = curve("pixel", ["--config", args.pixel_config, *size, *common], args, Path(tmp))
+        latent = curve("latent", [*latent_size, *common, *latent_extra], args, Path(tmp))
+    target = pixel["points"][-1]["accuracy"]
+    t_pixel, t_latent = time_to(pixel["points"], target), time_to(latent["points"], target)
+    best = max(p["accuracy"] for p in latent["points"])
+    print(f"target: the pixel run's final accuracy {100 * target:.2f} % ({args.eval_epochs} epochs x {args.eval_runs} nets)")
+    print(f"pixel DM reaches it after {t_pixel:.1f} s ({args.clock}) of distillation")
+    if t_latent is None:
+        print(f"latent recipe does not reach it in {args.steps} steps ({latent['points'][-1]['seconds']:.1f} s; best {100 * best:.2f} %)")
+        print("time-to-accuracy ratio n/a x (target not reached)")
+    elif t_latent == 0:
+        print("latent recipe reaches it at its initialisation (0 s of distillation)")
+        print("time-to-accuracy ratio inf x")
+    else:
+        print(f"latent recipe reaches it after {t_latent:.1f} s ({args.clock}) of distillation")
+        print(f"time-to-accuracy ratio {t_pixel / max(t_latent, 1e-9):.1f} x")
+    if args.out:
+        write_json({"pixel": pixel, "latent": latent, "target": target, "pixel_seconds": t_pixel, "latent_seconds": t_latent,
+                    "settings": vars(args), "latent_extra": latent_extra}, args.out)
+
+
+if __name__ == "__main__":
+    main()

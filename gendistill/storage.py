@@ -1,0 +1,244 @@
+"""What a distilled set costs to store: latent storage dtypes, the storage ledger and the ``--ipc-budget`` arithmetic.
+
+A set is compared with others by the bytes it holds, not only by its count of samples (IPC). The unit is the
+*image equivalent per class*: ``budget = bytes / (num_classes x bytes of one float32 image of the dataset)``, so a
+Fashion-MNIST set of budget 1 holds 784 float32 numbers per class: one image, or four 4x7x7 float32 latents, or eight
+float16 ones. Following FreD, GLaD and D4M, the budget counts the set's *data* (the latents, with the scales an int8
+set needs to be read back) and leaves out the decoder, which is reported beside it; the label bytes (and a learned lr)
+are shown too, and a second budget figure counts them (``budget_ipc_with_labels``), but ``--ipc-budget`` sizes the set
+by its data alone.
+
+Storage dtypes (``LATENT_DTYPES``): ``float32``, ``float16``, ``bfloat16`` (a cast) and ``int8`` (affine per channel:
+for each index of the latents' dimension 1, ``q = clamp(round(z / scale) + zero_point, -128, 127)``; the file holds
+``latents`` int8, ``latents_scale`` float32 (C,) and ``latents_zero_point`` int32 (C,); ``z ~ (q - zero_point) * scale``,
+off by at most ``scale / 2``). Latents are always optimised in float32; the dtype applies when the set is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .registry import Registry
+
+LEDGER_KEY = "gendistill.storage"
+LEDGER_VERSION = 1
+BUDGET_COUNTS = "latents"  # what --ipc-budget counts: the latents (+ their int8 scales), not labels, lr or decoder
+FLOAT32_BYTES = 4
+LATENT_DTYPES: Registry = Registry("latent dtype")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How latents are written in one storage dtype: ``encode`` gives the file's tensors, ``decode`` float32 latents."""
+
+    name: str
+    dtype: torch.dtype  # of the ``latents`` tensor in the file
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def overhead_bytes(self, latent_shape) -> int:
+        """Bytes the set holds besides the latents themselves to read them back (int8: scales and zero points)."""
+        return 0
+
+    def encode(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"latents": latents.detach().to(self.dtype)}
+
+    def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
+        return tensors["latents"].float()
+
+
+for _name, _dtype in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+    LATENT_DTYPES.register(_name)(Codec(_name, _dtype))
+
+
+class Int8Codec(Codec):
+    """Affine per-channel int8 (channel = dimension 1 of the latents): a float32 scale and an int32 zero point each."""
+
+    QMIN, QMAX = -128, 127
+
+    def overhead_bytes(self, latent_shape) -> int:
+        return int(latent_shape[0]) * (4 + 4) if len(latent_shape) else 8
+
+    def params(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = latents.detach().double()
+        flat = z.transpose(0, 1).reshape(z.shape[1], -1) if z.ndim > 1 else z.reshape(1, -1)
+        lo, hi = flat.min(1).values, flat.max(1).values
+        scale = (hi - lo) / (self.QMAX - self.QMIN)
+        zero = torch.round(self.QMIN - lo / scale.clamp_min(1e-300))
+        const = scale <= 0  # a constant channel v: q = 127 (or 0 for v = 0), zero point 0, scale |v| / 127
+        scale = torch.where(const, torch.where(lo != 0, lo.abs() / self.QMAX, torch.ones_like(lo)), scale)
+        zero = torch.where(const, torch.zeros_like(zero), zero)
+        return scale.float(), zero.to(torch.int32)
+
+    @staticmethod
+    def _view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+        return t.reshape(1, -1, *([1] * (ndim - 2))) if ndim > 1 else t.reshape(())
+
+    def encode(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        if latents.numel() == 0:
+            raise ValueError("an empty set cannot be stored as int8; use --latent-dtype float32")
+        scale, zero = self.params(latents)
+        s, zp = self._view(scale.double(), latents.ndim), self._view(zero.double(), latents.ndim)
+        q = torch.clamp(torch.round(latents.detach().double() / s) + zp, self.QMIN, self.QMAX).to(torch.int8)
+        return {"latents": q, "latents_scale": scale, "latents_zero_point": zero}
+
+    def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
+        missing = [k for k in ("latents_scale", "latents_zero_point") if k not in tensors]
+        if missing:
+            raise ValueError(f"{where} holds int8 latents but no {' or '.join(repr(k) for k in missing)} tensor to read them back; "
+                             "the file is incomplete: re-save the set (--latent-dtype int8 writes both)")
+        q, scale, zero = tensors["latents"], tensors["latents_scale"].double().flatten(), tensors["latents_zero_point"].double().flatten()
+        channels = q.shape[1] if q.ndim > 1 else 1
+        if len(scale) != channels or len(zero) != channels:
+            raise ValueError(f"{where}: int8 latents with {channels} channels but {len(scale)} scales and {len(zero)} zero points; "
+                             "the file is inconsistent, re-save the set")
+        return ((q.double() - self._view(zero, q.ndim)) * self._view(scale, q.ndim)).float()
+
+
+LATENT_DTYPES.register("int8")(Int8Codec("int8", torch.int8))
+
+
+def get_codec(name: str) -> Codec:
+    """The storage codec of ``name``; an unknown one is a one-line error naming the choices."""
+    if name not in LATENT_DTYPES:
+        raise ValueError(f"unknown --latent-dtype {name!r}; choose one of: {', '.join(LATENT_DTYPES.names())}")
+    return LATENT_DTYPES.get(name)
+
+
+def codec_of(tensors: dict[str, torch.Tensor]) -> Codec:
+    """The codec a file's ``latents`` tensor was written with (from its dtype)."""
+    dtype = tensors["latents"].dtype
+    for name in LATENT_DTYPES.names():
+        if LATENT_DTYPES.get(name).dtype == dtype:
+            return LATENT_DTYPES.get(name)
+    raise ValueError(f"latents stored as {str(dtype).replace('torch.', '')}, which gendistill does not read; "
+                     f"supported: {', '.join(LATENT_DTYPES.names())}")
+
+
+# ------------------------------------------------------------------------------------------------ budget arithmetic
+
+
+def image_bytes(image_shape) -> int:
+    """Bytes of one float32 image of the dataset: the unit of the budget."""
+    return math.prod(int(s) for s in image_shape) * FLOAT32_BYTES
+
+
+def latent_bytes(latent_shape, dtype: str) -> int:
+    return math.prod(int(s) for s in latent_shape) * get_codec(dtype).itemsize
+
+
+def latents_per_class(budget: float, latent_shape, image_shape, num_classes: int, dtype: str = "float32") -> int:
+    """How many latents per class fit in ``budget`` float32 images per class at storage ``dtype``: the set's latents
+    (with int8's per-channel scales, which the set holds once) may not take more than ``budget x num_classes`` images'
+    bytes. Labels are not counted (see the module docstring). An impossible budget is a one-line ValueError."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--ipc-budget must be a positive number of float32 images per class, got {budget!r}")
+    codec = get_codec(dtype)
+    per_latent = latent_bytes(latent_shape, dtype)
+    allowed = budget * num_classes * image_bytes(image_shape)
+    n = math.floor((allowed - codec.overhead_bytes(latent_shape)) / (num_classes * per_latent) + 1e-9)
+    if n < 1:
+        need = (num_classes * per_latent + codec.overhead_bytes(latent_shape)) / (num_classes * image_bytes(image_shape))
+        raise ValueError(f"--ipc-budget {budget:g} holds {budget * image_bytes(image_shape):,.0f} bytes per class, less than one "
+                         f"{tuple(latent_shape)} {dtype} latent ({per_latent:,} bytes); use --ipc-budget {math.ceil(need * 1000) / 1000:g} "
+                         "or more, or a smaller --latent-dtype")
+    return n
+
+
+# ------------------------------------------------------------------------------------------------------- the ledger
+
+
+def tensor_bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def make_ledger(tensors: dict[str, torch.Tensor], num_classes: int, image_shape, decoder: dict | None = None) -> dict:
+    """The storage ledger of a set file's ``tensors`` (as written: ``latents`` in its storage dtype, int8's scales,
+    ``labels``, optional ``lr``), or of a decoded-images file (``images`` instead of ``latents``)."""
+    what = "images" if "images" in tensors and "latents" not in tensors else "latents"
+    data = tensors[what]
+    codec = codec_of(tensors) if what == "latents" else LATENT_DTYPES.get("float32")
+    extra = sum(tensor_bytes(tensors.get(k)) for k in ("latents_scale", "latents_zero_point"))
+    labels = tensors.get("labels")
+    soft = labels is not None and labels.ndim == 2
+    unit = num_classes * image_bytes(image_shape) if num_classes and image_shape else None
+    data_bytes = tensor_bytes(data) + extra
+    label_bytes, lr_bytes = tensor_bytes(labels), tensor_bytes(tensors.get("lr"))
+    total = data_bytes + label_bytes + lr_bytes
+    hard = (labels.argmax(1) if soft else labels) if labels is not None and labels.numel() else None
+    return {
+        "version": LEDGER_VERSION,
+        what: {"count": int(data.shape[0]), "shape": list(data.shape[1:]), "dtype": codec.name if what == "latents" else str(data.dtype).replace("torch.", ""),
+               "bytes": tensor_bytes(data), "quantisation_bytes": extra},
+        "labels": {"kind": "soft" if soft else "hard", "dtype": str(labels.dtype).replace("torch.", "") if labels is not None else None,
+                   "bytes": label_bytes},
+        "lr_bytes": lr_bytes,
+        "total_bytes": total,
+        "num_classes": int(num_classes) if num_classes else None,
+        "per_class": int(hard.bincount(minlength=num_classes or 0).max()) if hard is not None else 0,
+        "image_bytes": image_bytes(image_shape) if image_shape else None,
+        "budget_counts": BUDGET_COUNTS,
+        "budget_ipc": data_bytes / unit if unit else None,
+        "budget_ipc_with_labels": total / unit if unit else None,
+        "decoder": decoder,  # beside the budget, never inside it: {"bytes", "params"} or None when unknown
+    }
+
+
+def decoder_record(backbone) -> dict:
+    """The decoder's size as the ledger reports it: bytes and parameter count of what ``decode`` runs."""
+    return {"bytes": int(backbone.decoder_bytes()), "params": int(backbone.decoder_params())}
+
+
+def read_ledger(tensors: dict[str, torch.Tensor], meta: dict[str, str], dataset: dict) -> dict:
+    """A file's ledger: the recorded one, or (older files) computed from its tensors, with ``computed`` True and the
+    decoder's size unknown."""
+    if LEDGER_KEY in meta:
+        try:
+            ledger = json.loads(meta[LEDGER_KEY])
+        except json.JSONDecodeError:
+            ledger = None
+        if isinstance(ledger, dict):
+            return {**ledger, "computed": False}
+    return {**make_ledger(tensors, int(dataset.get("num_classes") or 0), dataset.get("image_shape")), "computed": True}
+
+
+def _kb(n) -> str:
+    return "-" if n is None else f"{n:,} B"
+
+
+def format_ledger(ledger: dict) -> list[str]:
+    """The ledger as the lines ``gendistill info`` prints."""
+    what = "images" if "images" in ledger else "latents"
+    d, lab = ledger[what], ledger["labels"]
+    q = f" + {d['quantisation_bytes']:,} B int8 scales" if d.get("quantisation_bytes") else ""
+    lines = [f"storage   {what} {d['count']} x {tuple(d['shape'])} {d['dtype']}: {d['bytes']:,} B{q}",
+             f"          labels ({lab['kind']}, {lab['dtype']}): {lab['bytes']:,} B; lr: {ledger['lr_bytes']:,} B; total {ledger['total_bytes']:,} B"]
+    if ledger.get("budget_ipc") is not None:
+        lines.append(f"budget    {ledger['budget_ipc']:.4g} float32 images per class ({ledger['image_bytes']:,} B each) counting the "
+                     f"{what}; {ledger['budget_ipc_with_labels']:.4g} with labels and lr")
+    dec = ledger.get("decoder")
+    lines.append(f"decoder   {_kb(dec['bytes'])} ({dec['params']:,} parameters), beside the budget" if dec else
+                 "decoder   unknown (the file records no ledger: written before gendistill stored one)")
+    return lines
+
+
+def resolve_ipc(ipc: int | None, budget: float | None, latent_shape, image_shape, num_classes: int, dtype: str = "float32",
+                default: int = 10) -> int:
+    """Latents per class: ``ipc`` (count-matched) or what ``budget`` allows (storage-matched); both is an error."""
+    check_ipc_args(ipc, budget)
+    if budget is not None:
+        return latents_per_class(budget, latent_shape, image_shape, num_classes, dtype)
+    return default if ipc is None else int(ipc)
+
+
+def check_ipc_args(ipc: int | None, budget: float | None) -> None:
+    """``--ipc`` and ``--ipc-budget`` exclude each other."""
+    if ipc is not None and budget is not None:
+        raise ValueError(f"--ipc {ipc} (count-matched) and --ipc-budget {budget:g} (storage-matched) were both given; keep one "
+                         "(a config file's ipc is dropped with --ipc none)")

@@ -1,0 +1,297 @@
+"""Storage: the ledger's arithmetic, --ipc-budget, latent storage dtypes (int8 round trip), old files without a ledger,
+and the loop's per-step subsampling (--syn-batch) and latent warm-up (--latent-steps)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from conftest import ROOT, load_recipe
+from gendistill.cli import main
+from gendistill.storage import LEDGER_KEY, get_codec, latents_per_class, make_ledger, resolve_ipc
+from gendistill.synthetic import SyntheticSet
+
+FMNIST = {"name": "fashion-mnist", "num_classes": 10, "image_shape": [1, 28, 28], "mean": [0.286], "std": [0.353]}
+DECODER = {"bytes": 1000, "params": 250}
+
+
+def a_set(n_per_class=4, shape=(4, 7, 7), dtype="float32", soft=False, lr=None, seed=0) -> SyntheticSet:
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn((10 * n_per_class, *shape), generator=g)
+    labels = torch.arange(10).repeat_interleave(n_per_class)
+    if soft:
+        labels = torch.nn.functional.one_hot(labels, 10).float()
+    return SyntheticSet(latents, labels, lr=lr, backbone={"kind": "vae", "latent_shape": list(shape)}, dataset=FMNIST,
+                        latent_dtype=dtype, decoder=DECODER)
+
+
+def cli(capsys, *argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def one_line_error(result, *fragments):
+    code, out, err = result
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+# ---------------------------------------------------------------------------------------------------- the ledger
+
+
+def test_ledger_arithmetic_against_hand_computed_bytes():
+    # 40 latents of 4x7x7 float32 = 40 * 196 * 4 = 31,360 B; one float32 28x28 image = 3,136 B; 10 classes -> budget 1
+    led = a_set().ledger()
+    assert led["latents"] == {"count": 40, "shape": [4, 7, 7], "dtype": "float32", "bytes": 31360, "quantisation_bytes": 0}
+    assert led["labels"] == {"kind": "hard", "dtype": "int64", "bytes": 40 * 8}
+    assert led["lr_bytes"] == 0 and led["total_bytes"] == 31360 + 320
+    assert led["image_bytes"] == 3136 and led["per_class"] == 4 and led["budget_counts"] == "latents"
+    assert led["budget_ipc"] == 1.0
+    assert led["budget_ipc_with_labels"] == pytest.approx(31680 / 31360)
+    assert led["decoder"] == DECODER  # beside the budget: not in total_bytes
+    half = a_set(dtype="float16").ledger()
+    assert half["latents"]["bytes"] == 15680 and half["budget_ipc"] == 0.5
+    assert a_set(dtype="bfloat16").ledger()["latents"]["bytes"] == 15680
+    q = a_set(dtype="int8").ledger()  # 7,840 B of int8 + 4 channels x (float32 scale + int32 zero point) = 32 B
+    assert q["latents"]["bytes"] == 7840 and q["latents"]["quantisation_bytes"] == 32
+    assert q["budget_ipc"] == pytest.approx(7872 / 31360) and q["total_bytes"] == 7872 + 320
+    soft = a_set(soft=True, lr=0.01).ledger()  # soft labels: 40 x 10 float32; a learned lr: one float32
+    assert soft["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 1600}
+    assert soft["lr_bytes"] == 4 and soft["total_bytes"] == 31360 + 1600 + 4
+
+
+def test_ledger_is_written_with_the_set_and_matches_the_file(tmp_path):
+    path = tmp_path / "s.safetensors"
+    a_set(dtype="float16").save(path)
+    with safe_open(str(path), "pt") as f:
+        led = json.loads(f.metadata()[LEDGER_KEY])
+        assert f.get_tensor("latents").dtype == torch.float16
+        on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+    assert led["total_bytes"] == on_disk
+    assert path.stat().st_size > on_disk  # the rest is the safetensors header and metadata, not counted
+
+
+# ------------------------------------------------------------------------------------------------------ --ipc-budget
+
+
+def test_budget_to_latents_per_class():
+    img = (1, 28, 28)
+    assert latents_per_class(1, (4, 7, 7), img, 10) == 4
+    assert latents_per_class(10, (4, 7, 7), img, 10) == 40
+    assert latents_per_class(1, (4, 7, 7), img, 10, "float16") == 8  # half the bytes: twice the latents
+    assert latents_per_class(10, (4, 7, 7), img, 10, "bfloat16") == 80
+    # int8: 196 B a latent, and the 32 B of scales the set holds once: floor((31,360 - 32) / 1,960) = 15
+    assert latents_per_class(1, (4, 7, 7), img, 10, "int8") == 15
+    assert latents_per_class(1, (1, 28, 28), img, 10) == 1  # pixel space: a budget of 1 is one image
+    assert latents_per_class(2.6, (1, 28, 28), img, 10) == 2
+    assert resolve_ipc(None, None, (4, 7, 7), img, 10) == 10 and resolve_ipc(3, None, (4, 7, 7), img, 10) == 3
+    assert resolve_ipc(None, 10, (4, 7, 7), img, 10, "float16") == 80
+
+
+def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
+    with pytest.raises(ValueError, match=r"less than one \(4, 7, 7\) float32 latent.*--ipc-budget 0.25 or more"):
+        latents_per_class(0.2, (4, 7, 7), (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="positive"):
+        latents_per_class(0, (4, 7, 7), (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="unknown --latent-dtype 'fp8'; choose one of: bfloat16, float16, float32, int8"):
+        get_codec("fp8")
+    with pytest.raises(ValueError, match="both given"):
+        resolve_ipc(3, 1.0, (4, 7, 7), (1, 28, 28), 10)
+    from gendistill.pipeline import RecipeConfig
+
+    with pytest.raises(ValueError, match="both given"):
+        RecipeConfig(ipc=3, ipc_budget=1.0)
+    with pytest.raises(ValueError, match="unknown --latent-dtype"):
+        RecipeConfig(latent_dtype="float8")
+    assert RecipeConfig().ipc == 10 and RecipeConfig(ipc_budget=1.0).ipc is None
+
+
+def test_cli_init_with_a_budget_and_its_bad_inputs(capsys, tmp_path, tiny_vae_dir):
+    out = tmp_path / "b.safetensors"
+    # the tiny VAE's latents are 2x14x14 = 392 numbers: a budget of 1 (784 float32 numbers per class) holds 2, at float16 4
+    code, stdout, err = cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 1, "--latent-dtype", "float16", "--out", out)
+    assert code == 0, err
+    syn = SyntheticSet.load(out)
+    assert syn.ipc == 4 and syn.latent_dtype == "float16" and syn.ledger()["budget_ipc"] == 1.0
+    code, info, _ = cli(capsys, "info", out)
+    assert code == 0 and "budget    1 float32 images per class" in info and "beside the budget" in info
+    bad = tmp_path / "x.safetensors"
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 0.1, "--out", bad), "--ipc-budget 0.1", "less than one")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc", 2, "--ipc-budget", 1, "--out", bad), "both given")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--latent-dtype", "fp8", "--out", bad), "unknown --latent-dtype 'fp8'")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 20, "--out", bad), "smallest class", "lower --ipc-budget")
+    assert not bad.exists()
+
+
+# ----------------------------------------------------------------------------------------------------- storage dtypes
+
+
+def test_int8_round_trip_is_within_half_a_step_per_channel(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(30, 4, 7, 7, generator=g) * torch.tensor([0.1, 1.0, 10.0, 3.0]).view(1, 4, 1, 1) + torch.tensor([0, 5, -20, 1.0]).view(1, 4, 1, 1)
+    z[:, 3] = 2.5  # a constant channel comes back exactly
+    codec = get_codec("int8")
+    stored = codec.encode(z)
+    assert stored["latents"].dtype == torch.int8 and stored["latents_scale"].shape == (4,) and stored["latents_zero_point"].dtype == torch.int32
+    back = codec.decode(stored)
+    spread = z.transpose(0, 1).reshape(4, -1)
+    step = (spread.max(1).values - spread.min(1).values) / 255
+    err = (back - z).abs().transpose(0, 1).reshape(4, -1).max(1).values
+    assert torch.all(err[:3] <= step[:3] / 2 + 1e-5), (err, step)
+    assert err[3] <= 1e-6
+    # through a file: what load() gives is what the codec gives, and saving again does not drift
+    syn = SyntheticSet(z, torch.arange(10).repeat_interleave(3), dataset=FMNIST, latent_dtype="int8")
+    syn.save(tmp_path / "q.safetensors")
+    loaded = SyntheticSet.load(tmp_path / "q.safetensors")
+    assert loaded.latent_dtype == "int8" and torch.equal(loaded.latents, back)
+    loaded.save(tmp_path / "q2.safetensors")  # re-quantising read-back latents keeps every code (scales move by an ulp at most)
+    with safe_open(str(tmp_path / "q.safetensors"), "pt") as a, safe_open(str(tmp_path / "q2.safetensors"), "pt") as b:
+        assert torch.equal(a.get_tensor("latents"), b.get_tensor("latents"))
+    assert torch.allclose(SyntheticSet.load(tmp_path / "q2.safetensors").latents, back, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_float_dtypes_round_trip_within_their_precision(tmp_path, dtype, tol):
+    syn = a_set(dtype=dtype)
+    syn.save(tmp_path / "h.safetensors")
+    loaded = SyntheticSet.load(tmp_path / "h.safetensors")
+    assert loaded.latent_dtype == dtype and loaded.latents.dtype == torch.float32
+    rel = ((loaded.latents - syn.latents).abs() / syn.latents.abs().clamp_min(1e-3)).max()
+    assert 0 < rel <= tol
+    rounded = a_set(dtype=dtype).round_trip_()  # what the recipe evaluates equals what the file holds
+    assert torch.equal(rounded.latents, loaded.latents)
+
+
+def test_int8_set_without_its_scales_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "q.safetensors"
+    a_set(dtype="int8").save(path)
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    del tensors["latents_scale"]
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=meta)
+    with pytest.raises(ValueError, match="int8 latents but no 'latents_scale' tensor"):
+        SyntheticSet.load(broken)
+    one_line_error(cli(capsys, "eval", broken, "--epochs", 1, "--runs", 1), "latents_scale")
+
+
+def test_older_set_without_a_ledger_loads_and_reports_one(tmp_path, capsys):
+    path = tmp_path / "new.safetensors"
+    a_set().save(path)
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    del meta[LEDGER_KEY]
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata=meta)
+    syn = SyntheticSet.load(old)
+    assert syn.latent_dtype == "float32" and syn.decoder is None
+    led = syn.ledger()
+    assert led["total_bytes"] == 31680 and led["budget_ipc"] == 1.0 and led["decoder"] is None
+    code, info, err = cli(capsys, "info", old)
+    assert code == 0 and "budget    1 float32 images per class" in info and "decoder   unknown" in info
+    code, out, _ = cli(capsys, "info", old, "--json")
+    assert json.loads(out)["storage"]["computed"] is True
+
+
+def test_convert_rewrites_the_dtype_and_keeps_the_input(tmp_path, capsys):
+    src = tmp_path / "s.safetensors"
+    a_set().save(src)
+    before = src.read_bytes()
+    code, out, err = cli(capsys, "convert", src, "--latent-dtype", "int8", "--out", tmp_path / "q.safetensors")
+    assert code == 0, err
+    assert src.read_bytes() == before
+    q = SyntheticSet.load(tmp_path / "q.safetensors")
+    assert q.latent_dtype == "int8" and q.decoder == DECODER
+    one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int8", "--out", src), "is the input file")
+    one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int4", "--out", tmp_path / "x.safetensors"), "unknown --latent-dtype")
+
+
+# ------------------------------------------------------------------------------------ many latents: subsampled steps
+
+
+def _loop(backbone, real, syn, real_latents=None, objective=None, **cfg):
+    from gendistill.distill import DistillConfig, distill, make_accelerator
+
+    accelerator = make_accelerator("no", cpu=True)
+    return distill(syn, objective or get_dm(), backbone, real, DistillConfig(log_every=10**9, **cfg), accelerator, FMNIST, real_latents=real_latents)
+
+
+def get_dm():
+    from gendistill.objectives import get_objective
+
+    return get_objective("dm", depth=1, width=4, kernel="linear")
+
+
+def _real(n=6, shape=(1, 28, 28), space="latent"):
+    from gendistill.cache import LatentSplit
+
+    g = torch.Generator().manual_seed(1)
+    return LatentSplit(torch.rand((10 * n, *shape), generator=g), torch.arange(10).repeat_interleave(n), 10, space=space)
+
+
+def test_syn_rows_draws_k_per_class():
+    from gendistill.distill import syn_rows
+
+    labels = torch.arange(10).repeat_interleave(7)
+    rows = syn_rows(labels, 10, 3, torch.Generator().manual_seed(0))
+    assert len(rows) == 30 and torch.equal(labels[rows].bincount(), torch.full((10,), 3))
+    assert syn_rows(labels, 10, 0, torch.Generator()) is None and syn_rows(labels, 10, 7, torch.Generator()) is None
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_subsampled_dm_step_moves_only_the_matched_latents(tiny_vae_dir, space):
+    from gendistill.backbones import load_backbone
+    from gendistill.distill import syn_rows
+
+    backbone = load_backbone(str(tiny_vae_dir), image_shape=(1, 28, 28))
+    latents = _real(shape=tuple(backbone.latent_shape))
+    real = latents if space == "latent" else _real(space="pixel")
+    syn = SyntheticSet(latents.latents[::2].clone(), latents.labels[::2].clone(), dataset=FMNIST)  # 3 per class
+    start = syn.latents.detach().clone()
+    _loop(backbone, real, syn, steps=1, syn_batch=1, match_space=space, batch_real=2, lr=0.1)
+    moved = (syn.latents.detach() - start).flatten(1).abs().sum(1) > 0
+    expect = syn_rows(syn.hard_labels, 10, 1, torch.Generator().manual_seed(0))  # the loop's shared generator, seed 0
+    assert moved.sum() == 10 and torch.equal(moved.nonzero().flatten(), expect)
+
+
+def test_latent_steps_warm_up_then_decode_through(tiny_vae_dir):
+    from gendistill.backbones import load_backbone
+
+    backbone = load_backbone(str(tiny_vae_dir), image_shape=(1, 28, 28))
+    latents = _real(shape=tuple(backbone.latent_shape))
+    syn = SyntheticSet(latents.latents[::3].clone(), latents.labels[::3].clone(), dataset=FMNIST)
+    dm, seen = get_dm(), []
+
+    def spy(x, labels, real, ctx):
+        seen.append((ctx.space, tuple(x.shape[1:]), tuple(real(0).shape[1:])))
+        return dm(x, labels, real, ctx)
+
+    state = _loop(backbone, _real(space="pixel"), syn, real_latents=latents, objective=spy, steps=3, latent_steps=2,
+                  match_space="pixel", batch_real=2, lr=0.1)
+    assert state.step == 3 and all(math.isfinite(v) for v in state.losses)
+    lat, img = tuple(backbone.latent_shape), (1, 28, 28)
+    assert seen == [("latent", lat, lat), ("latent", lat, lat), ("pixel", img, img)]
+    with pytest.raises(ValueError, match="--latent-steps warms up"):
+        _loop(backbone, latents, syn, steps=1, latent_steps=1, match_space="latent")
+
+
+def test_recipe_with_budget_dtype_and_subsampling(tmp_path, tiny_vae_dir):
+    out = tmp_path / "run"
+    argv = ["--output", str(out), "--backbone", str(tiny_vae_dir), "--ipc-budget", "2", "--latent-dtype", "int8", "--syn-batch", "2",
+            "--latent-steps", "1", "--steps", "2", "--batch-real", "4", "--eval-runs", "0", "--depth", "2", "--width", "8"]
+    assert load_recipe(ROOT / "recipes" / "latent_dm.py").main(argv) == 0
+    syn = SyntheticSet.load(out / "set.safetensors")
+    # budget 2: 2 x 3,136 B per class; an int8 2x14x14 latent is 392 B; minus 16 B of scales: floor((62,720 - 16) / 3,920) = 15
+    assert syn.ipc == 15 and syn.latent_dtype == "int8"
+    assert syn.run_meta["ipc_budget"] == 2.0 and syn.run_meta["config"]["ipc"] == 15
+    assert syn.ledger()["budget_ipc"] <= 2.0
