@@ -147,6 +147,8 @@ def portable_backbone(record: dict) -> dict:
     """A ``gendistill.backbone`` record with its ``ref`` (added from the name for records of earlier versions)."""
     if not record or (isinstance(record.get("ref"), dict) and record["ref"].get("type")):
         return dict(record or {})
+    if not (record.get("source") or record.get("kind") == "pixel"):
+        return dict(record)  # an in-memory set with no known source: loading it will ask for --backbone
     ref = {k: v for k, v in record_ref(record).items() if k != "legacy_path"}
     return {**record, "ref": ref, "source": ref_source(ref)}
 
