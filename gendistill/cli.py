@@ -5,6 +5,9 @@
     gendistill sample set.safetensors --out grid.png     decoded PNG grid, one row per class
     gendistill export set.safetensors --out images.safetensors   (or --format imagefolder --out DIR)
     gendistill eval set.safetensors                      the standard evaluation protocol
+    gendistill select --method herding --ipc 10 --out coreset.safetensors   a coreset of real samples (docs/plugins.md)
+    gendistill prune set.safetensors --ipc 5 --out small.safetensors       YOCO pruning to a smaller IPC
+    gendistill relabel set.safetensors --teacher DIR --out soft.safetensors soft labels from a teacher
     gendistill train-backbone --kind vae --dataset fashion-mnist --output DIR   (or --kind gan | diffusion)
 """
 
@@ -367,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+", help="run directories (holding set.safetensors and eval JSONs) or set files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_table)
+
+    from .cli_plugins import add_commands  # select, prune, relabel
+
+    add_commands(sub)
 
     s = sub.add_parser("train-backbone", help="train a backbone: --kind vae (default), gan or diffusion, then its flags", add_help=False)
     s.set_defaults(func=cmd_train_backbone)

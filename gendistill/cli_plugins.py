@@ -1,0 +1,144 @@
+"""The plug-in commands of ``gendistill``: coreset selection, YOCO pruning and soft-label relabelling.
+
+    gendistill select --method herding --ipc 10 --out coreset.safetensors     (random | herding | kcenter | kmeans | forgetting)
+    gendistill prune set.safetensors --ipc 5 --out set-ipc5.safetensors        YOCO: low LBPE score, balanced per class
+    gendistill relabel --train-teacher --teacher teachers/fmnist               a ConvNet trained on the real data
+    gendistill relabel set.safetensors --teacher teachers/fmnist --out soft.safetensors
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+import torch
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _net_training(args, **defaults):
+    from .teacher import NetTraining
+
+    values = {k: getattr(args, f"net_{k}") for k in ("arch", "width", "depth", "epochs", "lr", "batch", "augment", "seed")
+              if getattr(args, f"net_{k}", None) is not None}
+    return NetTraining(**{**defaults, **values})
+
+
+def _add_net_flags(p, what: str, epochs: int, augment: str, width: int = 128) -> None:
+    from .nets import list_nets
+
+    g = p.add_argument_group(f"the network trained for {what}")
+    g.add_argument("--net-arch", default=None, help=f"registered net (default convnet; one of {', '.join(list_nets())})")
+    g.add_argument("--net-width", type=int, default=None, help=f"(default {width})")
+    g.add_argument("--net-depth", type=int, default=None, help="(default 3)")
+    g.add_argument("--net-epochs", type=int, default=None, help=f"(default {epochs})")
+    g.add_argument("--net-lr", type=float, default=None, help="(default 0.01)")
+    g.add_argument("--net-batch", type=int, default=None, help="(default 256)")
+    g.add_argument("--net-augment", default=None, choices=["none", "dsa"], help=f"(default {augment})")
+    g.add_argument("--net-seed", type=int, default=None, help="(default: --seed)")
+
+
+# ---------------------------------------------------------------------------------------------- select
+
+
+def cmd_select(args) -> int:
+    from .backbones import load_backbone
+    from .cache import real_split
+    from .cli import _device
+    from .data import get_dataset
+    from .io import check_parent
+    from .select import Pool, select_indices, selected_set
+
+    check_parent(args.out)
+    train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+    net = _net_training(args, epochs=5, width=32, seed=args.seed)
+    backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space, class_names=train.classes)
+    device = _device()
+    backbone.to(device)
+    real = real_split(backbone, train, args.cache_dir, log=_log)
+    pool = Pool(real, train, features=args.features, net=net, device=device)
+    idx = select_indices(args.method, pool, args.ipc, torch.Generator().manual_seed(args.seed), keep=args.keep)
+    record = {"method": args.method, "features": args.features, "selected": pool.order()[idx].tolist()}
+    if args.method == "forgetting" or args.features == "net":
+        record["net"] = asdict(net)
+    if args.method == "forgetting":
+        record["keep"] = args.keep
+    run = {"method": "select", "init": args.method, "ipc": args.ipc, "steps": 0, "seed": args.seed, "select": record,
+           "config": {k: v for k, v in vars(args).items() if k != "func"}}
+    syn = selected_set(pool, idx, backbone, run)
+    syn.save(args.out)
+    print(f"wrote {args.out}: {len(syn)} real samples ({args.method}, {args.ipc} per class) as latents of shape "
+          f"{tuple(syn.latents.shape[1:])}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- prune
+
+
+def cmd_prune(args) -> int:
+    from .cli import _device, _load_set
+    from .io import check_parent
+    from .select import LBPEConfig, lbpe_record, lbpe_scores, prune_indices, pruned_set
+
+    check_parent(args.out)
+    syn, backbone = _load_set(args)
+    if args.ipc >= syn.ipc:
+        raise ValueError(f"--ipc {args.ipc} is not below the set's IPC {syn.ipc}; pruning keeps fewer samples per class")
+    cfg = LBPEConfig(net=_net_training(args, epochs=100, augment="dsa", seed=args.seed), top_k=args.top_k, nets=args.nets)
+    device = _device()
+    g = torch.Generator().manual_seed(args.seed)
+    if args.rule == "random":
+        scores = torch.zeros(len(syn))
+    else:
+        backbone.to(device)
+        images = syn.decode(backbone).cpu()
+        meta = syn.dataset_meta
+        scores = lbpe_scores(images, syn.labels.detach().cpu(), syn.num_classes, meta["mean"], meta["std"], cfg, device)
+    keep = prune_indices(scores, syn.hard_labels.cpu(), args.ipc, syn.num_classes, args.rule, g)
+    record = {**lbpe_record(cfg, args.rule), "kept": keep.tolist(), "scores": [round(float(s), 6) for s in scores]}
+    if args.rule == "random":
+        record = {"score": "none", "rule": "random", "balanced": True, "kept": keep.tolist(), "seed": args.seed}
+    out = pruned_set(syn, keep, record)
+    out.save(args.out)
+    how = "random" if args.rule == "random" else f"{args.rule} LBPE ({cfg.net.epochs} epochs, top {cfg.top_k}, {cfg.nets} net(s))"
+    print(f"wrote {args.out}: {len(out)} of {len(syn)} samples, {args.ipc} per class by {how}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``select``, ``prune`` and ``relabel`` on the ``gendistill`` sub-parsers."""
+    from .backbones import DEFAULT_BACKBONE
+    from .data import list_datasets
+    from .select import FEATURES, KEEP, PRUNE_RULES, SELECTORS
+
+    s = sub.add_parser("select", help="a coreset of real samples (random, herding, k-center, k-means, forgetting) as a set file")
+    s.add_argument("--method", default="herding", choices=SELECTORS.names())
+    s.add_argument("--ipc", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--download", action="store_true")
+    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the set's space: pixel, a shipped name, a VAE or GAN directory")
+    s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k>")
+    s.add_argument("--features", default="raw", choices=FEATURES,
+                   help="herding / kcenter / kmeans work on raw (the flattened latents or pixels) or net (a trained net's features)")
+    s.add_argument("--keep", default="most", choices=KEEP, help="forgetting: keep the most (Toneva et al.) or least forgotten")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cache-dir", default=None)
+    _add_net_flags(s, "forgetting scores and --features net", epochs=5, augment="none", width=32)
+    s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("prune", help="YOCO: keep --ipc samples per class of a set by their LBPE score")
+    s.add_argument("file")
+    s.add_argument("--ipc", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--rule", default="low", choices=PRUNE_RULES, help="low LBPE (YOCO's rule), high, or random (a baseline)")
+    s.add_argument("--top-k", type=int, default=3, help="LBPE: average over the k epochs of highest training accuracy")
+    s.add_argument("--nets", type=int, default=1, help="LBPE: average over this many networks")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
+    s.add_argument("--ignore-backbone-hash", action="store_true")
+    _add_net_flags(s, "the LBPE score", epochs=100, augment="dsa")
+    s.set_defaults(func=cmd_prune)
