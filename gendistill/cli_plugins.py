@@ -107,6 +107,81 @@ def cmd_prune(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- relabel
+
+
+def cmd_relabel(args) -> int:
+    from .cli import _device
+    from .data import get_dataset
+    from .io import check_parent
+    from .teacher import load_teacher, save_teacher, train_teacher
+
+    device = _device()
+    if args.train_teacher:
+        if args.file:
+            raise ValueError("--train-teacher trains and saves a teacher only; run relabel on the set in a second command")
+        check_parent(args.teacher)
+        train = get_dataset(args.dataset, "train", args.data_dir, args.download)
+        test = get_dataset(args.dataset, "test", args.data_dir, args.download) if args.test_teacher else None
+        teacher = train_teacher(train, _net_training(args, epochs=5, seed=args.seed), device, test=test)
+        save_teacher(teacher, args.teacher)
+        acc = f", test accuracy {100 * teacher.measured['test_accuracy']:.2f} %" if "test_accuracy" in teacher.measured else ""
+        print(f"wrote teacher {args.teacher}: {teacher.training.arch} trained {teacher.training.epochs} epochs on {train.name}{acc}")
+        return 0
+    if not args.file or not args.out:
+        raise ValueError("relabel needs a set file and --out (or --train-teacher to make a teacher)")
+    check_parent(args.out)
+    teacher = load_teacher(args.teacher, device)
+    images, labels, save = _images_of(args)
+    dataset = teacher.dataset
+    if tuple(images.shape[1:]) != tuple(dataset["image_shape"]):
+        raise ValueError(f"the teacher {args.teacher!r} was trained on {dataset['name']} images of shape {tuple(dataset['image_shape'])}, "
+                         f"the set holds {tuple(images.shape[1:])}; use a teacher of the set's dataset")
+    probs = teacher.probs(images, device, temperature=args.temperature)
+    if (labels.ndim == 2 and labels.shape[1] != probs.shape[1]) or (labels.ndim == 1 and len(labels) and int(labels.max()) >= probs.shape[1]):
+        raise ValueError(f"the teacher has {probs.shape[1]} classes, the set's labels do not fit them; use a teacher of the set's dataset")
+    hard = labels.argmax(1) if labels.ndim == 2 else labels
+    record = {"teacher": teacher.record(), "temperature": args.temperature, "label_bytes": probs.numel() * probs.element_size(),
+              "previous_label_bytes": labels.numel() * labels.element_size(),
+              "agreement": float((probs.argmax(1) == hard).float().mean()) if len(hard) else 1.0}
+    save(probs, record)
+    print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, float32: {record['label_bytes']:,} bytes; "
+          f"the labels it replaced took {record['previous_label_bytes']:,}); the teacher's argmax agrees with the old labels "
+          f"on {100 * record['agreement']:.1f} %")
+    return 0
+
+
+def _images_of(args):
+    """A set's (or decoded-images file's) images in [0, 1], labels, and a ``save(new_labels, record)`` writing --out."""
+    import json
+
+    from .cli import _device, _load_set
+    from .io import load_safetensors, save_safetensors
+    from .synthetic import SyntheticSet, read_metadata
+
+    tensors, meta = load_safetensors(args.file)
+    read_metadata(args.file, meta)
+    if meta.get("gendistill.decoded") == "1":
+        if "images" not in tensors or "labels" not in tensors:
+            raise ValueError(f"{args.file!r} is marked decoded but lacks 'images' or 'labels'; re-export it")
+
+        def save_decoded(labels, record):
+            run = {**json.loads(meta.get("gendistill.run", "{}")), "relabel": record}
+            save_safetensors({**tensors, "labels": labels}, args.out, {**meta, "gendistill.run": json.dumps(run, sort_keys=True, default=str)})
+
+        return tensors["images"].float(), tensors["labels"], save_decoded
+    syn, backbone = _load_set(args)
+    backbone.to(_device())
+    images = syn.decode(backbone).cpu()
+
+    def save_set(labels, record):
+        out = SyntheticSet(syn.latents.detach(), labels, None if syn.lr is None else syn.lr.detach(), backbone=syn.backbone_meta,
+                           dataset=syn.dataset_meta, run={**syn.run_meta, "relabel": record})
+        out.save(args.out)
+
+    return images, syn.labels.detach().cpu(), save_set
+
+
 def add_commands(sub) -> None:
     """Register ``select``, ``prune`` and ``relabel`` on the ``gendistill`` sub-parsers."""
     from .backbones import DEFAULT_BACKBONE
@@ -142,3 +217,19 @@ def add_commands(sub) -> None:
     s.add_argument("--ignore-backbone-hash", action="store_true")
     _add_net_flags(s, "the LBPE score", epochs=100, augment="dsa")
     s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("relabel", help="soft labels (probabilities) from a teacher trained on the real data; --train-teacher makes one")
+    s.add_argument("file", nargs="?", help="a set or decoded-images file")
+    s.add_argument("--teacher", required=True, help="teacher directory (teacher.safetensors + teacher.json)")
+    s.add_argument("--out", default=None)
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax(logits / T)")
+    s.add_argument("--train-teacher", action="store_true", help="train a teacher on the dataset's train split and save it to --teacher")
+    s.add_argument("--test-teacher", action="store_true", help="with --train-teacher: record its test-split accuracy")
+    s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--download", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
+    s.add_argument("--ignore-backbone-hash", action="store_true")
+    _add_net_flags(s, "--train-teacher", epochs=5, augment="none")
+    s.set_defaults(func=cmd_relabel)
