@@ -272,12 +272,24 @@ def cmd_eval(args) -> int:
     test = get_dataset(name, "test", args.data_dir, args.download)
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
     archs = args.arch.split(",")
+    if args.scores:
+        from .cli_plugins import check_score_args
+
+        check_score_args(args, labels, name)
     result = evaluate(images, labels, test, cfg, device=_device(), lr=lr, archs=archs)
     result["set"] = args.file
+    if args.scores:  # DD-Ranking's HLR, IOR, LRS, ARS (gendistill.scores)
+        from .cli_plugins import eval_scores
+
+        result["scores"] = eval_scores(args, images, labels, lr, name, cfg, archs[0], _device())
     out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
     write_json(result, out)
     for arch, r in result["archs"].items():
         print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {cfg.runs} runs, {cfg.epochs} epochs ({name} test split) -> {out}")
+    if "scores" in result:
+        sc = result["scores"]
+        print("scores: " + ", ".join(f"{k.upper()} {sc[k]['mean']:.4f} +- {sc[k]['std']:.4f}" for k in ("hlr", "ior", "lrs", "ars"))
+              + f" over {len(sc['rounds'])} random draws (full data {sc['full_data_accuracy']:.4f})")
     return 0
 
 
@@ -364,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
     _add_backbone_flags(s)
+    from .cli_plugins import add_score_flags
+
+    add_score_flags(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("table", help="a markdown table of runs: method, spaces, IPC, distillation time, bytes, accuracy per arch")

@@ -182,6 +182,114 @@ def _images_of(args):
     return images, syn.labels.detach().cpu(), save_set
 
 
+# ---------------------------------------------------------------------------------------- eval --scores
+
+
+def add_score_flags(p) -> None:
+    """``gendistill eval``'s flags for the DD-Ranking scores (gendistill.scores)."""
+    g = p.add_argument_group("DD-Ranking scores (--scores; docs/plugins.md)")
+    g.add_argument("--scores", action="store_true", help="add HLR, IOR, LRS and ARS (and every accuracy behind them) to the JSON")
+    g.add_argument("--score-draws", type=int, default=3, help="random-real draws = evaluation rounds (at least 3)")
+    g.add_argument("--val-per-class", type=int, default=100, help="validation images per class held out of the train split (lr choice)")
+    g.add_argument("--lr-grid", default="0.001,0.005,0.01,0.05,0.1", help="comma-separated lrs tried on the validation split")
+    g.add_argument("--full-data", default=None, metavar="JSON",
+                   help="the full-data accuracy: read from this file if it exists, else computed (--compute-full-data) and written to it")
+    g.add_argument("--compute-full-data", action="store_true", help="train on the whole train split for the full-data accuracy (expensive)")
+    g.add_argument("--full-data-epochs", type=int, default=None, help="epochs of that training (default: --epochs)")
+    g.add_argument("--teacher", default=None, help="soft-label sets: the teacher that labels the random baseline")
+    g.add_argument("--lrs-weight", type=float, default=0.5, help="LRS: w, the weight of IOR against HLR")
+    g.add_argument("--ars-weight", type=float, default=0.5, help="ARS: gamma, the weight of the augmented difference")
+
+
+def _lr_grid(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--lr-grid {text!r} is not a comma-separated list of numbers (e.g. 0.01,0.05)") from None
+
+
+def _read_full_data(path, dataset: str) -> dict:
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+        acc = float(record["accuracy"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        raise ValueError(f"--full-data {str(path)!r} is not a JSON object with a numeric \"accuracy\" (a fraction); "
+                         "delete it and pass --compute-full-data") from None
+    if not 0.0 <= acc <= 1.0:
+        raise ValueError(f"--full-data {str(path)!r}: accuracy {acc} is not a fraction in [0, 1]")
+    if record.get("dataset", dataset) != dataset:
+        raise ValueError(f"--full-data {str(path)!r} is for {record['dataset']}, the set is {dataset}")
+    return {**record, "accuracy": acc, "source": str(path)}
+
+
+def _full_data(args, train, test, cfg, scfg, arch, device) -> dict:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .io import check_parent, write_json
+    from .scores import full_data_accuracy
+
+    path = Path(args.full_data) if args.full_data else None
+    if path is not None and path.is_file():
+        return _read_full_data(path, train.name)
+    if not args.compute_full_data:
+        raise ValueError("--scores needs the full-data accuracy: pass --full-data FILE.json (holding {\"accuracy\": 0.9}) or "
+                         "--compute-full-data (trains on the whole train split; add --full-data FILE.json to keep it)")
+    if path is not None:
+        check_parent(path)
+    fcfg = replace(cfg, epochs=args.full_data_epochs or cfg.epochs)
+    record = full_data_accuracy(train, test, fcfg, scfg, device, arch)
+    if path is not None:
+        write_json(record, path)
+    return {**record, "source": "computed" + (f" (written to {path})" if path is not None else "")}
+
+
+def check_score_args(args, labels, dataset: str) -> None:
+    """The cheap checks of ``--scores``' inputs, run before any network is trained, so a bad flag costs nothing."""
+    from pathlib import Path
+
+    from .io import check_parent
+    from .scores import ScoreConfig
+    from .teacher import load_teacher
+
+    ScoreConfig(draws=args.score_draws, val_per_class=args.val_per_class, lr_grid=_lr_grid(args.lr_grid), w=args.lrs_weight,
+                gamma=args.ars_weight, seed=args.seed)
+    if labels.ndim == 2 and not args.teacher:
+        raise ValueError("the set has soft labels: pass --teacher DIR (the teacher that made them) so that the random baseline "
+                         "gets soft labels the same way")
+    if args.teacher:
+        load_teacher(args.teacher)
+    if not (args.full_data and Path(args.full_data).is_file()) and not args.compute_full_data:
+        raise ValueError("--scores needs the full-data accuracy: pass --full-data FILE.json (holding {\"accuracy\": 0.9}) or "
+                         "--compute-full-data (trains on the whole train split; add --full-data FILE.json to keep it)")
+    if args.full_data and Path(args.full_data).is_file():
+        _read_full_data(Path(args.full_data), dataset)
+    elif args.full_data:
+        check_parent(args.full_data)
+
+
+def eval_scores(args, images, labels, lr, dataset: str, cfg, arch: str, device) -> dict:
+    """``gendistill eval --scores``: the DD-Ranking scores of the evaluated images, for the JSON."""
+    from .data import get_dataset
+    from .scores import ScoreConfig, dd_scores
+    from .teacher import load_teacher
+
+    check_score_args(args, labels, dataset)
+    scfg = ScoreConfig(draws=args.score_draws, val_per_class=args.val_per_class, lr_grid=_lr_grid(args.lr_grid),
+                       w=args.lrs_weight, gamma=args.ars_weight, seed=args.seed)
+    teacher = load_teacher(args.teacher, device) if args.teacher else None
+    train = get_dataset(dataset, "train", args.data_dir, args.download)
+    test = get_dataset(dataset, "test", args.data_dir, args.download)
+    full = _full_data(args, train, test, cfg, scfg, arch, device)
+    result = dd_scores(images, labels, train, test, full["accuracy"], cfg, scfg, device, lr=lr, teacher=teacher, arch=arch)
+    result["full_data"] = full
+    if teacher is not None:
+        result["teacher"] = teacher.record()
+    return result
+
+
 def add_commands(sub) -> None:
     """Register ``select``, ``prune`` and ``relabel`` on the ``gendistill`` sub-parsers."""
     from .backbones import DEFAULT_BACKBONE
