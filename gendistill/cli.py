@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="the standard evaluation protocol on a set or decoded-images file")
     s.add_argument("file")
-    s.add_argument("--arch", default="convnet", help=f"comma-separated, from: {', '.join(list_nets())}")
+    s.add_argument("--arch", default="convnet", help=f"comma-separated, from: {', '.join(list_nets())}, or tv:NAME (a torchvision "
+                   "model), timm:NAME (if timm is installed)")
     s.add_argument("--epochs", type=int, default=1000)
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
