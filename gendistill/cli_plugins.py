@@ -46,12 +46,13 @@ def _add_net_flags(p, what: str, epochs: int, augment: str, width: int = 128) ->
 def cmd_select(args) -> int:
     from .backbones import load_backbone
     from .cache import real_split
-    from .cli import _device
+    from .cli import _check_out, _device
     from .data import get_dataset
     from .io import check_parent
     from .select import Pool, select_indices, selected_set
 
     check_parent(args.out)
+    _check_out(args)
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
     net = _net_training(args, epochs=5, width=32, seed=args.seed)
     backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space, class_names=train.classes)
@@ -78,11 +79,12 @@ def cmd_select(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .cli import _device, _load_set
+    from .cli import _check_out, _device, _load_set
     from .io import check_parent
     from .select import LBPEConfig, lbpe_record, lbpe_scores, prune_indices, pruned_set
 
     check_parent(args.out)
+    _check_out(args)
     syn, backbone = _load_set(args)
     if args.ipc >= syn.ipc:
         raise ValueError(f"--ipc {args.ipc} is not below the set's IPC {syn.ipc}; pruning keeps fewer samples per class")
@@ -111,9 +113,10 @@ def cmd_prune(args) -> int:
 
 
 def cmd_relabel(args) -> int:
-    from .cli import _device
+    from .cli import _check_out, _device
     from .data import get_dataset
     from .io import check_parent
+    from .outputs import check_not_input, refuse_existing
     from .teacher import load_teacher, save_teacher, train_teacher
 
     device = _device()
@@ -121,6 +124,8 @@ def cmd_relabel(args) -> int:
         if args.file:
             raise ValueError("--train-teacher trains and saves a teacher only; run relabel on the set in a second command")
         check_parent(args.teacher)
+        check_not_input(args.teacher, [("--data-dir", args.data_dir)], "--teacher")
+        refuse_existing(args.teacher, overwrite=args.overwrite, flag="--teacher")
         train = get_dataset(args.dataset, "train", args.data_dir, args.download)
         test = get_dataset(args.dataset, "test", args.data_dir, args.download) if args.test_teacher else None
         teacher = train_teacher(train, _net_training(args, epochs=5, seed=args.seed), device, test=test)
@@ -131,6 +136,8 @@ def cmd_relabel(args) -> int:
     if not args.file or not args.out:
         raise ValueError("relabel needs a set file and --out (or --train-teacher to make a teacher)")
     check_parent(args.out)
+    _check_out(args)
+    check_not_input(args.out, [("--teacher", args.teacher)])
     teacher = load_teacher(args.teacher, device)
     images, labels, save = _images_of(args)
     dataset = teacher.dataset
@@ -333,6 +340,7 @@ def add_commands(sub) -> None:
     s.add_argument("--temperature", type=float, default=1.0, help="softmax(logits / T)")
     s.add_argument("--train-teacher", action="store_true", help="train a teacher on the dataset's train split and save it to --teacher")
     s.add_argument("--test-teacher", action="store_true", help="with --train-teacher: record its test-split accuracy")
+    s.add_argument("--overwrite", action="store_true", help="with --train-teacher: replace the teacher in --teacher (once the new one is saved)")
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
     s.add_argument("--download", action="store_true")

@@ -121,3 +121,11 @@ def test_relabel_errors(capsys, tmp_path, teacher_dir, set_file):
     user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", tmp_path / "o.safetensors", "--temperature", 0),
                "temperature")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_teacher_and_outputs_are_never_replaced_unasked(capsys, tmp_path, teacher_dir, set_file):
+    before = (teacher_dir / "teacher.safetensors").read_bytes()
+    user_error(cli(capsys, "relabel", "--train-teacher", "--teacher", teacher_dir, *NET), "--overwrite")
+    assert (teacher_dir / "teacher.safetensors").read_bytes() == before
+    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", set_file), "replace the input")
+    user_error(cli(capsys, "prune", set_file, "--ipc", 1, "--out", set_file), "replace the input")
