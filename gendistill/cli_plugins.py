@@ -164,7 +164,8 @@ def _images_of(args):
 
     from .cli import _device, _load_set
     from .io import load_safetensors, save_safetensors
-    from .synthetic import SyntheticSet, read_metadata
+    from .select import derived_set
+    from .synthetic import read_metadata
 
     tensors, meta = load_safetensors(args.file)
     read_metadata(args.file, meta)
@@ -182,9 +183,7 @@ def _images_of(args):
     images = syn.decode(backbone).cpu()
 
     def save_set(labels, record):
-        out = SyntheticSet(syn.latents.detach(), labels, None if syn.lr is None else syn.lr.detach(), backbone=syn.backbone_meta,
-                           dataset=syn.dataset_meta, run={**syn.run_meta, "relabel": record})
-        out.save(args.out)
+        derived_set(syn, {**syn.run_meta, "relabel": record}, labels=labels).save(args.out)
 
     return images, syn.labels.detach().cpu(), save_set
 

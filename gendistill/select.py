@@ -280,15 +280,26 @@ def prune_indices(scores: torch.Tensor, hard_labels: torch.Tensor, ipc: int, num
     return torch.cat(keep).sort().values
 
 
-def pruned_set(syn, keep: torch.Tensor, record: dict):
-    """The samples ``keep`` of ``syn`` as a new set; its run record names the pruning and the set it came from."""
+def derived_set(syn, run: dict, keep: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+    """A new set made from ``syn``: its samples ``keep`` (all by default), ``labels`` instead of its own if given, and
+    the same backbone, dataset, lr and storage settings (a set's storage dtype and decoder record, where it has them)."""
     from .synthetic import SyntheticSet
 
+    keep = torch.arange(len(syn)) if keep is None else keep
+    out = SyntheticSet(syn.latents.detach()[keep], syn.labels.detach()[keep] if labels is None else labels,
+                       None if syn.lr is None else syn.lr.detach(), backbone=syn.backbone_meta, dataset=syn.dataset_meta, run=run)
+    for attr in ("latent_dtype", "decoder"):  # storage settings, kept as the source has them
+        if hasattr(syn, attr):
+            setattr(out, attr, getattr(syn, attr))
+    return out
+
+
+def pruned_set(syn, keep: torch.Tensor, record: dict):
+    """The samples ``keep`` of ``syn`` as a new set; its run record names the pruning and the set it came from."""
     ipc = int(torch.bincount(syn.hard_labels[keep], minlength=syn.num_classes).max())
     source = dict(syn.run_meta)
     run = {**source, "method": f"{source.get('method', 'set')}+yoco", "ipc": ipc, "prune": {**record, "source_ipc": syn.ipc}}
-    return SyntheticSet(syn.latents.detach()[keep], syn.labels[keep], None if syn.lr is None else syn.lr.detach(),
-                        backbone=syn.backbone_meta, dataset=syn.dataset_meta, run=run)
+    return derived_set(syn, run, keep=keep)
 
 
 def lbpe_record(cfg: LBPEConfig, rule: str) -> dict:
