@@ -49,6 +49,12 @@ def prune_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
 def dream_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
     out = Path(args.out)
     steps = [int(s) for s in args.dream_steps.split(",")]
+    if not res.has("dream/start-0"):  # step 0 for both: the random real latents the runs start from (the same draw)
+        path = out / "dream-study-start.safetensors"
+        if not path.exists():
+            run([sys.executable, "-m", "gendistill.cli", "init", "--ipc", 10, "--init", "real", "--seed", 0, "--out", path], log)
+        res.put("dream/start-0", {**screen(*set_images(path), data, cfg), "steps": 0})
+        log(f"dream/start-0: {100 * res.get('dream/start-0')['mean']:.2f}")
     for sampler in ("uniform", "dream"):
         run_dir = out / f"dream-study-{sampler}"
         for i, n in enumerate(steps):
