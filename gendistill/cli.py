@@ -11,6 +11,9 @@
     gendistill push set.safetensors owner/name           a Hub dataset repo with a card (--dry-run DIR: the folder only)
     gendistill pull owner/name --out DIR                 a pushed set (and its backbone) from the Hub
     gendistill push-backbone DIR owner/name              a backbone directory as a Hub model repo with a card
+    gendistill select --method herding --ipc 10 --out coreset.safetensors   a coreset of real samples (docs/plugins.md)
+    gendistill prune set.safetensors --ipc 5 --out small.safetensors       YOCO pruning to a smaller IPC
+    gendistill relabel set.safetensors --teacher DIR --out soft.safetensors soft labels from a teacher
     gendistill train-backbone --kind vae --dataset fashion-mnist --output DIR   (or --kind gan | diffusion)
 """
 
@@ -330,14 +333,26 @@ def cmd_eval(args) -> int:
     test = load_split(DataConfig(name, args.data_dir, args.download), "test")
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
     archs = args.arch.split(",")
+    if args.scores:
+        from .cli_plugins import check_score_args
+
+        check_score_args(args, labels, name)
     result = evaluate(images, labels, test, cfg, lr=lr, archs=archs, progress=accelerator.is_local_main_process, accelerator=accelerator)
     if not accelerator.is_main_process:
         return 0
     result["set"] = args.file
+    if args.scores:  # DD-Ranking's HLR, IOR, LRS, ARS (gendistill.scores)
+        from .cli_plugins import eval_scores
+
+        result["scores"] = eval_scores(args, images, labels, lr, name, cfg, archs[0], _device())
     out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
     write_json(result, out)
     for arch, r in result["archs"].items():
         print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {cfg.runs} runs, {cfg.epochs} epochs ({name} test split) -> {out}")
+    if "scores" in result:
+        sc = result["scores"]
+        print("scores: " + ", ".join(f"{k.upper()} {sc[k]['mean']:.4f} +- {sc[k]['std']:.4f}" for k in ("hlr", "ior", "lrs", "ars"))
+              + f" over {len(sc['rounds'])} random draws (full data {sc['full_data_accuracy']:.4f})")
     return 0
 
 
@@ -468,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="the standard evaluation protocol on a set or decoded-images file")
     s.add_argument("file")
-    s.add_argument("--arch", default="convnet", help=f"comma-separated, from: {', '.join(list_nets())}")
+    s.add_argument("--arch", default="convnet", help=f"comma-separated, from: {', '.join(list_nets())}, or tv:NAME (a torchvision "
+                   "model), timm:NAME (if timm is installed)")
     s.add_argument("--epochs", type=int, default=1000)
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
@@ -476,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
     _add_backbone_flags(s)
+    from .cli_plugins import add_score_flags
+
+    add_score_flags(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("table", help="a markdown table of runs: method, spaces, IPC, distillation time, bytes, accuracy per arch")
@@ -508,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_pull)
 
     s = sub.add_parser("distill", help="run a distillation recipe: gendistill distill METHOD [--key value ...] (METHOD --help)", add_help=False)
+
+    from .cli_plugins import add_commands  # select, prune, relabel
+
+    add_commands(sub)
 
     s = sub.add_parser("train-backbone", help="train a backbone: --kind vae (default), gan or diffusion, then its flags", add_help=False)
     s.set_defaults(func=cmd_train_backbone)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .augment import get_augment
 from .data import ImageDataset, normalize
-from .nets import NETS, fresh_net
+from .nets import fresh_net, get_builder
 
 PROTOCOL = "gendistill-standard-v1"
 
@@ -91,7 +91,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     for arch in archs or [cfg.arch]:
-        NETS.get(arch)  # an unknown name raises now, not after the archs before it have trained
+        get_builder(arch)  # an unknown name raises now, not after the archs before it have trained
     mean, std = test.mean, test.std
     result = {"protocol": PROTOCOL, "settings": asdict(cfg), "dataset": test.name, "num_images": len(images),
               "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr, "archs": {}}

@@ -61,6 +61,8 @@ class RecipeConfig(DataConfig):
     optimizer: str = "adam"
     lr_schedule: str = "constant"  # constant | cosine (decays the latents' lr to 0 over --steps)
     batch_real: int = 256
+    real_sampler: str = "uniform"  # uniform | dream (real batches from k-means sub-clusters of each class, gendistill.sampler)
+    dream_clusters: int = 0  # dream: sub-clusters per class (0: as many as batch_real, DREAM's setting)
     net: str = "convnet"
     depth: int = 3
     width: int = 128
@@ -138,9 +140,20 @@ def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelera
     if getattr(cfg, "lr_schedule", "constant") != "constant":
         fingerprint["steps"] = cfg.steps  # a decaying lr is a function of the step count: it cannot be extended on resume
     fingerprint["backbone_sha256"] = pieces.backbone.weights_sha256()
-    return distill(pieces.syn, objective, pieces.backbone, pieces.real, distill_config(cfg), accelerator,
+    return distill(pieces.syn, objective, pieces.backbone, sampled_real(cfg, pieces, objective), distill_config(cfg), accelerator,
                    pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint,
                    real_latents=pieces.real_latents)
+
+
+def sampled_real(cfg, pieces: Pieces, objective: Objective) -> LatentSplit:
+    """The real split the loop draws batches from, as ``cfg.real_sampler`` draws it (gendistill.sampler)."""
+    from .sampler import real_sampler
+
+    name = getattr(cfg, "real_sampler", "uniform")
+    if name != "uniform" and not getattr(objective, "samples_real", True):
+        raise ValueError(f"--real-sampler {name} changes how real batches are drawn, but {type(objective).__name__} matches "
+                         "expert trajectories and draws none; leave --real-sampler uniform")
+    return real_sampler(name, pieces.real, cfg.batch_real, torch.Generator().manual_seed(cfg.seed), getattr(cfg, "dream_clusters", 0))
 
 
 def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path | None = None) -> dict | None:

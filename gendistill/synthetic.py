@@ -287,6 +287,26 @@ def init_kmeans(real: LatentSplit, c: int, ipc: int, generator=None, backbone=No
     return real.latents[idx[torch.tensor(chosen)]]
 
 
+@INITS.register("herding")
+@selects_real
+def init_herding(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
+    """Coreset by herding (``gendistill.select.herding``) on the class's flattened latents (images without a cache)."""
+    from .select import herding
+
+    idx = real.class_indices(c)
+    return real.latents[idx[herding(real.latents[idx].flatten(1), ipc)]]
+
+
+@INITS.register("kcenter")
+@selects_real
+def init_kcenter(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None) -> torch.Tensor:
+    """Coreset by greedy k-center (``gendistill.select.kcenter``) on the class's flattened latents (or images)."""
+    from .select import kcenter
+
+    idx = real.class_indices(c)
+    return real.latents[idx[kcenter(real.latents[idx].flatten(1), ipc)]]
+
+
 # ---------------------------------------------------------------------------------- generative initialisers
 
 

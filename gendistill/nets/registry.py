@@ -29,13 +29,34 @@ class NetConfig:
     pool: str = "avgpooling"
 
 
+# "prefix:model" names build a network of another library (``tv:resnet18``, ``timm:...``): prefix -> builder maker
+EXTERNAL: Registry = Registry("network library prefix")
+
+
 def list_nets() -> list[str]:
+    """The registered names (``prefix:NAME`` builds another library's model besides them, see ``EXTERNAL``)."""
     return NETS.names()
+
+
+def get_builder(name: str):
+    """The builder of a registered name, or of ``prefix:model`` (another library's model, see ``EXTERNAL``)."""
+    if ":" in name:
+        prefix, model = name.split(":", 1)
+        return EXTERNAL.get(prefix)(model)
+    return NETS.get(name)
+
+
+def builds_own_weights(builder):
+    """Mark a builder whose modules initialise themselves in their constructors (transformers' ViT, torchvision models):
+    ``fresh_net`` builds it under a forked global RNG seeded from the generator, so its weights come from the generator
+    alone and the caller's global RNG state is left as it was."""
+    builder.builds_own_weights = True
+    return builder
 
 
 def get_net(name: str, in_shape: tuple[int, int, int], num_classes: int, **overrides) -> nn.Module:
     """A network for (C, H, W) inputs; ``overrides`` replace :class:`NetConfig` fields (``depth=2, width=8``)."""
-    builder = NETS.get(name)
+    builder = get_builder(name)
     in_shape = tuple(int(d) for d in in_shape)
     if len(in_shape) != 3 or min(in_shape) < 1:
         raise ValueError(f"in_shape must be (channels, height, width) with positive sizes, got {in_shape}")
@@ -71,4 +92,9 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> nn.Module:
 
 def fresh_net(name: str, in_shape, num_classes: int, generator: torch.Generator, **overrides) -> nn.Module:
     """A newly initialised network whose weights come only from ``generator`` (reproducible, no global seed)."""
+    if getattr(get_builder(name), "builds_own_weights", False):
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_net(name, in_shape, num_classes, **overrides)
     return init_weights(get_net(name, in_shape, num_classes, **overrides), generator)

@@ -83,6 +83,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 @dataclass
 class TrajectoryMatching:
     parallel: ClassVar[str] = "replicas"  # each process draws its own trajectory; the gradients are averaged
+    samples_real = False  # it matches expert trajectories and draws no real batch (so --real-sampler has nothing to change)
     experts: Experts | None = None
     syn_steps: int = 20
     expert_epochs: int = 2

@@ -1,0 +1,100 @@
+"""The two measured targets of the plug-ins (docs/plugins.md), with the screening evaluation of screening.py.
+
+1. YOCO: prune an IPC-10 distilled set (LatentDD, the crossover's distilled curve) to IPC 5 with the LBPE rule
+   (``gendistill prune --rule low``) and compare with random real images at IPC 5 (pixel backbone, ``--draws`` draws);
+   the high-LBPE rule and random pruning inside the set are measured beside it. Target: pruned >= random + 5 points.
+2. DREAM: the same LatentDD run from random real latents (``init real``, where matching moves the set most) with
+   ``--real-sampler uniform`` and ``dream``, each evaluated after every step count in ``--dream-steps`` (one run,
+   extended with ``--resume --steps``). Target: DREAM reaches uniform's accuracy at the last step count in <= 60% of
+   the steps.
+
+    python benchmarks/plugin_targets.py [--out outputs/plugins] [--only prune|dream] [--nets 2] [--iters 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from screening import Data, Results, Screening, latent_dm, logger, run, screen, set_images, settings_of
+
+
+def prune_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
+    out = Path(args.out)
+    src = latent_dm(out / "dm-ipc10", 10, args.distill_steps, log)
+    if not res.has("prune/source-ipc10"):
+        res.put("prune/source-ipc10", {**screen(*set_images(src), data, cfg), "set": str(src)})
+    for rule in ("low", "random", "high"):
+        key = f"prune/{rule}-ipc5"
+        if res.has(key):
+            continue
+        path = out / f"dm-ipc10-pruned-{rule}-ipc5.safetensors"
+        if not path.exists():
+            run([sys.executable, "-m", "gendistill.cli", "prune", src, "--ipc", 5, "--rule", rule, "--out", path], log)
+        res.put(key, {**screen(*set_images(path), data, cfg), "set": str(path)})
+        log(f"{key}: {100 * res.get(key)['mean']:.2f}")
+    train = data.train
+    for d in range(args.draws):
+        key = f"prune/random-real-ipc5-draw{d}"
+        if res.has(key):
+            continue
+        idx = torch.cat([train.sample_class(c, 5, torch.Generator().manual_seed(1000 + d * 10 + c)) for c in range(10)])
+        res.put(key, {**screen(train.float_images(idx), train.labels[idx], data, cfg), "draw": d})
+        log(f"{key}: {100 * res.get(key)['mean']:.2f}")
+
+
+def dream_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
+    out = Path(args.out)
+    steps = [int(s) for s in args.dream_steps.split(",")]
+    if not res.has("dream/start-0"):  # step 0 for both: the random real latents the runs start from (the same draw)
+        path = out / "dream-study-start.safetensors"
+        if not path.exists():
+            run([sys.executable, "-m", "gendistill.cli", "init", "--ipc", 10, "--init", "real", "--seed", 0, "--out", path], log)
+        res.put("dream/start-0", {**screen(*set_images(path), data, cfg), "steps": 0})
+        log(f"dream/start-0: {100 * res.get('dream/start-0')['mean']:.2f}")
+    for sampler in ("uniform", "dream"):
+        run_dir = out / f"dream-study-{sampler}"
+        for i, n in enumerate(steps):
+            key = f"dream/{sampler}-{n}"
+            if res.has(key):
+                continue
+            done = (run_dir / "set.safetensors").exists()
+            extra = ["--resume"] if done else ["--overwrite"]
+            run([sys.executable, "recipes/latent_dm.py", "--config", "recipes/configs/dm/fashion-mnist_ipc10_vae-latent-real.yaml",
+                 "--steps", n, "--eval-runs", 0, "--real-sampler", sampler, "--output", run_dir, *extra], log)
+            res.put(key, {**screen(*set_images(run_dir / "set.safetensors"), data, cfg), "steps": n, "sampler": sampler})
+            log(f"{key}: {100 * res.get(key)['mean']:.2f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs/plugins")
+    p.add_argument("--only", choices=["prune", "dream"], default=None)
+    p.add_argument("--protocol", choices=["screening", "standard"], default="screening")
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--nets", type=int, default=2)
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--distill-steps", type=int, default=200, help="LatentDD steps of the IPC-10 set that is pruned")
+    p.add_argument("--dream-steps", default="40,80,120,200")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = Screening(protocol=args.protocol, iters=args.iters, nets=args.nets)
+    log = logger(out / "plugin_targets.log")
+    res = Results(out / "plugin_targets.json", settings_of(cfg, distill_steps=args.distill_steps, dream_steps=args.dream_steps,
+                                                            draws=args.draws))
+    log(f"evaluation: {cfg.label()}")
+    data = Data()
+    if args.only in (None, "prune"):
+        prune_study(args, data, cfg, res, log)
+    if args.only in (None, "dream"):
+        dream_study(args, data, cfg, res, log)
+    log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Soft-label relabelling: teachers saved as safetensors + JSON (no pickle), probabilities as labels, their bytes counted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from gendistill.backbones import load_backbone
+from gendistill.cli import main
+from gendistill.data import normalize
+from gendistill.synthetic import SyntheticSet
+from gendistill.teacher import load_teacher
+
+NET = ["--net-width", 4, "--net-depth", 1, "--net-epochs", 1]
+
+
+def cli(capsys, *argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def ok(result):
+    code, out, err = result
+    assert code == 0, err
+    return out
+
+
+def user_error(result, fragment):
+    code, out, err = result
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err, err
+    assert fragment in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_idx_dir):
+    d = tmp_path_factory.mktemp("t") / "teacher"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENDISTILL_FASHION_MNIST_DIR", str(tiny_idx_dir))
+        with pytest.raises(SystemExit) as e:
+            main(["relabel", "--train-teacher", "--teacher", str(d), "--test-teacher", *map(str, NET)])
+    assert e.value.code == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def set_file(tmp_path_factory, tiny_vae_dir, tiny_idx_dir):
+    path = tmp_path_factory.mktemp("s") / "set.safetensors"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENDISTILL_FASHION_MNIST_DIR", str(tiny_idx_dir))
+        mp.setenv("GENDISTILL_CACHE", str(path.parent / "cache"))
+        with pytest.raises(SystemExit) as e:
+            main(["init", "--backbone", str(tiny_vae_dir), "--ipc", "2", "--out", str(path)])
+    assert e.value.code == 0
+    return path
+
+
+def test_teacher_files_are_safetensors_and_json(teacher_dir):
+    assert sorted(p.name for p in teacher_dir.iterdir()) == ["teacher.json", "teacher.safetensors"]
+    info = json.loads((teacher_dir / "teacher.json").read_text())
+    assert info["training"]["width"] == 4 and info["training"]["epochs"] == 1 and info["num_classes"] == 10
+    assert 0.0 <= info["measured"]["test_accuracy"] <= 1.0
+    load_file(str(teacher_dir / "teacher.safetensors"))  # plain tensors
+    t = load_teacher(teacher_dir)
+    assert t.sha256 == info["sha256"] and t.dataset["name"] == "fashion-mnist"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_relabel_writes_teacher_probabilities(capsys, tmp_path, teacher_dir, set_file, tiny_vae_dir, temperature):
+    out = tmp_path / "soft.safetensors"
+    text = ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", out, "--temperature", temperature))
+    src, soft = SyntheticSet.load(set_file), SyntheticSet.load(out)
+    assert soft.labels.shape == (20, 10) and soft.labels.dtype == torch.float32 and soft.soft
+    assert torch.allclose(soft.labels.sum(1), torch.ones(20), atol=1e-5)
+    assert torch.equal(soft.latents, src.latents)  # only the labels change
+    teacher = load_teacher(teacher_dir)
+    images = src.decode(load_backbone(str(tiny_vae_dir)))
+    with torch.no_grad():
+        logits = teacher.net(normalize(images, teacher.dataset["mean"], teacher.dataset["std"]))
+    assert torch.allclose(soft.labels, (logits / temperature).softmax(1), atol=1e-5)
+    record = soft.run_meta["relabel"]
+    assert record["label_bytes"] == 20 * 10 * 4 and record["previous_label_bytes"] == 20 * 8
+    assert record["temperature"] == temperature and record["teacher"]["sha256"] == teacher.sha256
+    assert f"{20 * 10 * 4:,} bytes" in text
+    info = json.loads(ok(cli(capsys, "info", out, "--json")))
+    assert info["soft_labels"] is True and info["tensors"]["labels"]["shape"] == [20, 10]
+
+
+def test_relabel_decoded_images_file(capsys, tmp_path, teacher_dir, set_file):
+    images = tmp_path / "images.safetensors"
+    ok(cli(capsys, "export", set_file, "--out", images))
+    out = tmp_path / "soft-images.safetensors"
+    ok(cli(capsys, "relabel", images, "--teacher", teacher_dir, "--out", out))
+    t = load_file(str(out))
+    assert t["labels"].shape == (20, 10) and torch.equal(t["images"], load_file(str(images))["images"])
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["gendistill.decoded"] == "1" and "relabel" in json.loads(meta["gendistill.run"])
+
+
+def test_relabel_errors(capsys, tmp_path, teacher_dir, set_file):
+    user_error(cli(capsys, "relabel", set_file, "--teacher", tmp_path / "none", "--out", tmp_path / "o.safetensors"),
+               "--train-teacher")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "teacher.json").write_text((teacher_dir / "teacher.json").read_text())
+    w = load_file(str(teacher_dir / "teacher.safetensors"))
+    w = {k: v + 1 if v.is_floating_point() else v for k, v in w.items()}
+    save_file(w, str(bad / "teacher.safetensors"))
+    user_error(cli(capsys, "relabel", set_file, "--teacher", bad, "--out", tmp_path / "o.safetensors"), "sha256")
+    (bad / "teacher.json").write_text("{not json")
+    user_error(cli(capsys, "relabel", set_file, "--teacher", bad, "--out", tmp_path / "o.safetensors"), "not valid JSON")
+    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir), "--out")
+    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", tmp_path / "o.safetensors", "--temperature", 0),
+               "temperature")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_teacher_and_outputs_are_never_replaced_unasked(capsys, tmp_path, teacher_dir, set_file):
+    before = (teacher_dir / "teacher.safetensors").read_bytes()
+    user_error(cli(capsys, "relabel", "--train-teacher", "--teacher", teacher_dir, *NET), "--overwrite")
+    assert (teacher_dir / "teacher.safetensors").read_bytes() == before
+    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", set_file), "replace the input")
+    user_error(cli(capsys, "prune", set_file, "--ipc", 1, "--out", set_file), "replace the input")
