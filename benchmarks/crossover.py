@@ -27,11 +27,11 @@ import sys
 from pathlib import Path
 
 import torch
+from screening import Data, Results, Screening, latent_dm, logger, run, screen, set_images, settings_of
 
 from gendistill.backbones import load_backbone
 from gendistill.cache import cached_latents
 from gendistill.plots import line_plot, save_png
-from screening import Data, Results, Screening, latent_dm, logger, run, screen, set_images, settings_of
 
 CURVES = ("distilled (LatentDD)", "best coreset (real images)", "random real images", "random VAE latents")
 

@@ -12,7 +12,6 @@ DSA augmentation), only shorter: a few epochs over 60,000 images instead of hund
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import asdict

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from screening import Data, Results, Screening, latent_dm, logger, run, screen, set_images, settings_of
 
 

@@ -122,10 +122,10 @@ class PeakRSS:
 
 
 def measure(size: int, method: str, args) -> dict:
-    from gendistill.backbones import PixelBackbone
-    from gendistill.cache import LatentSplit, encode_images
     from accelerate import Accelerator
 
+    from gendistill.backbones import PixelBackbone
+    from gendistill.cache import LatentSplit, encode_images
     from gendistill.distill import DistillConfig, distill
     from gendistill.objectives import get_objective
     from gendistill.synthetic import SyntheticSet

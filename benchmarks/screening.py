@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from gendistill.backbones import load_backbone
-from gendistill.data import ImageDataset, get_dataset
+from gendistill.data import get_dataset
 from gendistill.evaluate import EvalConfig, evaluate, test_accuracy
 from gendistill.scores import subset
 from gendistill.synthetic import SyntheticSet

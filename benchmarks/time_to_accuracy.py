@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 from gendistill.distill import make_accelerator
 from gendistill.evaluate import EvalConfig, evaluate

@@ -63,7 +63,7 @@ class DreamSplit(LatentSplit):
         self._members: dict[int, list[torch.Tensor]] = {}
 
     @classmethod
-    def build(cls, split: LatentSplit, clusters: int, generator: torch.Generator | None = None, core: float = DREAM_CORE) -> "DreamSplit":
+    def build(cls, split: LatentSplit, clusters: int, generator: torch.Generator | None = None, core: float = DREAM_CORE) -> DreamSplit:
         """k-means (``clusters`` per class, fewer for a smaller class) of each class's flattened latents."""
         if clusters < 1:
             raise ValueError(f"DREAM needs at least 1 sub-cluster per class, got {clusters}")
@@ -119,7 +119,7 @@ class DreamSplit(LatentSplit):
                 out.append(core[torch.randperm(len(core), generator=generator)[:k]])
         return torch.cat(out)
 
-    def shard(self, rank: int, world: int) -> "LatentSplit":
+    def shard(self, rank: int, world: int) -> LatentSplit:
         if world == 1:
             return self
         keep = torch.cat([self.class_indices(c)[rank::world] for c in range(self.num_classes)])

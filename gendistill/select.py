@@ -27,8 +27,8 @@ number per class, not a global ranking.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -129,7 +129,7 @@ class SyntheticSet(nn.Module):
         return make_ledger(tensors or self.stored_tensors(), self.num_classes, self.dataset_meta.get("image_shape"), self.decoder)
 
     @torch.no_grad()
-    def round_trip_(self) -> "SyntheticSet":
+    def round_trip_(self) -> SyntheticSet:
         """Replace the latents by what the file will hold (quantised to the storage dtype and read back), so that what
         is evaluated is what is saved. A no-op for float32."""
         if self.latent_dtype != "float32":

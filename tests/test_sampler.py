@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_recipe
 from safetensors import safe_open
 
-from conftest import load_recipe
 from gendistill.cache import LatentSplit
 from gendistill.sampler import DreamSplit, real_sampler
 
@@ -124,9 +124,10 @@ def test_recipe_with_dream_sampler(tmp_path, tiny_vae_dir):
 
 
 def test_dream_refused_where_no_real_batch_is_drawn(tmp_path):
+    from types import SimpleNamespace
+
     from gendistill.objectives.trajectory import TrajectoryMatching
     from gendistill.pipeline import sampled_real
-    from types import SimpleNamespace
 
     assert TrajectoryMatching.samples_real is False  # MTT, TESLA, DATM (subclasses) match experts only
     experts_only = TrajectoryMatching.__new__(TrajectoryMatching)

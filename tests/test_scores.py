@@ -13,8 +13,17 @@ import gendistill.scores as scores_mod
 from gendistill.cli import main
 from gendistill.data import get_dataset
 from gendistill.evaluate import EvalConfig
-from gendistill.scores import (ScoreConfig, augmentation_robust_score, dd_scores, exp_normalise, full_data_accuracy,
-                               hard_label_recovery, improvement_over_random, label_robust_score, validation_split)
+from gendistill.scores import (
+    ScoreConfig,
+    augmentation_robust_score,
+    dd_scores,
+    exp_normalise,
+    full_data_accuracy,
+    hard_label_recovery,
+    improvement_over_random,
+    label_robust_score,
+    validation_split,
+)
 from gendistill.teacher import NetTraining, train_teacher
 
 CFG = EvalConfig(arch="mlp", epochs=2, batch=64)

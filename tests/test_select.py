@@ -13,8 +13,18 @@ from gendistill.backbones import load_backbone
 from gendistill.cache import cached_latents
 from gendistill.cli import main
 from gendistill.data import get_dataset
-from gendistill.select import (LBPEConfig, Pool, herding, kcenter, kmeans_members, lbpe_from_dynamics, lbpe_scores,
-                               prune_indices, rank_keep, select_indices)
+from gendistill.select import (
+    LBPEConfig,
+    Pool,
+    herding,
+    kcenter,
+    kmeans_members,
+    lbpe_from_dynamics,
+    lbpe_scores,
+    prune_indices,
+    rank_keep,
+    select_indices,
+)
 from gendistill.synthetic import INITS, SyntheticSet
 from gendistill.teacher import Dynamics, NetTraining, train_net
 

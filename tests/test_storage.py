@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
+from conftest import ROOT, load_recipe
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import ROOT, load_recipe
 from gendistill.cli import main
-from gendistill.storage import LEDGER_KEY, get_codec, latents_per_class, make_ledger, resolve_ipc
+from gendistill.storage import LEDGER_KEY, get_codec, latents_per_class, resolve_ipc
 from gendistill.synthetic import SyntheticSet
 
 FMNIST = {"name": "fashion-mnist", "num_classes": 10, "image_shape": [1, 28, 28], "mean": [0.286], "std": [0.353]}
