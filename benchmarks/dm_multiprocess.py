@@ -4,8 +4,10 @@ Launches itself twice with ``accelerate launch`` (1 process: ``--cpu``; 2 proces
 ``ACCELERATE_USE_CPU=1``, i.e. torchrun on gloo), each process with one thread. Each run times the real loop
 (`gendistill.distill.distill`) as benchmarks/dm_speed.py does (a warm-up run subtracted from a longer one) and saves
 its final set; DM splits the classes over the processes, so the two sets should agree to float tolerance.
+``--device cuda``: both runs on the GPU(s), the 2 processes sharing one GPU if there is one (with ``--backend gloo``,
+the default there: NCCL refuses two ranks on one GPU); benchmarks/gpu_check.sh runs it so.
 
-    python benchmarks/dm_multiprocess.py [--match-space pixel|latent] [--ipc 10] [--batch-real 64] [--steps 10]
+    python benchmarks/dm_multiprocess.py [--match-space pixel|latent] [--ipc 10] [--batch-real 64] [--steps 10] [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def child(args) -> None:
     from gendistill.synthetic import SyntheticSet
 
     torch.set_num_threads(1)
+    if args.device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(backend=args.backend)  # the shared state the accelerator below uses
     accelerator = make_accelerator("no")
     full = get_dataset("fashion-mnist", "train")
     gen = torch.Generator().manual_seed(0)
@@ -48,22 +54,26 @@ def child(args) -> None:
         accelerator.wait_for_everyone()
         start = time.perf_counter()
         distill(syn, get_objective("dm", kernel="gaussian"), vae, real, cfg, accelerator, meta)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         accelerator.wait_for_everyone()
         times.append(time.perf_counter() - start)
     if accelerator.is_main_process:
         out = Path(args.child)
         save_file({"latents": syn.latents.detach().cpu().contiguous()}, str(out / "set.safetensors"))
-        result = {"processes": accelerator.num_processes, "seconds_per_step": (times[1] - times[0]) / args.steps}
+        result = {"processes": accelerator.num_processes, "device": str(accelerator.device),
+                  "seconds_per_step": (times[1] - times[0]) / args.steps}
         (out / "result.json").write_text(json.dumps(result))
 
 
-def launch(processes: int, out: Path, argv: list[str]) -> dict:
+def launch(processes: int, out: Path, argv: list[str], device: str = "cpu") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     if processes == 1:
-        mode = ["--cpu", "--num_processes", "1"]
+        mode = ["--cpu", "--num_processes", "1"] if device == "cpu" else ["--num_processes", "1"]
     else:
         mode = ["--multi_gpu", "--num_processes", str(processes)]
-        env["ACCELERATE_USE_CPU"] = "1"
+        if device == "cpu":
+            env["ACCELERATE_USE_CPU"] = "1"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1", "--dynamo_backend", "no",
            "--mixed_precision", "no", __file__, *argv, "--child", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -80,6 +90,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backbone", default="fashion-mnist-vae")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--backend", default="gloo", help="--device cuda, 2 processes: the process group's backend")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -92,12 +104,12 @@ def main() -> None:
         runs = {}
         for n in (1, 2):
             (Path(tmp) / str(n)).mkdir()
-            runs[n] = launch(n, Path(tmp) / str(n), argv)
+            runs[n] = launch(n, Path(tmp) / str(n), argv, args.device)
         a, b = (load_file(str(Path(tmp) / str(n) / "set.safetensors"))["latents"] for n in (1, 2))
         diff = (a - b).abs().max().item()
     one, two = runs[1]["seconds_per_step"], runs[2]["seconds_per_step"]
     print(f"DM ({args.match_space} match space, {args.backbone}), ipc {args.ipc}, real batch {args.batch_real}/class, {args.steps} timed steps, "
-          f"1 thread per process, {os.cpu_count()} CPUs (torch {torch.__version__})")
+          f"1 thread per process, {os.cpu_count()} CPUs, device {runs[2].get('device')} (torch {torch.__version__})")
     print(f"1 process: {one * 1000:.1f} ms/step; 2 processes: {two * 1000:.1f} ms/step")
     print(f"2-process step time / 1-process: {two / one:.2f} x")
     print(f"2-process vs 1-process set: max abs difference {diff:.3g}")

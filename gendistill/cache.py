@@ -1,8 +1,9 @@
 """Encode a dataset split once per backbone; latents stored per class as safetensors shards.
 
 Layout: ``<root>/<dataset>-<split>-<sha16>/class_0000.safetensors ... + meta.json``, keyed by the backbone's
-weight hash (``sha16``) and checked against the dataset's fingerprint. A shard that is missing, unreadable or
-disagrees with ``meta.json`` makes the cache stale: it is rebuilt with a message. Written atomically.
+weight hash (``sha16``) and checked against the dataset's fingerprint. A shard that is missing, unreadable, disagrees
+with ``meta.json`` or holds non-finite latents makes the cache stale: it is rebuilt with a message. A backbone whose
+encodings are not finite is refused, and nothing is written. Written atomically.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .data import ImageDataset
+from .errors import first_line
 from .io import atomic_dir, load_safetensors, save_safetensors
 
 CACHE_FORMAT = "1"
@@ -90,6 +92,8 @@ def _read(directory: Path, backbone: Backbone, dataset: ImageDataset, fingerprin
         z = tensors.get("latents")
         if z is None or tuple(z.shape[1:]) != tuple(backbone.latent_shape) or len(z) != meta["counts"][c]:
             raise ValueError(f"shard of class {c} does not match meta.json")
+        if not z.is_floating_point() or not torch.isfinite(z).all():
+            raise ValueError(f"shard of class {c} holds {'non-float' if not z.is_floating_point() else 'NaN or infinite'} latents")
         latents.append(z)
         labels.append(torch.full((len(z),), c, dtype=torch.int64))
     return LatentSplit(torch.cat(latents), torch.cat(labels), dataset.num_classes)
@@ -122,10 +126,14 @@ def cached_latents(backbone: Backbone, dataset: ImageDataset, root: str | Path |
         try:
             return _read(directory, backbone, dataset, fingerprint)
         except (ValueError, FileNotFoundError) as e:
-            log(f"latent cache {directory} is stale ({str(e).splitlines()[0]}); re-encoding")
+            log(f"latent cache {directory} is stale ({first_line(e)}); re-encoding")
     else:
         log(f"encoding {dataset.name}/{dataset.split} with {backbone.kind} backbone {backbone.source} into {directory}")
     z = encode_images(backbone, dataset, batch_size, device, desc=f"encode {dataset.name}/{dataset.split}")
+    bad = (~torch.isfinite(z.flatten(1))).any(1)
+    if bad.any():
+        raise ValueError(f"{backbone.kind} backbone {backbone.source!r} encodes {int(bad.sum())} of the {len(z)} {dataset.name}/{dataset.split} "
+                         f"images (first: #{int(bad.nonzero()[0])}) to NaN or infinite latents; check the backbone's weights (nothing was cached)")
     split = LatentSplit(z, dataset.labels.clone(), dataset.num_classes)
     with atomic_dir(directory) as tmp:
         counts = []

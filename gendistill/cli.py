@@ -40,7 +40,9 @@ def _terminate(signum, frame):
 
 def run_guarded(main, argv=None) -> int:
     """Run ``main``; user errors become one line on stderr and exit code 2 (no traceback). Ctrl-C and SIGTERM stop it
-    with one line and exit code 128 + the signal's number (a distillation run first finishes its step and checkpoints)."""
+    with one line and exit code 128 + the signal's number (a distillation run first finishes its step and checkpoints).
+    Every entry point (this command and every recipe's ``__main__``) goes through here; a bad command line is a
+    ``UsageError`` (config.py)."""
     import signal
     import threading
 
@@ -148,14 +150,12 @@ def cmd_init(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .io import load_safetensors
     from .storage import format_ledger, read_ledger
-    from .synthetic import read_metadata
+    from .synthetic import read_set_file
 
     if Path(args.file).is_dir():
         return _info_experts(args)
-    tensors, meta = load_safetensors(args.file)
-    records = read_metadata(args.file, meta)
+    tensors, meta, records = read_set_file(args.file)
     info = {
         "file": args.file,
         "bytes": os.path.getsize(args.file),
@@ -305,21 +305,16 @@ def cmd_eval(args) -> int:
 
     from .data import DataConfig, load_split
     from .evaluate import EvalConfig, evaluate
-    from .io import check_parent, load_safetensors, write_json
-    from .synthetic import read_metadata
+    from .io import check_parent, write_json
+    from .synthetic import read_set_file
 
     if args.out:
         check_parent(args.out)
         _check_out(args)
-    tensors, meta = load_safetensors(args.file)
-    records = read_metadata(args.file, meta)
+    tensors, meta, records = read_set_file(args.file)
     accelerator = Accelerator()  # under `accelerate launch` with several processes the networks are spread over them
     if meta.get("gendistill.decoded") == "1":
-        if "images" not in tensors or "labels" not in tensors:
-            raise ValueError(f"{args.file!r} is marked decoded but lacks 'images' or 'labels'; re-export it")
-        images, labels, lr = tensors["images"], tensors["labels"], None
-        if len(images) != len(labels):
-            raise ValueError(f"{args.file!r}: {len(images)} images but {len(labels)} labels; re-export it")
+        images, labels, lr = tensors["images"].float(), tensors["labels"], None
     else:
         syn, backbone = _load_set(args)
         backbone.to(accelerator.device)
@@ -332,19 +327,19 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{args.file!r} does not record its dataset; pass --dataset")
     test = load_split(DataConfig(name, args.data_dir, args.download), "test")
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
-    archs = args.arch.split(",")
     if args.scores:
         from .cli_plugins import check_score_args
 
         check_score_args(args, labels, name)
-    result = evaluate(images, labels, test, cfg, lr=lr, archs=archs, progress=accelerator.is_local_main_process, accelerator=accelerator)
+    result = evaluate(images, labels, test, cfg, lr=lr, archs=args.arch, progress=accelerator.is_local_main_process,
+                      accelerator=accelerator)
     if not accelerator.is_main_process:
         return 0
     result["set"] = args.file
     if args.scores:  # DD-Ranking's HLR, IOR, LRS, ARS (gendistill.scores)
         from .cli_plugins import eval_scores
 
-        result["scores"] = eval_scores(args, images, labels, lr, name, cfg, archs[0], _device())
+        result["scores"] = eval_scores(args, images, labels, lr, name, cfg, args.arch[0], _device())
     out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
     write_json(result, out)
     for arch, r in result["archs"].items():
@@ -400,9 +395,10 @@ def cmd_table(args) -> int:
 
 def cmd_train_backbone(args, rest) -> int:
     """``gendistill train-backbone [--kind vae|gan|diffusion] FLAGS``: the library's trainer of that kind."""
+    from .config import ArgumentParser
     from .training import TRAINERS, train_backbone
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog="gendistill train-backbone", add_help=False)
     pre.add_argument("--kind", default="vae", choices=TRAINERS.names())
     known, flags = pre.parse_known_args(rest)
     return train_backbone(known.kind, flags, description=f"Train a {known.kind} backbone (gendistill/training/{known.kind}.py); "
@@ -420,16 +416,34 @@ def cmd_distill(argv) -> int:
     return recipes.main(argv[0], argv[1:])
 
 
+def _arch_list(text: str) -> list[str]:
+    """``--arch``: comma-separated network names, each registered or ``tv:NAME`` / ``timm:NAME`` (built later)."""
+    from .errors import first_line
+    from .nets.registry import get_builder
+
+    archs = [a.strip() for a in text.split(",")]
+    for arch in archs:
+        try:
+            get_builder(arch)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(first_line(e)) from None
+    return archs
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .backbones import DEFAULT_BACKBONE
-    from .config import add_data_flags
+    from .config import ArgumentParser, add_data_flags, checked_type, flag_type
     from .data import DataConfig
+    from .distill import DistillConfig
+    from .evaluate import EvalConfig
     from .nets import list_nets
+    from .pipeline import RecipeConfig
     from .storage import LATENT_DTYPES
     from .synthetic import INITS
 
-    p = argparse.ArgumentParser(prog="gendistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    positive = checked_type(int, min=1)
+    p = ArgumentParser(prog="gendistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"gendistill {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -437,18 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_flags(s)
     s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
-    s.add_argument("--ipc", type=int, default=None, help="latents per class, count-matched (default 10)")
-    s.add_argument("--ipc-budget", type=float, default=None,
+    s.add_argument("--ipc", type=flag_type(RecipeConfig, "ipc"), default=None, help="latents per class, count-matched (default 10)")
+    s.add_argument("--ipc-budget", type=flag_type(RecipeConfig, "ipc_budget"), default=None,
                    help="storage-matched: as many latents per class as fit in B float32 images per class (labels not counted)")
-    s.add_argument("--latent-dtype", default="float32", help=f"storage dtype of the latents: {', '.join(LATENT_DTYPES.names())}")
+    s.add_argument("--latent-dtype", type=flag_type(RecipeConfig, "latent_dtype"), default="float32",
+                   help=f"storage dtype of the latents: {', '.join(LATENT_DTYPES.names())}")
     s.add_argument("--init", default="real", choices=INITS.names())
     s.add_argument("--init-model", default=None,
                    help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
-    s.add_argument("--decode-steps", type=int, default=None, help="diffusion: DDIM steps of decode (default 10)")
-    s.add_argument("--invert-to", type=int, default=None, help="diffusion: timestep of the noise latents (default: full noise)")
-    s.add_argument("--guidance-scale", type=float, default=None, help="diffusion: classifier-free guidance in [0, 30] (default 1: none)")
+    s.add_argument("--decode-steps", type=flag_type(RecipeConfig, "decode_steps"), default=None,
+                   help="diffusion: DDIM steps of decode (default 10)")
+    s.add_argument("--invert-to", type=flag_type(RecipeConfig, "invert_to"), default=None,
+                   help="diffusion: timestep of the noise latents (default: full noise)")
+    s.add_argument("--guidance-scale", type=flag_type(RecipeConfig, "guidance_scale"), default=None,
+                   help="diffusion: classifier-free guidance in [0, 30] (default 1: none)")
     s.add_argument("--prompt-template", default=None, help='text-conditioned diffusion: prompt of a class (default "a photo of a {name}")')
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=flag_type(DistillConfig, "seed"), default=0)
     s.add_argument("--cache-dir", default=None)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_init)
@@ -467,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="decode a set into a PNG grid (one row per class)")
     s.add_argument("file")
     s.add_argument("--out", required=True)
-    s.add_argument("--per-class", type=int, default=None)
-    s.add_argument("--scale", type=int, default=2)
+    s.add_argument("--per-class", type=positive, default=None)
+    s.add_argument("--scale", type=positive, default=2)
     _add_backbone_flags(s)
     s.set_defaults(func=cmd_sample)
 
@@ -483,11 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="the standard evaluation protocol on a set or decoded-images file")
     s.add_argument("file")
-    s.add_argument("--arch", default="convnet", help=f"comma-separated, from: {', '.join(list_nets())}, or tv:NAME (a torchvision "
-                   "model), timm:NAME (if timm is installed)")
-    s.add_argument("--epochs", type=int, default=1000)
-    s.add_argument("--runs", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--arch", type=_arch_list, default=["convnet"], help=f"comma-separated, from: {', '.join(list_nets())}, or "
+                   "tv:NAME (a torchvision model), timm:NAME (if timm is installed)")
+    s.add_argument("--epochs", type=flag_type(EvalConfig, "epochs"), default=EvalConfig.epochs)
+    s.add_argument("--runs", type=flag_type(EvalConfig, "runs"), default=EvalConfig.runs)
+    s.add_argument("--seed", type=flag_type(EvalConfig, "seed"), default=EvalConfig.seed)
     add_data_flags(s, DataConfig(dataset=None), "test split to use (default: the one recorded)", choices=False)
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
@@ -545,8 +563,6 @@ def _main(argv=None) -> int:
     if argv and argv[0] == "distill":
         return cmd_distill(argv[1:])
     args = parser.parse_args(argv)
-    if getattr(args, "ipc", None) is not None and args.ipc < 1:
-        raise ValueError("--ipc must be at least 1")
     if getattr(args, "ipc", None) is None and getattr(args, "ipc_budget", 0) is None:
         args.ipc = 10  # count-matched by default
     return args.func(args)

@@ -7,18 +7,22 @@ DIR/test.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
 import shutil
 import struct
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import setting
+from .errors import first_line
 from .registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -121,7 +125,7 @@ def get_dataset(name: str, split: str = "train", data_dir: str | None = None, do
 class DataConfig:
     """Which dataset to read: the data settings of every config (recipes, trainers, the CLI's commands)."""
 
-    dataset: str = "fashion-mnist"
+    dataset: str = setting("fashion-mnist", choices=list_datasets)
     data_dir: str | None = None  # imagefolder: DIR holding train/ and test/; torchvision datasets: their root
     download: bool = False  # torchvision datasets: fetch the files if they are missing
 
@@ -246,7 +250,7 @@ def _torchvision(cls_name: str, name: str, mean, std):
         try:
             ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download_allowed(download))
         except RuntimeError as e:
-            raise FileNotFoundError(f"{name} not found under {root!r} ({str(e).splitlines()[0]}); "
+            raise FileNotFoundError(f"{name} not found under {root!r} ({first_line(e)}); "
                                     f"pass --data-dir DIR, or --download (or {DOWNLOAD_ENV}=1) to fetch it") from None
         data = torch.as_tensor(np.asarray(ds.data))
         images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
@@ -267,13 +271,55 @@ DATASETS.register("cifar100")(_torchvision("CIFAR100", "cifar100", (0.5071, 0.48
 # -------------------------------------------------------------------------------------------- imagefolder
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"}  # one channel (+ alpha)
+WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}  # 16-bit grey: 0..65535 scaled to 0..255
+ALPHA_BACKGROUND = 255  # transparent pixels are composited on white (docs/formats.md, "Image files")
+
+
+@contextlib.contextmanager
+def open_image(path: Path):
+    """``PIL.Image.open`` of an image file with every failure a ValueError naming the file: unreadable, truncated or
+    not an image, or larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (refused before decoding: a decompression bomb)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice the limit
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{str(path)!r} is refused: {first_line(e)} (more than PIL.Image.MAX_IMAGE_PIXELS = "
+                         f"{Image.MAX_IMAGE_PIXELS:,}); resize it or remove it from the folder") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        raise ValueError(f"{str(path)!r} is not a readable image ({first_line(e)}); replace it or remove it from the folder") from None
+    with im:
+        yield im
+
+
+def image_pixels(im, gray: bool) -> np.ndarray:
+    """A PIL image as uint8 (H, W) when ``gray`` else (H, W, 3): 16-bit grey scaled (not clipped) to 8 bits, any
+    transparency (alpha channel, LA, palette or tRNS) composited on ``ALPHA_BACKGROUND``, palettes expanded."""
+    if im.mode in WIDE_MODES:
+        a = np.asarray(im).astype(np.float64)
+        if a.min() < 0 or a.max() > 65535:
+            raise ValueError(f"a {im.mode} image with values in [{a.min():.0f}, {a.max():.0f}]: only 8- and 16-bit images are read")
+        a = np.rint(a * (255 / 65535)).astype(np.uint8)
+        return a if gray else np.repeat(a[..., None], 3, axis=2)
+    if im.mode == "F":
+        raise ValueError("a floating-point image: only 8- and 16-bit images are read; convert it to 8-bit PNG")
+    if im.mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in im.info:
+        a = np.asarray(im.convert("LA" if gray else "RGBA"), dtype=np.float64)
+        alpha = a[..., -1:] / 255.0
+        a = np.rint(a[..., :-1] * alpha + ALPHA_BACKGROUND * (1 - alpha)).astype(np.uint8)
+        return a[..., 0] if gray else a
+    return np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(split: str, data_dir: str | None = None, download: bool = False) -> ImageDataset:
     """DIR/train/<class>/*.png and DIR/test/<class>/*.png; classes sorted by name, size of the first image.
 
-    Grayscale when every image is, RGB otherwise; normalisation statistics come from the train split.
+    Grayscale when every image is, RGB otherwise; 16-bit images scaled to 8 bits, transparency composited on white,
+    over-large images refused (docs/formats.md, "Image files"); normalisation statistics come from the train split.
     """
     from PIL import Image
 
@@ -291,16 +337,18 @@ def imagefolder(split: str, data_dir: str | None = None, download: bool = False)
         raise ValueError(f"no images found under {str(root)!r}")
     gray, size = True, None
     for f, _ in files:  # first pass: colour mode and the reference size, one file open at a time
-        with Image.open(f) as im:
-            gray = gray and im.mode in ("L", "1", "I", "I;16")
+        with open_image(f) as im:
+            gray = gray and im.mode in GRAY_MODES
             size = size or im.size
     arrays = []
     for f, _ in files:
-        with Image.open(f) as im:
-            im = im.convert("L" if gray else "RGB")
-            if im.size != size:
-                im = im.resize(size, Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
+        with open_image(f) as im:
+            try:
+                a = image_pixels(im, gray)
+            except (OSError, ValueError, SyntaxError, EOFError) as e:  # decoding happens here: truncated data, bad mode
+                raise ValueError(f"{str(f)!r} is not a readable image ({first_line(e)}); replace it or remove it from the folder") from None
+        if a.shape[1::-1] != size:
+            a = np.asarray(Image.fromarray(a).resize(size, Image.BILINEAR), dtype=np.uint8)
         arrays.append(a[None] if gray else a.transpose(2, 0, 1))
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([c for _, c in files], dtype=torch.int64)

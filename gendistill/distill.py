@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, effective_match_space
 from .cache import LatentSplit
+from .config import Checked, setting
 from .data import normalize
 from .errors import first_line
 from .io import fsync_path, replace_dir, write_json
@@ -55,26 +56,28 @@ from .synthetic import SyntheticSet
 
 MATCH_SPACES = ("latent", "pixel")
 PARALLEL_MODES = ("classes", "replicas")  # how an objective's work splits over processes (gendistill.objectives)
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
-class DistillConfig:
-    steps: int = 1000
-    lr: float = 0.05  # learning rate of the latents
-    optimizer: str = "adam"  # adam | sgd
-    lr_schedule: str = "constant"  # constant | cosine (every group's lr falls to 0 over `steps`; a function of the step, so resume is exact)
-    momentum: float = 0.5  # sgd only
-    batch_real: int = 256  # real samples per class per step (in total, whatever the number of processes)
-    match_space: str = "latent"
-    vjp_chunk: int = 64  # latents per decode_vjp chunk (pixel match space)
-    syn_batch: int = 0  # latents per class matched per step (0: all); the rest keep their values that step
-    latent_steps: int = 0  # pixel match space: the first N steps match latents (cheap), the rest decode-through
-    checkpoint_every: int = 0  # 0: only when interrupted and at the end
-    log_every: int = 10
-    seed: int = 0
+class DistillConfig(Checked):
+    steps: int = setting(1000, min=0)  # 0: the initialisation itself (a baseline)
+    lr: float = setting(0.05, above=0)  # learning rate of the latents
+    optimizer: str = setting("adam", choices=OPTIMIZERS)
+    # constant | cosine (every group's lr falls to 0 over `steps`; a function of the step, so resume is exact)
+    lr_schedule: str = setting("constant", choices=lambda: LR_SCHEDULES)
+    momentum: float = setting(0.5, min=0, max=1)  # sgd only
+    batch_real: int = setting(256, min=1)  # real samples per class per step (in total, whatever the number of processes)
+    match_space: str = setting("latent", choices=MATCH_SPACES)
+    vjp_chunk: int = setting(64, min=1)  # latents per decode_vjp chunk (pixel match space)
+    syn_batch: int = setting(0, min=0)  # latents per class matched per step (0: all); the rest keep their values that step
+    latent_steps: int = setting(0, min=0)  # pixel match space: the first N steps match latents (cheap), the rest decode-through
+    checkpoint_every: int = setting(0, min=0)  # 0: only when interrupted and at the end
+    log_every: int = setting(10, min=1)
+    seed: int = setting(0, min=0)
     # learnable extras, trained beside the latents when the set has them (trajectory matching, DATM):
-    lr_lr: float = 1e-5  # learning rate of the set's learnable eval lr (``syn.lr``), if it has one
-    lr_labels: float = 2.0  # learning rate of learnable soft labels (``syn.labels`` as an nn.Parameter)
+    lr_lr: float = setting(1e-5, above=0)  # learning rate of the set's learnable eval lr (``syn.lr``), if it has one
+    lr_labels: float = setting(2.0, above=0)  # learning rate of learnable soft labels (``syn.labels`` as an nn.Parameter)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -514,6 +517,9 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 if picked is not None:
                     with torch.no_grad():
                         syn.latents[resting] = before
+                if not torch.isfinite(syn.latents.detach()).all():  # before a checkpoint or the set could keep them
+                    raise FloatingPointError(f"the latents became non-finite (NaN or inf) at step {state.step}"
+                                             f"{f'; the last good checkpoint is {last_good}' if last_good else ''}; lower --lr")
                 # a student lr must stay positive
                 if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+
+class UsageError(ValueError):
+    """A command line that cannot be parsed (unknown flag, bad value); argparse's error, as an exception."""
+
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError, OSError)
 
 

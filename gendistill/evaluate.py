@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import get_augment
+from .config import Checked, setting
 from .data import ImageDataset, normalize
 from .nets import fresh_net, get_builder
 
@@ -24,17 +25,17 @@ PROTOCOL = "gendistill-standard-v1"
 
 
 @dataclass
-class EvalConfig:
-    arch: str = "convnet"
-    epochs: int = 1000  # as in the DM paper; the demo uses fewer and says so
-    runs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
+class EvalConfig(Checked):
+    arch: str = setting("convnet", check=get_builder)
+    epochs: int = setting(1000, min=1)  # as in the DM paper; the demo uses fewer and says so
+    runs: int = setting(5, min=1)
+    lr: float = setting(0.01, above=0)
+    momentum: float = setting(0.9, min=0, max=1)
+    weight_decay: float = setting(5e-4, min=0)
+    batch: int = setting(256, min=1)
     augment: str = "dsa"
-    seed: int = 0
-    test_batch: int = 1000
+    seed: int = setting(0, min=0)
+    test_batch: int = setting(1000, min=1)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

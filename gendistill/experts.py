@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -36,9 +36,12 @@ from tqdm.auto import tqdm
 from . import __version__
 from .augment import get_augment, resolve_augment
 from .backbones import Backbone, effective_match_space
+from .config import Checked, setting
 from .data import ImageDataset, normalize
+from .errors import first_line
 from .io import save_safetensors, write_json
 from .nets import fresh_net
+from .nets.registry import get_builder
 
 EXPERTS_FORMAT = "1"
 DESCRIPTION = "experts.json"
@@ -46,27 +49,27 @@ SPACES = ("latent", "pixel")
 
 
 @dataclass
-class NetSpec:
+class NetSpec(Checked):
     """The network an expert is (and the trajectory objective's student): registry name and size."""
 
-    name: str = "convnet"
-    depth: int = 3
-    width: int = 128
+    name: str = setting("convnet", check=get_builder)
+    depth: int = setting(3, min=1)
+    width: int = setting(128, min=1)
 
     def build(self, in_shape, num_classes: int, generator: torch.Generator) -> torch.nn.Module:
         return fresh_net(self.name, in_shape, num_classes, generator, depth=self.depth, width=self.width)
 
 
 @dataclass
-class ExpertConfig:
-    num_experts: int = 5
-    epochs: int = 8
-    lr: float = 0.01  # MTT's lr_teacher
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch: int = 256
+class ExpertConfig(Checked):
+    num_experts: int = setting(5, min=1)
+    epochs: int = setting(8, min=1)
+    lr: float = setting(0.01, above=0)  # MTT's lr_teacher
+    momentum: float = setting(0.0, min=0, max=1)
+    weight_decay: float = setting(0.0, min=0)
+    batch: int = setting(256, min=1)
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents (as the objectives)
-    seed: int = 0
+    seed: int = setting(0, min=0)
 
 
 def param_layout(net: torch.nn.Module) -> list[list]:
@@ -149,7 +152,33 @@ def read_description(directory: str | Path) -> dict:
         raise ValueError(f"{str(path)!r} is not a gendistill experts description; re-create the experts directory")
     if meta.get("format") != EXPERTS_FORMAT:
         raise ValueError(f"{str(path)!r} has experts format {meta.get('format')!r}; this gendistill reads {EXPERTS_FORMAT!r}; retrain the experts")
+    _check_description(path, meta)
     return meta
+
+
+def _check_description(path: Path, meta: dict) -> None:
+    """The fields a reader uses have their types: a hand-edited or damaged experts.json is one line naming the field."""
+    def bad(field: str, what: str):
+        return ValueError(f"{str(path)!r}: {field} must be {what}, got {meta.get(field)!r:.60}; re-create the experts directory")
+
+    for field in ("backbone", "dataset", "net", "training"):
+        if not isinstance(meta.get(field), dict):
+            raise bad(field, "a JSON object")
+    if meta.get("space") not in SPACES:
+        raise bad("space", f"one of {', '.join(SPACES)}")
+    for field in ("num_params", "num_classes"):
+        if not isinstance(meta.get(field), int) or isinstance(meta.get(field), bool) or meta[field] < 1:
+            raise bad(field, "a positive integer")
+    shape = meta.get("in_shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise bad("in_shape", "a list of positive integers")
+    try:
+        NetSpec(**meta["net"])
+        ExpertConfig(**{f.name: meta["training"][f.name] for f in fields(ExpertConfig) if f.name in meta["training"]})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(path)!r}: net or training settings are not valid ({first_line(e)}); re-create the experts directory") from None
+    if "num_experts" not in meta["training"] or "epochs" not in meta["training"]:
+        raise bad("training", "an object with num_experts and epochs")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -297,8 +326,7 @@ class Experts:
             with safe_open(str(path), framework="pt") as f:
                 return f.get_slice("trajectory")[epoch % (self.epochs + 1)].float()
         except (SafetensorError, OSError, RuntimeError, KeyError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"{str(path)!r} is not a readable expert file ({first}); "
+            raise ValueError(f"{str(path)!r} is not a readable expert file ({first_line(e)}); "
                              f"re-run recipes/train_experts.py --output {self.directory}") from None
 
     def check_window(self, expert_epochs: int, max_start_epoch: int, min_start_epoch: int = 0) -> None:

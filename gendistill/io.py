@@ -18,6 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import first_line
+
 
 def check_parent(path: str | os.PathLike) -> Path:
     path = Path(path)
@@ -179,15 +181,16 @@ def write_json(obj, path) -> None:
 def load_safetensors(path, fix: str | None = "re-create or re-download it") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read every tensor and the metadata; a missing or corrupt file raises with a one-line reason (and ``fix``)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a directory, not a safetensors file; pass the file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist" + ("; check the path" if fix else ""))
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({first})" + (f"; {fix}" if fix else "")) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({first_line(e)})" + (f"; {fix}" if fix else "")) from None
     return tensors, metadata
 
 

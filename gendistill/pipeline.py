@@ -13,15 +13,19 @@ from accelerate import Accelerator
 from . import __version__
 from .backbones import Backbone, backbone_options, effective_match_space, load_backbone
 from .cache import LatentSplit, cached_latents, image_split
+from .config import Checked, check_config, setting
 from .data import DataConfig, ImageDataset, load_split
 from .distill import DistillConfig, Interrupted, TrainState, all_processes_ok, distill, make_accelerator
 from .evaluate import EvalConfig, evaluate
+from .experts import NetSpec
 from .io import write_json
+from .nets.registry import get_builder
 from .objectives import Objective
 from .outputs import RunOutput, staging_path
 from .plots import image_grid, loss_plot, save_png
-from .storage import check_ipc_args, get_codec, resolve_ipc
-from .synthetic import SyntheticSet, set_backbone_options
+from .sampler import SAMPLERS
+from .storage import LATENT_DTYPES, check_ipc_args, resolve_ipc
+from .synthetic import INITS, SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
 RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output", "mixed_precision", "cache_dir"}
@@ -37,10 +41,11 @@ def run_name(method: str, cfg) -> str:
 
 
 @dataclasses.dataclass
-class RecipeConfig(DataConfig):
+class RecipeConfig(DataConfig, Checked):
     """The settings every distillation recipe shares (after the dataset's); a recipe subclasses it, adds its method's
     fields (:func:`~gendistill.config.with_objective`) and may give any field another default (redeclaring it keeps
-    its place)."""
+    its place and its limits). Built, it checks its own fields' limits and those of the pieces it feeds: the loop's
+    (``DistillConfig``: steps, lr, batch_real, ...) and the matching net's (``NetSpec``: net, depth, width)."""
 
     backbone: str = "fashion-mnist-vae"
     latent_space: str | None = None  # gan backbones: z, w, w+, f<k> (None: the backbone's default, w+)
@@ -50,20 +55,22 @@ class RecipeConfig(DataConfig):
     prompt_template: str | None = None  # text-conditioned diffusion: class name -> prompt (None: "a photo of a {name}")
     init_model: str | None = None  # --init diffusion / diffusion-prototype: the model (None: the backbone if diffusion, else fashion-mnist-ldm)
     match_space: str = "latent"  # latent | pixel (decode-through; required by backbones without a latent cache: gan)
-    ipc: int | None = None  # latents per class, count-matched (None: 10, or what --ipc-budget allows)
-    ipc_budget: float | None = None  # storage-matched: as many latents per class as fit in B float32 images per class
-    latent_dtype: str = "float32"  # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
+    ipc: int | None = setting(None, min=1)  # latents per class, count-matched (None: 10, or what --ipc-budget allows)
+    ipc_budget: float | None = setting(None, above=0)  # storage-matched: as many latents per class as fit in B float32 images per class
+    # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
+    latent_dtype: str = setting("float32", choices=lambda: LATENT_DTYPES.names())
     syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
     latent_steps: int = 0  # --match-space pixel: the first N steps match latents (cheap), the rest decode-through
-    init: str = "real"
+    init: str = setting("real", choices=lambda: INITS.names())
     steps: int = 1000
     lr: float = 0.05  # of the latents
     optimizer: str = "adam"
     lr_schedule: str = "constant"  # constant | cosine (decays the latents' lr to 0 over --steps)
     batch_real: int = 256
-    real_sampler: str = "uniform"  # uniform | dream (real batches from k-means sub-clusters of each class, gendistill.sampler)
-    dream_clusters: int = 0  # dream: sub-clusters per class (0: as many as batch_real, DREAM's setting)
-    net: str = "convnet"
+    # uniform | dream (real batches from k-means sub-clusters of each class, gendistill.sampler)
+    real_sampler: str = setting("uniform", choices=lambda: SAMPLERS.names())
+    dream_clusters: int = setting(0, min=0)  # dream: sub-clusters per class (0: as many as batch_real, DREAM's setting)
+    net: str = setting("convnet", check=get_builder)  # a registered network, tv:NAME or timm:NAME
     depth: int = 3
     width: int = 128
     vjp_chunk: int = 64
@@ -75,14 +82,16 @@ class RecipeConfig(DataConfig):
     mixed_precision: str | None = None  # None: what `accelerate launch` says
     log_with: str | None = None  # csv, tensorboard, wandb (comma-separated)
     cache_dir: str | None = None
-    eval_epochs: int = 300
-    eval_runs: int = 3
+    eval_epochs: int = setting(300, min=1)
+    eval_runs: int = setting(3, min=0)  # 0: no evaluation
 
     def __post_init__(self):
+        check_config(self)  # its own fields' types and limits, then the pieces it feeds:
         check_ipc_args(self.ipc, self.ipc_budget)
-        get_codec(self.latent_dtype)  # an unknown dtype fails now, not after the data is loaded
         if self.ipc is None and self.ipc_budget is None:
             self.ipc = DEFAULT_IPC
+        distill_config(self)  # the loop's (DistillConfig: steps, lr, batch_real, ...)
+        NetSpec(self.net, self.depth, self.width)  # the matching net's
 
 
 DEFAULT_IPC = 10

@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 
 from .backbones.base import effective_match_space
-from .io import load_safetensors
 from .storage import read_ledger
-from .synthetic import read_metadata
+from .synthetic import read_set_file
 
 
 def _set_and_evals(path: str | Path) -> tuple[Path, list[Path]]:
@@ -36,8 +35,7 @@ def run_row(path: str | Path) -> dict:
     """One run's facts: method, backbone, spaces, ipc, init, steps, seconds, bytes, the storage ledger's budget and
     decoder bytes, and accuracy per architecture."""
     set_file, evals = _set_and_evals(path)
-    tensors, meta = load_safetensors(set_file)
-    records = read_metadata(set_file, meta)
+    tensors, meta, records = read_set_file(set_file)
     backbone, run = records["backbone"], records["run"]
     config = run.get("config", {})
     labels = tensors["labels"]

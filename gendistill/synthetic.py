@@ -19,7 +19,8 @@ from .backbones import Backbone
 from .cache import LatentSplit
 from .io import load_safetensors, save_safetensors
 from .registry import Registry
-from .storage import LEDGER_KEY, codec_of, decoder_record, get_codec, make_ledger, read_ledger
+from .storage import LATENT_DTYPES, LEDGER_KEY, codec_of, decoder_record, get_codec, make_ledger, read_ledger
+from .validate import check_records, check_set_tensors
 
 FORMAT_VERSION = "1"
 INITS: Registry = Registry("initialisation")
@@ -145,23 +146,13 @@ class SyntheticSet(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, backbone: Backbone | None = None, ignore_hash: bool = False) -> SyntheticSet:
-        tensors, meta = load_safetensors(path)
-        records = read_metadata(path, meta)
-        for name in ("latents", "labels"):
-            if name not in tensors:
-                raise ValueError(f"{str(path)!r} has no {name!r} tensor; it is not a gendistill set file")
-        labels = tensors["labels"]
-        codec = codec_of(tensors)
-        latents = codec.decode(tensors, where=repr(str(path)))
-        if labels.ndim not in (1, 2) or len(labels) != len(latents):
-            raise ValueError(f"{str(path)!r}: {len(latents)} latents but labels of shape {tuple(labels.shape)}; "
-                             "the file is inconsistent, re-create it")
-        recorded = records["backbone"].get("latent_shape")
-        if recorded is not None and list(latents.shape[1:]) != list(recorded):
-            raise ValueError(f"{str(path)!r}: latents of shape {tuple(latents.shape[1:])} but the recorded backbone "
-                             f"latent shape is {tuple(recorded)}")
+        tensors, meta, records = read_set_file(path)
+        if meta.get("gendistill.decoded") == "1":
+            raise ValueError(f"{str(path)!r} holds decoded images, not latents; train on it directly "
+                             "(or pass the set it was exported from)")
+        codec, latents = stored_latents(path, tensors)
         ledger = read_ledger(tensors, meta, records["dataset"])
-        s = cls(latents, labels, tensors.get("lr"), records["backbone"], records["dataset"], records["run"],
+        s = cls(latents, tensors["labels"], tensors.get("lr"), records["backbone"], records["dataset"], records["run"],
                 latent_dtype=codec.name, decoder=ledger.get("decoder"))
         if backbone is not None:
             s.check_backbone(backbone, ignore_hash)
@@ -184,8 +175,33 @@ class SyntheticSet(nn.Module):
                              f"pass the recorded backbone ({self.backbone_meta.get('source')}) or {HASH_FLAG} to decode anyway")
 
 
+def read_set_file(path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """Tensors, raw metadata and parsed records of a set file or a decoded-images file, every field checked
+    (gendistill/validate.py): a damaged or hand-edited file is refused in one line naming the field."""
+    tensors, meta = load_safetensors(path)
+    records = read_metadata(path, meta)
+    decoded = meta.get("gendistill.decoded") == "1"
+    view = tensors
+    if not decoded and "latents" in tensors:  # checked as the set holds them: float32, read back from the storage dtype
+        view = {**tensors, "latents": stored_latents(path, tensors)[1]}
+    check_set_tensors(path, view, records, decoded=decoded)
+    return tensors, meta, records
+
+
+def stored_latents(path, tensors: dict[str, torch.Tensor]):
+    """``(codec, float32 latents)``: a set file's latents read back from their storage dtype (gendistill.storage)."""
+    try:
+        codec = codec_of(tensors)
+    except ValueError:
+        dtype = str(tensors["latents"].dtype).replace("torch.", "")
+        raise ValueError(f"{str(path)!r}: tensor 'latents' is stored as {dtype}, which gendistill does not read (supported: "
+                         f"{', '.join(LATENT_DTYPES.names())}); re-create the file") from None
+    return codec, codec.decode(tensors, where=repr(str(path)))
+
+
 def read_metadata(path, meta: dict[str, str]) -> dict:
-    """The parsed ``gendistill.*`` records of a file, with one-line errors for missing or unknown versions."""
+    """The parsed ``gendistill.*`` records of a file, with one-line errors for missing or unknown versions or records
+    of the wrong type."""
     if "gendistill.format" not in meta:
         raise ValueError(f"{str(path)!r} has no gendistill metadata; it was not written by gendistill (use `gendistill init` or a recipe)")
     if meta["gendistill.format"] != FORMAT_VERSION:
@@ -197,6 +213,7 @@ def read_metadata(path, meta: dict[str, str]) -> dict:
             out[key] = json.loads(meta.get(f"gendistill.{key}", "{}"))
         except json.JSONDecodeError:
             raise ValueError(f"{str(path)!r}: metadata gendistill.{key} is not valid JSON; re-create the file") from None
+    check_records(path, out)
     return out
 
 

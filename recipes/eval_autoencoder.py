@@ -14,18 +14,18 @@ from accelerate import Accelerator
 
 from gendistill.backbones import load_backbone
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import Checked, parse_config, setting
 from gendistill.data import DataConfig, load_split
 from gendistill.evaluate import classify, psnr, reconstruct, train_reference_classifier
 from gendistill.io import write_json
 
 
 @dataclass
-class EvalAutoencoderConfig(DataConfig):
+class EvalAutoencoderConfig(DataConfig, Checked):
     backbone: str = "fashion-mnist-vae"
-    classifier_epochs: int = 2
-    seed: int = 0
-    limit: int = 0  # 0: the whole test split
+    classifier_epochs: int = setting(2, min=1)
+    seed: int = setting(0, min=0)
+    limit: int = setting(0, min=0)  # 0: the whole test split
     out: str | None = None
 
 

@@ -21,25 +21,25 @@ from accelerate import Accelerator
 
 from gendistill.backbones import backbone_options, load_backbone
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import Checked, parse_config, setting
 from gendistill.data import DataConfig, load_split
 from gendistill.evaluate import classify, psnr, reference_classifier, within_class_spread
 from gendistill.io import write_json
 
 
 @dataclass
-class EvalGANConfig(DataConfig):
+class EvalGANConfig(DataConfig, Checked):
     backbone: str = "fashion-mnist-gan"
-    per_class: int = 1000  # generated images per class
+    per_class: int = setting(1000, min=1)  # generated images per class
     classifier: str | None = None  # safetensors of the classifier's weights: loaded if it exists, else trained and written
-    classifier_epochs: int = 2
-    invert: int = 100  # test images to invert (w+ unless --latent-space); 0: skip
+    classifier_epochs: int = setting(2, min=1)
+    invert: int = setting(100, min=0)  # test images to invert (w+ unless --latent-space); 0: skip
     latent_space: str | None = None
     decode_steps: int | None = None  # diffusion backbones: DDIM steps (None: 10)
     invert_to: int | None = None  # diffusion: timestep of the noise latents (None: full noise)
     guidance_scale: float | None = None  # diffusion: classifier-free guidance (None: 1, none)
     prompt_template: str | None = None  # text-conditioned diffusion
-    seed: int = 0
+    seed: int = setting(0, min=0)
     out: str | None = None
 
 

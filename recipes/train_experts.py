@@ -19,18 +19,21 @@ from dataclasses import dataclass, fields
 
 from gendistill.backbones import load_backbone
 from gendistill.cli import run_guarded
-from gendistill.config import parse_config
+from gendistill.config import Checked, parse_config, setting
 from gendistill.data import DataConfig, load_split
 from gendistill.distill import make_accelerator
-from gendistill.experts import ExpertConfig, NetSpec, build_experts
+from gendistill.experts import SPACES, ExpertConfig, NetSpec, build_experts
+from gendistill.nets.registry import get_builder
 
 
 @dataclass
-class TrainExpertsConfig(DataConfig):
+class TrainExpertsConfig(DataConfig, Checked):
+    """Built, it checks its fields and those of the pieces they feed (``ExpertConfig``, ``NetSpec``)."""
+
     output: str | None = None
     backbone: str = "fashion-mnist-vae"
-    space: str = "latent"  # latent: the backbone's cached latents; pixel: normalised images
-    net: str = "convnet"
+    space: str = setting("latent", choices=SPACES)  # latent: the backbone's cached latents; pixel: normalised images
+    net: str = setting("convnet", check=get_builder)
     depth: int = 3
     width: int = 128
     num_experts: int = 5
@@ -44,6 +47,17 @@ class TrainExpertsConfig(DataConfig):
     test: bool = True  # test accuracy of each finished expert, stored in its file
     shard: str | None = None  # "i/n": train experts i, i+n, ... (run n processes on one --output)
     cache_dir: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.expert_config()
+        self.net_spec()
+
+    def expert_config(self) -> ExpertConfig:
+        return ExpertConfig(**{f.name: getattr(self, f.name) for f in fields(ExpertConfig)})
+
+    def net_spec(self) -> NetSpec:
+        return NetSpec(self.net, self.depth, self.width)
 
 
 def main(argv=None) -> int:
@@ -60,8 +74,8 @@ def main(argv=None) -> int:
     train = load_split(cfg, "train")
     test = load_split(cfg, "test") if cfg.test else None
     backbone = load_backbone(cfg.backbone if cfg.space == "latent" else "pixel", image_shape=train.image_shape).to(accelerator.device)
-    ecfg = ExpertConfig(**{f.name: getattr(cfg, f.name) for f in fields(ExpertConfig)})
-    out = build_experts(cfg.output, cfg.space, backbone, train, NetSpec(cfg.net, cfg.depth, cfg.width), ecfg, cfg.cache_dir, test,
+    ecfg = cfg.expert_config()
+    out = build_experts(cfg.output, cfg.space, backbone, train, cfg.net_spec(), ecfg, cfg.cache_dir, test,
                         accelerator, log=accelerator.print, shard=shard)
     done = f" (shard {cfg.shard})" if shard else ""
     accelerator.print(f"experts in {out}{done}: {ecfg.num_experts} x {ecfg.epochs} epochs ({cfg.space} space); "

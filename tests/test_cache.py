@@ -115,8 +115,23 @@ def _wrong_shard_shape(d):
     save_file({"latents": torch.zeros(20, 2, 7, 7)}, str(d / "class_0001.safetensors"))
 
 
+def _nan_shard(d):
+    from safetensors.torch import load_file, save_file
+
+    z = load_file(str(d / "class_0003.safetensors"))["latents"]
+    z.view(-1)[5] = float("nan")
+    save_file({"latents": z}, str(d / "class_0003.safetensors"))
+
+
+def _integer_shard(d):
+    from safetensors.torch import load_file, save_file
+
+    z = load_file(str(d / "class_0004.safetensors"))["latents"]
+    save_file({"latents": z.round().long()}, str(d / "class_0004.safetensors"))
+
+
 @pytest.mark.parametrize("damage", [_corrupt_shard, _delete_shard, _edit_meta_hash, _edit_meta_counts, _bad_json_meta,
-                                    _delete_meta, _wrong_shard_shape])
+                                    _delete_meta, _wrong_shard_shape, _nan_shard, _integer_shard])
 def test_stale_is_rebuilt(tmp_path, vae, train, damage):
     first = cached_latents(vae, train, root=tmp_path, log=Log())
     d = cache_dir(vae, train, tmp_path)
@@ -207,3 +222,26 @@ def test_scaling_factor_change_is_not_a_hit(tmp_path, vae, train, tiny_vae_dir):
     got = cached_latents(rescaled, train, root=root, log=Log())
     z, _ = _expected(rescaled, train)
     torch.testing.assert_close(got.latents, z, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_shard_is_named_in_the_stale_message(tmp_path, vae, train):
+    cached_latents(vae, train, root=tmp_path, log=Log())
+    _nan_shard(cache_dir(vae, train, tmp_path))
+    log = Log()
+    rebuilt = cached_latents(vae, train, root=tmp_path, log=log)
+    assert "shard of class 3 holds NaN or infinite latents" in log[0]
+    assert torch.isfinite(rebuilt.latents).all()
+
+
+def test_backbone_encoding_to_nan_is_refused_and_nothing_is_cached(tmp_path, vae, train, monkeypatch):
+    real_encode = vae.encode
+
+    def nan_for_one(x, labels=None):
+        z = real_encode(x, labels=labels)
+        z[min(3, len(z) - 1)] = float("nan")
+        return z
+
+    monkeypatch.setattr(vae, "encode", nan_for_one)
+    with pytest.raises(ValueError, match=r"encodes 1 of the 200 fashion-mnist/train images \(first: #3\) to NaN or infinite latents"):
+        cached_latents(vae, train, root=tmp_path, log=Log())
+    assert not cache_dir(vae, train, tmp_path).exists()

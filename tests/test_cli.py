@@ -483,5 +483,5 @@ def test_decoded_file_without_images(capsys, tmp_path, images_file):
     path = tmp_path / "broken.safetensors"
     t = load_file(str(images_file))
     save_file({"labels": t["labels"]}, str(path), metadata=_metadata(images_file))
-    assert_user_error(cli(capsys, "eval", path, "--epochs", 1, "--runs", 1, "--out", tmp_path / "r.json"), "lacks 'images'")
+    assert_user_error(cli(capsys, "eval", path, "--epochs", 1, "--runs", 1, "--out", tmp_path / "r.json"), "has no 'images' tensor")
     assert not (tmp_path / "r.json").exists()

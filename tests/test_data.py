@@ -299,3 +299,97 @@ def test_imagefolder_more_files_than_fd_limit(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(ds) == 120
+
+
+# ------------------------------------------------------------------------------------- image modes and limits
+
+
+def _folder_of(tmp_path, train_images: dict[str, list], test_images: dict[str, list] | None = None):
+    """DIR/{train,test}/<class>/<i>.png from PIL images."""
+    for split, images in (("train", train_images), ("test", test_images or train_images)):
+        for name, ims in images.items():
+            d = tmp_path / split / name
+            d.mkdir(parents=True)
+            for i, im in enumerate(ims):
+                im.save(d / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    levels = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)  # 0, 1/255, 128/255 and full scale in 16 bits
+    im = Image.fromarray(levels)
+    assert im.mode == "I;16"
+    root = _folder_of(tmp_path, {"a": [im], "b": [im]})
+    train = get_dataset("imagefolder", data_dir=str(root))
+    assert train.image_shape == (1, 1, 4)
+    assert train.images[0, 0, 0].tolist() == [0, 1, 128, 255]  # Pillow's convert("L") would give 0, 255, 255, 255
+
+
+def test_imagefolder_16_bit_grey_beside_rgb_images(tmp_path):
+    grey = Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))
+    rgb = Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8))
+    train = get_dataset("imagefolder", data_dir=str(_folder_of(tmp_path, {"a": [grey], "b": [rgb]})))
+    assert train.image_shape == (3, 2, 2)
+    assert train.images[0].unique().tolist() == [255] and train.images[1].unique().tolist() == [0]
+
+
+def test_imagefolder_alpha_is_composited_on_white(tmp_path):
+    rgba = np.zeros((1, 3, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (200, 0, 0, 0)  # fully transparent: white, whatever its colour
+    rgba[0, 2] = (0, 0, 0, 128)  # half-transparent black: mid grey
+    im = Image.fromarray(rgba, "RGBA")
+    train = get_dataset("imagefolder", data_dir=str(_folder_of(tmp_path, {"a": [im], "b": [im]})))
+    assert train.image_shape == (3, 1, 3)
+    px = train.images[0, :, 0].T.tolist()
+    assert px == [[200, 0, 0], [255, 255, 255], [127, 127, 127]]
+
+
+def test_imagefolder_grey_with_alpha_stays_grey(tmp_path):
+    la = Image.fromarray(np.array([[[10, 255], [10, 0]]], dtype=np.uint8), "LA")
+    train = get_dataset("imagefolder", data_dir=str(_folder_of(tmp_path, {"a": [la], "b": [la]})))
+    assert train.image_shape == (1, 1, 2)
+    assert train.images[0, 0, 0].tolist() == [10, 255]
+
+
+def test_imagefolder_palette_images_with_and_without_transparency(tmp_path):
+    palette = [0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6)
+    p = Image.fromarray(np.array([[0, 1]], dtype=np.uint8), "P")
+    p.putpalette(palette)
+    transparent = p.copy()
+    transparent.info["transparency"] = 0  # palette entry 0 is transparent: white
+    root = _folder_of(tmp_path, {"a": [p], "b": [transparent]})
+    train = get_dataset("imagefolder", data_dir=str(root))
+    assert train.image_shape == (3, 1, 2)
+    assert train.images[0, :, 0].T.tolist() == [[0, 0, 0], [255, 0, 0]]
+    assert train.images[1, :, 0].T.tolist() == [[255, 255, 255], [255, 0, 0]]
+
+
+def test_imagefolder_grey_with_trns_transparency(tmp_path):
+    path = tmp_path / "t.png"
+    Image.fromarray(np.array([[50, 60]], dtype=np.uint8)).save(path, transparency=50)
+    root = _folder_of(tmp_path / "f", {"a": [Image.open(path)], "b": [Image.open(path)]})
+    train = get_dataset("imagefolder", data_dir=str(root))
+    assert train.image_shape == (1, 1, 2) and train.images[0, 0, 0].tolist() == [255, 60]
+
+
+def test_imagefolder_refuses_a_decompression_bomb_in_one_line(tmp_path):
+    from test_bad_input import png_header_claiming
+
+    root = _folder_of(tmp_path, {"a": [Image.new("L", (4, 4))], "b": [Image.new("L", (4, 4))]})
+    (root / "train" / "a" / "huge.png").write_bytes(png_header_claiming(40000, 40000))
+    with pytest.raises(ValueError) as e:
+        get_dataset("imagefolder", data_dir=str(root))
+    msg = str(e.value)
+    assert "huge.png" in msg and "1600000000 pixels" in msg and "decompression bomb" in msg and "\n" not in msg
+
+
+def test_image_pixels_modes():
+    from gendistill.data import image_pixels
+
+    assert image_pixels(Image.new("1", (2, 1), 1), gray=True).tolist() == [[255, 255]]
+    assert image_pixels(Image.new("L", (1, 1), 7), gray=False).tolist() == [[[7, 7, 7]]]
+    assert image_pixels(Image.new("CMYK", (1, 1), (0, 0, 0, 0)), gray=False).tolist() == [[[255, 255, 255]]]
+    assert image_pixels(Image.new("RGBA", (1, 1), (10, 20, 30, 255)), gray=False).tolist() == [[[10, 20, 30]]]
+    with pytest.raises(ValueError, match="floating-point image"):
+        image_pixels(Image.new("F", (1, 1), 0.5), gray=True)

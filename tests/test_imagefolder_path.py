@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from gendistill.backbones import load_backbone
+from gendistill.cli import run_guarded
 
 CLASSES = ("circle", "square", "stripes")
 
@@ -84,5 +85,5 @@ def test_write_imagefolder_round_trips_a_dataset_subset(tmp_path):
 
 def test_write_imagefolder_reports_a_bad_dataset_dir_in_one_line(tmp_path, capsys):
     writer = load_recipe(ROOT / "recipes" / "write_imagefolder.py")
-    assert writer.main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert run_guarded(writer.main, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "o").exists()

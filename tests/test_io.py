@@ -71,7 +71,7 @@ def test_safetensors_round_trip(tmp_path):
 def test_load_safetensors_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_safetensors(tmp_path / "missing.safetensors")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a safetensors file"):
         load_safetensors(tmp_path)  # a directory is not a file
     bad = tmp_path / "bad.safetensors"
     for data in (b"", b"\x00" * 3, b"\xff" * 16, b"{}" * 10):

@@ -512,14 +512,14 @@ def test_write_imagefolder_refuses_a_non_empty_out_and_its_data_dir(tmp_path, ca
     writer = load_recipe(ROOT / "recipes" / "write_imagefolder.py")
     out = tmp_path / "folder"
     args = ["--train-per-class", "1", "--test-per-class", "1"]
-    assert writer.main(["--out", str(out), *args]) == 0
+    assert run_guarded(writer.main, ["--out", str(out), *args]) == 0
     first = tree(out)
-    assert writer.main(["--out", str(out), *args, "--seed", "1"]) == 2
+    assert run_guarded(writer.main, ["--out", str(out), *args, "--seed", "1"]) == 2
     assert "is not empty" in one_line(capsys.readouterr().err) and tree(out) == first
-    assert writer.main(["--out", str(out), *args, "--seed", "1", "--overwrite"]) == 0
+    assert run_guarded(writer.main, ["--out", str(out), *args, "--seed", "1", "--overwrite"]) == 0
     assert tree(out) != first and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
     capsys.readouterr()
-    assert writer.main(["--dataset", "imagefolder", "--data-dir", str(out), "--out", str(out), "--overwrite"]) == 2
+    assert run_guarded(writer.main, ["--dataset", "imagefolder", "--data-dir", str(out), "--out", str(out), "--overwrite"]) == 2
     assert "is the input --data-dir" in one_line(capsys.readouterr().err)
 
 

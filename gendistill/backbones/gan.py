@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import first_line
 from .base import BACKBONES, Backbone, class_ids, read_config
 
 if TYPE_CHECKING:
@@ -325,6 +326,5 @@ class GANBackbone(Backbone):
         try:
             generator = ConditionalStyleGenerator.from_pretrained(str(path))
         except (OSError, ValueError, RuntimeError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"could not load the GAN generator from {source!r} ({first}); re-create it with recipes/train_gan.py") from None
+            raise ValueError(f"could not load the GAN generator from {source!r} ({first_line(e)}); re-create it with recipes/train_gan.py") from None
         return cls(generator, image_shape=image_shape, source=source, latent_space=latent_space)

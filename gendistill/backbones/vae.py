@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import first_line
 from .base import BACKBONES, INFO_FILE, Backbone, read_config
 
 
@@ -95,6 +96,5 @@ class VAEBackbone(Backbone):
         try:
             vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder)
         except (OSError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"could not load AutoencoderKL from {source!r} ({first}); pass a local diffusers VAE directory") from None
+            raise ValueError(f"could not load AutoencoderKL from {source!r} ({first_line(e)}); pass a local diffusers VAE directory") from None
         return cls(vae, image_shape=image_shape, source=source)

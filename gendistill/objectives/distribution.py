@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import get_augment, resolve_augment
+from ..config import check_config, setting
 from ..nets import fresh_net, get_net
 from .base import OBJECTIVES, StepContext, real_count
 
@@ -68,27 +69,22 @@ KERNELS = {"linear": mean_embedding_loss, "gaussian": gaussian_mmd, "mean+cov": 
 class DistributionMatching:
     parallel: ClassVar[str] = "classes"  # several processes split the classes (gendistill.objectives)
     net: str = "convnet"
-    depth: int = 3
-    width: int = 128
+    depth: int = setting(3, min=1)
+    width: int = setting(128, min=1)
     pool: str = "avgpooling"  # "none" keeps a 4x7x7 latent's spatial detail in the embedding (128*7*7 features)
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents
-    kernel: str = "linear"  # linear (DM), gaussian (M3D's MMD), mean+cov
-    proxy: str = "fresh"  # fresh: a new random net every step (DM); trained: IDM's queue of nets learning the real data
-    proxy_nets: int = 10  # queue length (trained)
-    proxy_train: int = 2  # nets of the queue that take one SGD step per distillation step
-    proxy_max_steps: int = 100  # a net this trained is replaced by a fresh one
-    proxy_lr: float = 0.01
-    proxy_batch: int = 32  # real samples per class in a proxy training step
-    ce_weight: float = 0.0  # IDM: + ce_weight * cross-entropy of the proxy net on the augmented synthetic set
+    kernel: str = setting("linear", choices=tuple(KERNELS))  # linear (DM), gaussian (M3D's MMD), mean+cov
+    # fresh: a new random net every step (DM); trained: IDM's queue of nets learning the real data
+    proxy: str = setting("fresh", choices=("fresh", "trained"))
+    proxy_nets: int = setting(10, min=1)  # queue length (trained)
+    proxy_train: int = setting(2, min=1)  # nets of the queue that take one SGD step per distillation step
+    proxy_max_steps: int = setting(100, min=1)  # a net this trained is replaced by a fresh one
+    proxy_lr: float = setting(0.01, above=0)
+    proxy_batch: int = setting(32, min=1)  # real samples per class in a proxy training step
+    ce_weight: float = setting(0.0, min=0)  # IDM: + ce_weight * cross-entropy of the proxy net on the augmented synthetic set
 
     def __post_init__(self):
-        if self.kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(KERNELS)}")
-        if self.proxy not in ("fresh", "trained"):
-            raise ValueError(f"unknown proxy {self.proxy!r}; use fresh (DM) or trained (IDM)")
-        for name in ("proxy_nets", "proxy_train", "proxy_max_steps", "proxy_batch"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}; set --{name.replace('_', '-')} to 1 or more")
+        check_config(self)
         self._discrepancy = KERNELS[self.kernel]
         self._queue: list[dict] = []  # {"net", "opt", "steps"}
         self._pending: list[dict] | None = None  # a loaded queue, rebuilt once a call says where the nets live

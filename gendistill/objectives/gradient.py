@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import Augment, get_augment, resolve_augment
+from ..config import check_config, setting
 from ..nets import fresh_net, get_net
 from .base import OBJECTIVES, StepContext, real_count
 
@@ -99,26 +100,20 @@ class GradientMatching:
     siamese: ClassVar[bool] = False  # what augment="auto" means: no augmentation (DC)
     parallel: ClassVar[str] = "classes"  # several processes split the classes (gendistill.objectives)
     net: str = "convnet"
-    depth: int = 3
-    width: int = 128
+    depth: int = setting(3, min=1)
+    width: int = setting(128, min=1)
     augment: str = "auto"  # "auto": none for DC; for DSA its image ops on images, the latent variant on latents
-    dis_metric: str = "layerwise"  # layerwise (the reference's "ours") | mse | cos
-    outer_loop: int = 10  # matching steps per proxy net (the reference's value for IPC 10)
-    inner_loop: int = 50  # epochs of net training on the synthetic set between two matching steps
-    net_lr: float = 0.01  # SGD lr of the inner loop (the reference's lr_net)
-    net_momentum: float = 0.0  # the reference's current code: plain SGD
-    batch_train: int = 256  # minibatch of the inner loop; the set is one batch up to this size
-    bn_real: int = 16  # real samples per class that set BatchNorm statistics before matching (BN nets only)
+    dis_metric: str = setting("layerwise", choices=lambda: (*DISTANCES, *ALIASES))  # layerwise (the reference's "ours") | mse | cos
+    outer_loop: int = setting(10, min=1)  # matching steps per proxy net (the reference's value for IPC 10)
+    inner_loop: int = setting(50, min=0)  # epochs of net training on the synthetic set between two matching steps
+    net_lr: float = setting(0.01, above=0)  # SGD lr of the inner loop (the reference's lr_net)
+    net_momentum: float = setting(0.0, min=0, max=1)  # the reference's current code: plain SGD
+    batch_train: int = setting(256, min=1)  # minibatch of the inner loop; the set is one batch up to this size
+    bn_real: int = setting(16, min=1)  # real samples per class that set BatchNorm statistics before matching (BN nets only)
 
     def __post_init__(self):
+        check_config(self)
         self.dis_metric = ALIASES.get(self.dis_metric, self.dis_metric)
-        if self.dis_metric not in DISTANCES:
-            raise ValueError(f"unknown gradient distance {self.dis_metric!r}; use one of {', '.join(DISTANCES)} (--dis-metric)")
-        for name, low in (("outer_loop", 1), ("inner_loop", 0), ("batch_train", 1), ("bn_real", 1)):
-            if int(getattr(self, name)) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}; set --{name.replace('_', '-')} to {low} or more")
-        if not self.net_lr > 0:
-            raise ValueError(f"net_lr must be > 0, got {self.net_lr}; set --net-lr to e.g. 0.01")
         self._augments = {space: get_augment(resolve_augment(self.augment, space, self.siamese)) for space in ("pixel", "latent")}
         self.calls = 0
         self._net: nn.Module | None = None

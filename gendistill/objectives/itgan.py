@@ -20,21 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import check_limits
 from .base import OBJECTIVES, StepContext, get_objective
 
 
 @OBJECTIVES.register("itgan")
 class ITGAN:
     parallel = "classes"  # several processes split the classes of the DM term (gendistill.objectives)
+    limits = {"cls_weight": {"min": 0}, "reg_weight": {"min": 0}}  # a recipe's config checks them too (with_objective)
 
     def __init__(self, cls_weight: float = 0.1, reg_weight: float = 0.01, classifier: nn.Module | None = None,
                  anchors: torch.Tensor | None = None, **dm):
         """``dm``: the settings of the wrapped "dm" objective (net, depth, width, pool, augment, ...)."""
-        if cls_weight < 0 or reg_weight < 0:
-            raise ValueError(f"itgan weights must be >= 0, got cls_weight {cls_weight}, reg_weight {reg_weight}")
+        self.cls_weight = check_limits("cls_weight", cls_weight, float, self.limits["cls_weight"])
+        self.reg_weight = check_limits("reg_weight", reg_weight, float, self.limits["reg_weight"])
         self.dm = get_objective("dm", **dm)
-        self.cls_weight = float(cls_weight)
-        self.reg_weight = float(reg_weight)
         self.classifier = None if classifier is None else classifier.eval().requires_grad_(False)
         self.anchors = None if anchors is None else anchors.detach().clone()
 

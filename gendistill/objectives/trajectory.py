@@ -53,6 +53,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..augment import get_augment, resolve_augment
+from ..config import check_config, setting
 from ..experts import Experts
 from .base import OBJECTIVES, StepContext
 
@@ -85,26 +86,23 @@ class TrajectoryMatching:
     parallel: ClassVar[str] = "replicas"  # each process draws its own trajectory; the gradients are averaged
     samples_real = False  # it matches expert trajectories and draws no real batch (so --real-sampler has nothing to change)
     experts: Experts | None = None
-    syn_steps: int = 20
-    expert_epochs: int = 2
-    max_start_epoch: int = 5
-    min_start_epoch: int = 0
-    max_start_epoch_final: int | None = None  # DATM: the upper bound of start epochs grows to this (None: fixed)
-    expansion_end_step: int = 0  # DATM: distillation step at which the upper bound reaches max_start_epoch_final
-    batch_syn: int | None = None  # None: the whole set in every student step
+    syn_steps: int = setting(20, min=1)
+    expert_epochs: int = setting(2, min=1)
+    max_start_epoch: int = setting(5, min=1)
+    min_start_epoch: int = setting(0, min=0)
+    max_start_epoch_final: int | None = setting(None, min=1)  # DATM: the upper bound of start epochs grows to this (None: fixed)
+    expansion_end_step: int = setting(0, min=0)  # DATM: distillation step at which the upper bound reaches max_start_epoch_final
+    batch_syn: int | None = setting(None, min=1)  # None: the whole set in every student step
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents (as the experts were trained)
-    lr_teacher: float = 0.01  # student lr when the set has no learnable lr
-    unroll: str = "autograd"  # "autograd" (MTT: keep the unrolled graph) | "constant" (TESLA: constant memory)
+    lr_teacher: float = setting(0.01, above=0)  # student lr when the set has no learnable lr
+    unroll: str = setting("autograd", choices=UNROLLS)  # "autograd" (MTT: keep the unrolled graph) | "constant" (TESLA: constant memory)
     label_logits: bool = False  # soft labels in the context are logits (DATM) rather than probabilities
-    threshold: float = math.inf  # DATM: a step whose loss exceeds this gives zero gradients
+    threshold: float = setting(math.inf, min=0, infinite=True)  # DATM: a step whose loss exceeds this gives zero gradients
 
     def __post_init__(self):
         if self.experts is None:
             raise ValueError("trajectory matching needs expert trajectories: pass --experts DIR (recipes/train_experts.py makes one)")
-        if self.unroll not in UNROLLS:
-            raise ValueError(f"unknown unroll {self.unroll!r}; use {' or '.join(UNROLLS)}")
-        if self.syn_steps < 1 or (self.batch_syn is not None and self.batch_syn < 1):
-            raise ValueError(f"--syn-steps and --batch-syn must be at least 1 (got {self.syn_steps}, {self.batch_syn})")
+        check_config(self)
         final = self.max_start_epoch_final if self.max_start_epoch_final is not None else self.max_start_epoch
         if final < self.max_start_epoch:
             raise ValueError(f"max_start_epoch_final {final} is below max_start_epoch {self.max_start_epoch}; the window only grows")

@@ -52,17 +52,14 @@ def config_class(method: str) -> type:
 
 def make_config(name: str, /, **settings):
     """Method ``name``'s config with ``settings`` (field names of its dataclass) over its defaults."""
-    import typing
-
-    from ..config import _check_value
+    from ..config import check_value
 
     recipe, cls = RECIPES.get(name), config_class(name)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - names)
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} for method {name!r}; valid: {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(cls)
-    settings = {k: _check_value(k, v, hints[k]) for k, v in settings.items()}  # a wrong type is a one-line error now
+    settings = {k: check_value(cls, k, v) for k, v in settings.items()}  # a wrong type or value is a one-line error now
     if recipe.method is not None:
         if settings.get("method", recipe.method) != recipe.method:
             raise ValueError(f"method {name!r} was asked for, but settings say method={settings['method']!r}; give one")

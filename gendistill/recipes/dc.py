@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
-from gendistill.config import objective_kwargs, parse_config, with_objective
+from gendistill.config import objective_kwargs, parse_config, setting, with_objective
 from gendistill.objectives import get_objective
 from gendistill.objectives.gradient import reference_loops
 from gendistill.pipeline import RecipeConfig, run_recipe
@@ -31,7 +31,7 @@ METHODS = ("dc", "dsa")
 class LatentDCConfig(with_objective(RecipeConfig, "dc")):
     """The recipe's settings; DC's own (augment, dis_metric, net_lr, ...) come from the objective's dataclass (dsa has the same)."""
 
-    method: str = "dc"  # dc | dsa
+    method: str = setting("dc", choices=METHODS)  # dc | dsa
     steps: int = 1000  # matching steps: 100 outer iterations at IPC 10 (the reference runs 1000)
     lr: float = 0.01  # Adam on the latents (unit-variance VAE latents; the reference: SGD 0.1, momentum 0.5, on pixels)
     outer_loop: int | None = None  # matching steps per proxy net; None: the reference's value for --ipc
@@ -40,8 +40,6 @@ class LatentDCConfig(with_objective(RecipeConfig, "dc")):
 
 def run(cfg: LatentDCConfig) -> dict | None:
     """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; use --method dc or --method dsa")
     return run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces))
 
 

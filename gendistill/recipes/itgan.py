@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from gendistill.cli import run_guarded
-from gendistill.config import objective_kwargs, parse_config, with_objective
+from gendistill.config import objective_kwargs, parse_config, setting, with_objective
 from gendistill.evaluate import reference_classifier
 from gendistill.objectives import get_objective
 from gendistill.pipeline import RecipeConfig, run_recipe
@@ -33,7 +33,7 @@ class ITGANConfig(with_objective(RecipeConfig, "itgan", "dm")):
     init: str = "real"  # inversions of random real images, IT-GAN's start
     steps: int = 500
     lr: float = 0.01  # Adam on the latents
-    classifier_epochs: int = 2  # of the real-data ConvNet
+    classifier_epochs: int = setting(2, min=1)  # of the real-data ConvNet
     classifier: str | None = None  # safetensors of its weights: loaded if it exists, else trained and written (recipes/eval_gan.py's too)
     batch_real: int = 64  # real images per class per step, as recipes/latent_dm.py (the DM term is the same)
     kernel: str = "gaussian"  # of the DM term: M3D's MMD, as recipes/latent_dm.py; "linear" is DM's mean gap

@@ -19,7 +19,6 @@ Objective settings left unset (None) take the method's defaults (gendistill/obje
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import torch
 
 from gendistill.backbones import effective_match_space
 from gendistill.cli import run_guarded
-from gendistill.config import objective_kwargs, parse_config, with_objective
+from gendistill.config import objective_kwargs, parse_config, setting, with_objective
 from gendistill.experts import ExpertConfig, NetSpec, build_experts, identity, load_experts
 from gendistill.objectives import get_objective
 from gendistill.objectives.trajectory import finish_soft_labels, init_soft_labels, match_space_inputs
@@ -42,7 +41,7 @@ class LatentMTTConfig(with_objective(RecipeConfig, "mtt", unset=True, exclude=("
     (None) so that --method's own defaults apply (mtt, tesla and datm differ). The recipe always learns the set's lr
     (so lr_teacher never applies) and label_logits follows --method (datm's soft labels are logits)."""
 
-    method: str = "mtt"  # mtt | tesla | datm
+    method: str = setting("mtt", choices=METHODS)  # mtt | tesla | datm
     experts: str | None = None  # experts directory; None: default experts, trained once into the cache
     match_space: str = "pixel"  # decode-through: experts and student see decoded images (latent: they see latents)
     init: str = "kmeans"
@@ -52,11 +51,11 @@ class LatentMTTConfig(with_objective(RecipeConfig, "mtt", unset=True, exclude=("
     optimizer: str = "adam"
     momentum: float = 0.5  # --optimizer sgd only
     lr_lr: float = 1e-5  # of the learned eval lr
-    syn_lr_init: float = 0.01  # the learned eval lr starts at the experts' lr
+    syn_lr_init: float = setting(0.01, above=0)  # the learned eval lr starts at the experts' lr
     lr_labels: float = 2.0  # of DATM's soft-label logits
     label_epoch: int = -1  # expert snapshot that initialises DATM's soft labels (-1: the last)
-    num_experts: int = 4  # default experts (no --experts)
-    expert_train_epochs: int = 8
+    num_experts: int = setting(4, min=1)  # default experts (no --experts)
+    expert_train_epochs: int = setting(8, min=1)
     checkpoint_every: int = 200
 
 
@@ -86,10 +85,6 @@ def setup(cfg, pieces, accelerator):
 
 def run(cfg: LatentMTTConfig) -> dict | None:
     """Distil with ``cfg``; writes the outputs into ``cfg.output`` and returns the eval result (None if skipped)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown --method {cfg.method!r}; use one of {', '.join(METHODS)}")
-    if not (cfg.syn_lr_init > 0 and math.isfinite(cfg.syn_lr_init)):
-        raise ValueError(f"--syn-lr-init must be a positive number, got {cfg.syn_lr_init}")
     return run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator),
                       finish=lambda pieces: finish_soft_labels(pieces.syn))
 

@@ -38,7 +38,7 @@ def train_backbone(kind: str, argv: list[str] | None = None, description: str | 
     the output is locked against a second run (docs/safety.md)."""
     from accelerate import Accelerator
 
-    from ..config import backbone_training_parser, config_from_args
+    from ..config import backbone_training_parser, checked_type, config_from_args
     from ..data import load_split
     from ..outputs import claim_backbone_output
     from .common import checkpoint_path, resumable, save_trained
@@ -48,7 +48,7 @@ def train_backbone(kind: str, argv: list[str] | None = None, description: str | 
     if trainer.cache:
         p.add_argument("--cache-dir", default=None, help="latent cache root (default ~/.cache/gendistill/latents)")
     if trainer.samples:
-        p.add_argument("--samples-per-class", type=int, default=10, help="rows of samples.png")
+        p.add_argument("--samples-per-class", type=checked_type(int, min=1), default=10, help="rows of samples.png")
     args = p.parse_args(argv)
     cfg = config_from_args(trainer.config, args)
     ckpt = checkpoint_path(args.output)

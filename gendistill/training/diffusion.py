@@ -20,34 +20,35 @@ from tqdm.auto import tqdm
 
 from ..backbones.diffusion import DiffusionBackbone, run_unet, soft_class_unet
 from ..cache import cached_latents
+from ..config import Checked, setting
 from ..data import ImageDataset
 from .base import TRAINERS, Trainer
 from .common import EpochCheckpoint, ema_update
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(Checked):
     vae: str = "fashion-mnist-vae"  # the VAE backbone whose latents are modelled (a shipped name or a directory)
     # UNet (saved in unet/config.json): one level per entry; attention 1 puts self-attention in that level's blocks
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    attention: tuple[int, ...] = (0, 1, 1)
-    layers_per_block: int = 1
-    norm_num_groups: int = 8
-    attention_head_dim: int = 32
+    block_out_channels: tuple[int, ...] = setting((32, 64, 64), min=1)
+    attention: tuple[int, ...] = setting((0, 1, 1), choices=(0, 1))
+    layers_per_block: int = setting(1, min=1)
+    norm_num_groups: int = setting(8, min=1)
+    attention_head_dim: int = setting(32, min=1)
     # noise schedule (scheduler/scheduler_config.json): Stable Diffusion's scaled-linear betas
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    num_train_timesteps: int = setting(1000, min=2)
+    beta_start: float = setting(0.00085, above=0, max=1)
+    beta_end: float = setting(0.012, above=0, max=1)
     # training
-    epochs: int = 10  # 4680 steps of 128: ~39 min at 0.5 s/step (1 thread on a loaded 2-core machine)
-    max_steps: int = 0  # > 0: stop after this many steps (smoke tests, timing)
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    class_dropout: float = 0.1  # probability of training on the null class (classifier-free guidance)
-    ema: float = 0.999  # of the UNet's weights; the EMA UNet is the one saved
-    seed: int = 0
+    epochs: int = setting(10, min=1)  # 4680 steps of 128: ~39 min at 0.5 s/step (1 thread on a loaded 2-core machine)
+    max_steps: int = setting(0, min=0)  # > 0: stop after this many steps (smoke tests, timing)
+    batch_size: int = setting(128, min=1)
+    lr: float = setting(1e-3, above=0)
+    warmup_steps: int = setting(200, min=0)
+    weight_decay: float = setting(0.0, min=0)
+    class_dropout: float = setting(0.1, min=0, max=1)  # probability of training on the null class (classifier-free guidance)
+    ema: float = setting(0.999, min=0, max=1)  # of the UNet's weights; the EMA UNet is the one saved
+    seed: int = setting(0, min=0)
 
 
 def build_unet(latent_shape, num_classes: int, cfg: DiffusionConfig, seed: int) -> nn.Module:

@@ -33,36 +33,37 @@ from tqdm.auto import tqdm
 
 from ..backbones.gan import GANBackbone
 from ..backbones.gan_model import ConditionalStyleGenerator
+from ..config import Checked, setting
 from ..data import ImageDataset
 from .base import TRAINERS, Trainer
 from .common import EpochCheckpoint, ema_update
 
 
 @dataclass
-class GANConfig:
+class GANConfig(Checked):
     # generator (saved in its config.json)
-    z_dim: int = 64
-    embed_dim: int = 32
-    w_dim: int = 128
-    mapping_layers: int = 3
-    base_size: int = 7
-    channels: tuple[int, ...] = (96, 48, 24)
+    z_dim: int = setting(64, min=1)
+    embed_dim: int = setting(32, min=1)
+    w_dim: int = setting(128, min=1)
+    mapping_layers: int = setting(3, min=1)
+    base_size: int = setting(7, min=1)
+    channels: tuple[int, ...] = setting((96, 48, 24), min=1)
     # discriminator (training only)
-    d_channels: tuple[int, ...] = (24, 48, 96)
+    d_channels: tuple[int, ...] = setting((24, 48, 96), min=1)
     # training
-    epochs: int = 4
-    max_steps: int = 0  # > 0: stop after this many steps (smoke tests, timing)
-    batch_size: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    mapping_lr_mult: float = 0.01  # the mapping MLP's lr relative to lr_g (StyleGAN)
-    mbstd_group: int = 4  # minibatch-std group size in the discriminator (0: off)
-    ms_weight: float = 0.1  # mode-seeking term of the generator's loss (0: off)
-    ac_weight: float = 1.0  # auxiliary-classifier cross-entropy (D on real images, G on fakes; 0: off)
-    beta1: float = 0.0
-    beta2: float = 0.99
-    ema: float = 0.999  # of the generator's weights; the EMA generator is the one saved
-    seed: int = 0
+    epochs: int = setting(4, min=1)
+    max_steps: int = setting(0, min=0)  # > 0: stop after this many steps (smoke tests, timing)
+    batch_size: int = setting(64, min=1)
+    lr_g: float = setting(2e-4, above=0)
+    lr_d: float = setting(2e-4, above=0)
+    mapping_lr_mult: float = setting(0.01, above=0)  # the mapping MLP's lr relative to lr_g (StyleGAN)
+    mbstd_group: int = setting(4, min=0)  # minibatch-std group size in the discriminator (0: off)
+    ms_weight: float = setting(0.1, min=0)  # mode-seeking term of the generator's loss (0: off)
+    ac_weight: float = setting(1.0, min=0)  # auxiliary-classifier cross-entropy (D on real images, G on fakes; 0: off)
+    beta1: float = setting(0.0, min=0, max=1)
+    beta2: float = setting(0.99, min=0, max=1)
+    ema: float = setting(0.999, min=0, max=1)  # of the generator's weights; the EMA generator is the one saved
+    seed: int = setting(0, min=0)
 
 
 def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:

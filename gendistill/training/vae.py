@@ -10,22 +10,23 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backbones.vae import VAEBackbone
+from ..config import Checked, setting
 from ..data import ImageDataset
 from .base import TRAINERS, Trainer
 from .common import EpochCheckpoint
 
 
 @dataclass
-class AutoencoderConfig:
-    block_out_channels: tuple[int, ...] = (16, 32, 64)
-    latent_channels: int = 4
-    layers_per_block: int = 1
-    norm_num_groups: int = 16
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 2e-3
-    kl_weight: float = 1e-6
-    seed: int = 0
+class AutoencoderConfig(Checked):
+    block_out_channels: tuple[int, ...] = setting((16, 32, 64), min=1)
+    latent_channels: int = setting(4, min=1)
+    layers_per_block: int = setting(1, min=1)
+    norm_num_groups: int = setting(16, min=1)
+    epochs: int = setting(6, min=1)
+    batch_size: int = setting(128, min=1)
+    lr: float = setting(2e-3, above=0)
+    kl_weight: float = setting(1e-6, min=0)
+    seed: int = setting(0, min=0)
 
 
 def build_autoencoder(image_shape, cfg: AutoencoderConfig):

@@ -67,11 +67,11 @@ def test_layerwise_distance_matches_hand_computed():
 
 
 def test_unknown_distance_and_bad_loops_are_one_line_errors():
-    with pytest.raises(ValueError, match="unknown gradient distance 'l1'; use one of layerwise, mse, cos"):
+    with pytest.raises(ValueError, match="--dis-metric must be one of layerwise, mse, cos, ours, got 'l1'"):
         get_objective("dc", dis_metric="l1")
-    with pytest.raises(ValueError, match="outer_loop must be >= 1.*--outer-loop"):
+    with pytest.raises(ValueError, match="--outer-loop must be at least 1, got 0"):
         get_objective("dsa", outer_loop=0)
-    with pytest.raises(ValueError, match="net_lr must be > 0"):
+    with pytest.raises(ValueError, match="--net-lr must be greater than 0, got 0.0"):
         get_objective("dc", net_lr=0.0)
 
 
@@ -212,7 +212,7 @@ def test_recipe_loops_default_to_the_reference_for_the_ipc(tmp_path, tiny_vae_di
 
 
 def test_recipe_unknown_method_is_a_user_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'mtt'; use --method dc or --method dsa"):
+    with pytest.raises(ValueError, match="--method: must be one of dc, dsa, got 'mtt'"):
         run_recipe(tmp_path, "--method", "mtt")
 
 

@@ -314,8 +314,9 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, expert_dir, capsys):
              (["--experts", expert_dir, "--max-start-epoch", "3"], "beyond the 3 epochs"),
              (["--experts", tmp_path / "missing"], "does not exist"),
              (["--experts", expert_dir, "--syn-lr-init", "nan"], "--syn-lr-init"),
-             (["--experts", expert_dir, "--lr-lr", "inf"], "the learned lr became"),
-             (["--experts", expert_dir, "--method", "kip"], "unknown --method")]
+             (["--experts", expert_dir, "--lr-lr", "inf"], "argument --lr-lr: must be a finite number, got inf"),
+             (["--experts", expert_dir, "--lr-lr", "1e30"], "became"),  # the learned lr, the loss or the latents
+             (["--experts", expert_dir, "--method", "kip"], "--method: must be one of mtt, tesla, datm, got 'kip'")]
     for extra, fragment in cases:
         capsys.readouterr()
         argv = _mtt_args(tmp_path / "err", tiny_vae_dir) + [str(a) for a in extra]

@@ -86,11 +86,12 @@ def test_cli_train_backbone_calls_the_library(kind, tmp_path, capsys):
 
 
 def test_cli_train_backbone_unknown_kind_is_one_line(tmp_path, capsys):
-    from gendistill.cli import _main
+    from gendistill.cli import main
 
     with pytest.raises(SystemExit) as e:
-        _main(["train-backbone", "--kind", "nope", "--output", str(tmp_path / "x")])
-    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+        main(["train-backbone", "--kind", "nope", "--output", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "argument --kind: invalid choice: 'nope'" in err[0]
 
 
 class _Payload:
