@@ -27,17 +27,22 @@ def _net_training(args, **defaults):
 
 
 def _add_net_flags(p, what: str, epochs: int, augment: str, width: int = 128) -> None:
+    from .config import flag_type
     from .nets import list_nets
+    from .teacher import NetTraining
+
+    def typed(name):  # each flag holds to NetTraining's limits for the field
+        return flag_type(NetTraining, name)
 
     g = p.add_argument_group(f"the network trained for {what}")
-    g.add_argument("--net-arch", default=None, help=f"registered net (default convnet; one of {', '.join(list_nets())})")
-    g.add_argument("--net-width", type=int, default=None, help=f"(default {width})")
-    g.add_argument("--net-depth", type=int, default=None, help="(default 3)")
-    g.add_argument("--net-epochs", type=int, default=None, help=f"(default {epochs})")
-    g.add_argument("--net-lr", type=float, default=None, help="(default 0.01)")
-    g.add_argument("--net-batch", type=int, default=None, help="(default 256)")
+    g.add_argument("--net-arch", type=typed("arch"), default=None, help=f"registered net (default convnet; one of {', '.join(list_nets())})")
+    g.add_argument("--net-width", type=typed("width"), default=None, help=f"(default {width})")
+    g.add_argument("--net-depth", type=typed("depth"), default=None, help="(default 3)")
+    g.add_argument("--net-epochs", type=typed("epochs"), default=None, help=f"(default {epochs})")
+    g.add_argument("--net-lr", type=typed("lr"), default=None, help="(default 0.01)")
+    g.add_argument("--net-batch", type=typed("batch"), default=None, help="(default 256)")
     g.add_argument("--net-augment", default=None, choices=["none", "dsa"], help=f"(default {augment})")
-    g.add_argument("--net-seed", type=int, default=None, help="(default: --seed)")
+    g.add_argument("--net-seed", type=typed("seed"), default=None, help="(default: --seed)")
 
 
 # ---------------------------------------------------------------------------------------------- select
@@ -193,18 +198,22 @@ def _images_of(args):
 
 def add_score_flags(p) -> None:
     """``gendistill eval``'s flags for the DD-Ranking scores (gendistill.scores)."""
+    from .config import checked_type, flag_type
+    from .scores import ScoreConfig
+
     g = p.add_argument_group("DD-Ranking scores (--scores; docs/plugins.md)")
     g.add_argument("--scores", action="store_true", help="add HLR, IOR, LRS and ARS (and every accuracy behind them) to the JSON")
-    g.add_argument("--score-draws", type=int, default=3, help="random-real draws = evaluation rounds (at least 3)")
-    g.add_argument("--val-per-class", type=int, default=100, help="validation images per class held out of the train split (lr choice)")
+    g.add_argument("--score-draws", type=flag_type(ScoreConfig, "draws"), default=3, help="random-real draws = evaluation rounds (at least 3)")
+    g.add_argument("--val-per-class", type=flag_type(ScoreConfig, "val_per_class"), default=100,
+                   help="validation images per class held out of the train split (lr choice)")
     g.add_argument("--lr-grid", default="0.001,0.005,0.01,0.05,0.1", help="comma-separated lrs tried on the validation split")
     g.add_argument("--full-data", default=None, metavar="JSON",
                    help="the full-data accuracy: read from this file if it exists, else computed (--compute-full-data) and written to it")
     g.add_argument("--compute-full-data", action="store_true", help="train on the whole train split for the full-data accuracy (expensive)")
-    g.add_argument("--full-data-epochs", type=int, default=None, help="epochs of that training (default: --epochs)")
+    g.add_argument("--full-data-epochs", type=checked_type(int, min=1), default=None, help="epochs of that training (default: --epochs)")
     g.add_argument("--teacher", default=None, help="soft-label sets: the teacher that labels the random baseline")
-    g.add_argument("--lrs-weight", type=float, default=0.5, help="LRS: w, the weight of IOR against HLR")
-    g.add_argument("--ars-weight", type=float, default=0.5, help="ARS: gamma, the weight of the augmented difference")
+    g.add_argument("--lrs-weight", type=flag_type(ScoreConfig, "w"), default=0.5, help="LRS: w, the weight of IOR against HLR")
+    g.add_argument("--ars-weight", type=flag_type(ScoreConfig, "gamma"), default=0.5, help="ARS: gamma, the weight of the augmented difference")
 
 
 def _lr_grid(text: str) -> tuple[float, ...]:
@@ -299,12 +308,15 @@ def eval_scores(args, images, labels, lr, dataset: str, cfg, arch: str, device) 
 def add_commands(sub) -> None:
     """Register ``select``, ``prune`` and ``relabel`` on the ``gendistill`` sub-parsers."""
     from .backbones import DEFAULT_BACKBONE
+    from .config import checked_type
     from .data import list_datasets
     from .select import FEATURES, KEEP, PRUNE_RULES, SELECTORS
 
+    positive, seed = checked_type(int, min=1), checked_type(int, min=0)
+
     s = sub.add_parser("select", help="a coreset of real samples (random, herding, k-center, k-means, forgetting) as a set file")
     s.add_argument("--method", default="herding", choices=SELECTORS.names())
-    s.add_argument("--ipc", type=int, required=True)
+    s.add_argument("--ipc", type=positive, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
@@ -314,19 +326,19 @@ def add_commands(sub) -> None:
     s.add_argument("--features", default="raw", choices=FEATURES,
                    help="herding / kcenter / kmeans work on raw (the flattened latents or pixels) or net (a trained net's features)")
     s.add_argument("--keep", default="most", choices=KEEP, help="forgetting: keep the most (Toneva et al.) or least forgotten")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--cache-dir", default=None)
     _add_net_flags(s, "forgetting scores and --features net", epochs=5, augment="none", width=32)
     s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("prune", help="YOCO: keep --ipc samples per class of a set by their LBPE score")
     s.add_argument("file")
-    s.add_argument("--ipc", type=int, required=True)
+    s.add_argument("--ipc", type=positive, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--rule", default="low", choices=PRUNE_RULES, help="low LBPE (YOCO's rule), high, or random (a baseline)")
-    s.add_argument("--top-k", type=int, default=3, help="LBPE: average over the k epochs of highest training accuracy")
-    s.add_argument("--nets", type=int, default=1, help="LBPE: average over this many networks")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--top-k", type=positive, default=3, help="LBPE: average over the k epochs of highest training accuracy")
+    s.add_argument("--nets", type=positive, default=1, help="LBPE: average over this many networks")
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
     s.add_argument("--ignore-backbone-hash", action="store_true")
     _add_net_flags(s, "the LBPE score", epochs=100, augment="dsa")
@@ -336,14 +348,14 @@ def add_commands(sub) -> None:
     s.add_argument("file", nargs="?", help="a set or decoded-images file")
     s.add_argument("--teacher", required=True, help="teacher directory (teacher.safetensors + teacher.json)")
     s.add_argument("--out", default=None)
-    s.add_argument("--temperature", type=float, default=1.0, help="softmax(logits / T)")
+    s.add_argument("--temperature", type=checked_type(float, above=0), default=1.0, help="softmax(logits / T)")
     s.add_argument("--train-teacher", action="store_true", help="train a teacher on the dataset's train split and save it to --teacher")
     s.add_argument("--test-teacher", action="store_true", help="with --train-teacher: record its test-split accuracy")
     s.add_argument("--overwrite", action="store_true", help="with --train-teacher: replace the teacher in --teacher (once the new one is saved)")
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
     s.add_argument("--download", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
     s.add_argument("--ignore-backbone-hash", action="store_true")
     _add_net_flags(s, "--train-teacher", epochs=5, augment="none")

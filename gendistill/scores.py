@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from .config import Checked, setting
 from .data import ImageDataset
 from .evaluate import EvalConfig, train_and_test
 
@@ -83,24 +84,13 @@ def augmentation_robust_score(syn_aug: float, rdm_aug: float, syn_naug: float, r
 
 
 @dataclass
-class ScoreConfig:
-    draws: int = 3  # random-real draws = evaluation rounds (>= 3)
-    val_per_class: int = 100  # validation images per class, held out of the train split for choosing the lr
-    lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
-    w: float = 0.5  # LRS: weight of IOR (1 - w on HLR)
-    gamma: float = 0.5  # ARS: weight of the augmented difference
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.draws < 3:
-            raise ValueError(f"the random baseline needs at least 3 draws, got {self.draws}")
-        if self.val_per_class < 1:
-            raise ValueError(f"the validation split needs at least 1 image per class, got {self.val_per_class}")
-        if not self.lr_grid or not all(lr > 0 and math.isfinite(lr) for lr in self.lr_grid):
-            raise ValueError(f"the lr grid must hold positive numbers, got {self.lr_grid}")
-        for name in ("w", "gamma"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+class ScoreConfig(Checked):
+    draws: int = setting(3, min=3)  # random-real draws = evaluation rounds (the random baseline needs at least 3)
+    val_per_class: int = setting(100, min=1)  # validation images per class, held out of the train split for choosing the lr
+    lr_grid: tuple[float, ...] = setting(DEFAULT_LR_GRID, above=0)
+    w: float = setting(0.5, min=0, max=1)  # LRS: weight of IOR (1 - w on HLR)
+    gamma: float = setting(0.5, min=0, max=1)  # ARS: weight of the augmented difference
+    seed: int = setting(0, min=0)
 
 
 def validation_split(train: ImageDataset, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

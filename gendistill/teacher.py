@@ -25,35 +25,29 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import get_augment
+from .config import Checked, setting
 from .data import ImageDataset, normalize
 from .io import atomic_dir, load_safetensors, tensor_sha256
-from .nets import NetConfig, fresh_net
+from .nets import NetConfig, fresh_net, get_builder
 
 TEACHER_FORMAT = "1"
 WEIGHTS, CONFIG = "teacher.safetensors", "teacher.json"
 
 
 @dataclass
-class NetTraining:
-    """How a network is trained on real (or synthetic) images."""
+class NetTraining(Checked):
+    """How a network is trained on real (or synthetic) images (each limit checked when built, and by the flags)."""
 
-    arch: str = "convnet"
-    width: int = 128
-    depth: int = 3
-    epochs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    augment: str = "none"  # none | dsa
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("width", "depth", "epochs", "batch"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+    arch: str = setting("convnet", check=get_builder)
+    width: int = setting(128, min=1)
+    depth: int = setting(3, min=1)
+    epochs: int = setting(5, min=1)
+    lr: float = setting(0.01, above=0)
+    momentum: float = setting(0.9, min=0, max=1)
+    weight_decay: float = setting(5e-4, min=0)
+    batch: int = setting(256, min=1)
+    augment: str = setting("none", choices=("none", "dsa"))
+    seed: int = setting(0, min=0)
 
     def net_overrides(self) -> dict:
         """The NetConfig fields that differ from the defaults (the zoo's nets refuse a non-default depth)."""

@@ -79,9 +79,9 @@ def test_scores_refuse_percentages():
 
 
 def test_score_config_checks():
-    with pytest.raises(ValueError, match="at least 3 draws"):
+    with pytest.raises(ValueError, match="--draws must be at least 3, got 2"):
         ScoreConfig(draws=2)
-    with pytest.raises(ValueError, match="lr grid"):
+    with pytest.raises(ValueError, match="--lr-grid has an element that must be greater than 0, got -1.0"):
         ScoreConfig(lr_grid=(0.01, -1.0))
 
 
