@@ -24,7 +24,7 @@ from .objectives import Objective
 from .outputs import RunOutput, staging_path
 from .plots import image_grid, loss_plot, save_png
 from .sampler import SAMPLERS
-from .storage import LATENT_DTYPES, check_ipc_args, resolve_ipc
+from .storage import check_ipc_args, get_codec, resolve_ipc
 from .synthetic import INITS, SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
@@ -58,7 +58,7 @@ class RecipeConfig(DataConfig, Checked):
     ipc: int | None = setting(None, min=1)  # latents per class, count-matched (None: 10, or what --ipc-budget allows)
     ipc_budget: float | None = setting(None, above=0)  # storage-matched: as many latents per class as fit in B float32 images per class
     # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
-    latent_dtype: str = setting("float32", choices=lambda: LATENT_DTYPES.names())
+    latent_dtype: str = setting("float32", check=get_codec)
     syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
     latent_steps: int = 0  # --match-space pixel: the first N steps match latents (cheap), the rest decode-through
     init: str = setting("real", choices=lambda: INITS.names())
