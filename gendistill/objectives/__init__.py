@@ -49,4 +49,8 @@ def list_objectives() -> list[str]:
 from . import distribution  # noqa: E402,F401  (registers "dm")
 from . import gradient  # noqa: E402,F401  (registers "dc", "dsa")
 from . import trajectory  # noqa: E402,F401  (registers "mtt", "tesla", "datm")
+from . import krr  # noqa: E402,F401  (registers "kip", "frepo")
+from . import bptt  # noqa: E402,F401  (registers "bptt", "ratbptt")
+from . import cafe  # noqa: E402,F401  (registers "cafe")
+from . import sre2l  # noqa: E402,F401  (registers "sre2l")
 from . import itgan  # noqa: E402,F401  (registers "itgan")
