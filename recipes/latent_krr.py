@@ -37,8 +37,8 @@ class LatentKRRConfig(RecipeConfig):
     init: str = "kmeans"
     steps: int = 300
     lr: float = 0.01  # Adam on the latents
-    batch_real: int = 50  # real samples per class in the regression's target batch
-    width: int = 64  # of the feature ConvNets
+    batch_real: int = 30  # real samples per class in the regression's target batch
+    width: int = 32  # of the feature ConvNets (evaluation always uses the protocol's width 128)
     pool: str = "avgpooling"
     augment: str = "none"  # none | auto (DSA on images, the latent variant on latents; one draw for both sides)
     jitter: float = 1e-6  # ridge relative to the mean diagonal of the set's kernel matrix
