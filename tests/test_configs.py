@@ -16,7 +16,8 @@ from gendistill.config import parse_config, read_config_file
 CONFIGS = ROOT / "recipes" / "configs"
 # method folder -> the recipe that runs it
 RECIPES = {"dm": "latent_dm", "dc": "latent_dc", "dsa": "latent_dc", "mtt": "latent_mtt", "tesla": "latent_mtt",
-           "datm": "latent_mtt", "itgan": "itgan", "experts": "train_experts"}
+           "datm": "latent_mtt", "itgan": "itgan", "experts": "train_experts",
+           "kip": "latent_krr", "frepo": "latent_krr"}
 NAME = re.compile(r"^(?P<dataset>[a-z0-9-]+)_(?P<size>ipc(?P<ipc>\d+)|[a-z0-9]+)_(?P<variant>[a-z0-9.+-]+)\.yaml$")
 ALL = sorted(CONFIGS.rglob("*.yaml"))
 

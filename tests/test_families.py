@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch, load_recipe
 from torch import nn
 
-from conftest import launch, load_recipe
 from gendistill.objectives import StepContext, get_objective, list_objectives
 from gendistill.objectives.bptt import unroll_step_bytes
 from gendistill.objectives.cafe import block_features
