@@ -56,7 +56,7 @@ def dream_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
         log(f"dream/start-0: {100 * res.get('dream/start-0')['mean']:.2f}")
     for sampler in ("uniform", "dream"):
         run_dir = out / f"dream-study-{sampler}"
-        for i, n in enumerate(steps):
+        for _i, n in enumerate(steps):
             key = f"dream/{sampler}-{n}"
             if res.has(key):
                 continue

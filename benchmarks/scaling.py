@@ -190,13 +190,14 @@ def main(argv=None) -> None:
         row = {}
         for method in args.methods:
             out = subprocess.run([sys.executable, __file__, *passed, "--one", str(size), method], capture_output=True, text=True)
-            lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not lines:
                 raise SystemExit(f"size {size} {method} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
             r = json.loads(lines[-1][len("RESULT "):])
             results.append(r)
             row[method] = r
-            print(f"  size {size:4d} {method:15s} {r['seconds_per_step']:8.3f} s/step ({r['clock']}; wall {r['wall_seconds_per_step']:.3f})  peak {r['peak_bytes'] / 2**20:8.1f} MiB  "
+            print(f"  size {size:4d} {method:15s} {r['seconds_per_step']:8.3f} s/step "
+                  f"({r['clock']}; wall {r['wall_seconds_per_step']:.3f})  peak {r['peak_bytes'] / 2**20:8.1f} MiB  "
                   f"(latents {tuple(r['latent_shape'])})", flush=True)
         if "pixel" in row and "latent" in row:
             ratio = row["pixel"]["seconds_per_step"] / row["latent"]["seconds_per_step"]

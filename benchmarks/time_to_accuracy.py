@@ -68,7 +68,8 @@ def curve(name: str, argv: list[str], args, workdir: Path) -> dict:
         t0 = time.time()
         acc = evaluate(images, pieces.syn.labels.cpu(), pieces.test, ecfg, device=accelerator.device, progress=False)["mean"]
         points.append({"step": upto, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2), "accuracy": acc})
-        print(f"{name:6s} step {upto:5d}  distil {cpu:8.1f} s cpu {wall:8.1f} s wall  accuracy {100 * acc:6.2f} %  (eval {time.time() - t0:.0f} s)", flush=True)
+        print(f"{name:6s} step {upto:5d}  distil {cpu:8.1f} s cpu {wall:8.1f} s wall  "
+              f"accuracy {100 * acc:6.2f} %  (eval {time.time() - t0:.0f} s)", flush=True)
     return {"argv": argv, "config": dataclasses.asdict(cfg), "points": points}
 
 

@@ -132,7 +132,8 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     if cfg.ipc_budget is not None:
         accelerator.print(f"--ipc-budget {cfg.ipc_budget:g}: {cfg.ipc} {cfg.latent_dtype} latents of {tuple(backbone.latent_shape)} per class")
     gen = torch.Generator().manual_seed(cfg.seed)
-    run = {"method": method, "ipc": cfg.ipc, "ipc_budget": cfg.ipc_budget, "latent_dtype": cfg.latent_dtype, "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
+    run = {"method": method, "ipc": cfg.ipc, "ipc_budget": cfg.ipc_budget, "latent_dtype": cfg.latent_dtype,
+           "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
            "config": dataclasses.asdict(cfg)}
     syn = SyntheticSet.initialise(cfg.init, real_latents, cfg.ipc, backbone, train.meta(), gen, run=run,
                                   init_model=getattr(cfg, "init_model", None), model_options=options, latent_dtype=cfg.latent_dtype)

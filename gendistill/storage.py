@@ -174,7 +174,8 @@ def make_ledger(tensors: dict[str, torch.Tensor], num_classes: int, image_shape,
     hard = (labels.argmax(1) if soft else labels) if labels is not None and labels.numel() else None
     return {
         "version": LEDGER_VERSION,
-        what: {"count": int(data.shape[0]), "shape": list(data.shape[1:]), "dtype": codec.name if what == "latents" else str(data.dtype).replace("torch.", ""),
+        what: {"count": int(data.shape[0]), "shape": list(data.shape[1:]),
+               "dtype": codec.name if what == "latents" else str(data.dtype).replace("torch.", ""),
                "bytes": tensor_bytes(data), "quantisation_bytes": extra},
         "labels": {"kind": "soft" if soft else "hard", "dtype": str(labels.dtype).replace("torch.", "") if labels is not None else None,
                    "bytes": label_bytes},

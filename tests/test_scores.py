@@ -123,7 +123,7 @@ def test_dd_scores_hard_set(data, monkeypatch):
     grid_calls = [c for c in calls if c["split"] == "val"]
     assert grid_calls and all(c["lr"] in (0.01, 0.05) for c in grid_calls)
     assert {c["split"] for c in calls} == {"val", "test"}
-    for kind, chosen in out["lrs_chosen"].items():
+    for _kind, chosen in out["lrs_chosen"].items():
         val_accs = {float(k): v for k, v in chosen["val_accs"].items()}
         assert chosen["lr"] == max((0.01, 0.05), key=lambda lr: (val_accs[lr], -[0.01, 0.05].index(lr)))
     assert set(out["lrs_chosen"]) == {"syn hard aug", "syn any no-aug", "rdm any aug", "rdm any no-aug"}

@@ -79,7 +79,8 @@ def test_batchnorm_and_none():
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of: alexnet, convnet, convnet-bn, mlp, resnet18, resnet18bn, vgg11, vit"):
+    with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of: alexnet, convnet, convnet-bn, mlp, resnet18, "
+                       "resnet18bn, vgg11, vit"):
         get_net("resnet", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="unknown network setting.*widht"):
         get_net("convnet", (1, 28, 28), 10, widht=8)
