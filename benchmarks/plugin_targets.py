@@ -3,7 +3,8 @@
 1. YOCO: prune an IPC-10 distilled set (LatentDD, the crossover's distilled curve) to IPC 5 with the LBPE rule
    (``gendistill prune --rule low``) and compare with random real images at IPC 5 (pixel backbone, ``--draws`` draws);
    the high-LBPE rule and random pruning inside the set are measured beside it. Target: pruned >= random + 5 points.
-2. DREAM: the same LatentDD run from random real latents (``init real``, where matching moves the set most) with
+2. DREAM: the same LatentDD run from random real latents (``--dream-init real``; ``noise`` starts from Gaussian
+   noise with the real latents' statistics, where the step count matters far more) with
    ``--real-sampler uniform`` and ``dream``, each evaluated after every step count in ``--dream-steps`` (one run,
    extended with ``--resume --steps``). Target: DREAM reaches uniform's accuracy at the last step count in <= 60% of
    the steps.
@@ -48,22 +49,23 @@ def prune_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
 def dream_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
     out = Path(args.out)
     steps = [int(s) for s in args.dream_steps.split(",")]
-    if not res.has("dream/start-0"):  # step 0 for both: the random real latents the runs start from (the same draw)
-        path = out / "dream-study-start.safetensors"
+    tag = "dream" if args.dream_init == "real" else f"dream-{args.dream_init}"  # results key and folder prefix
+    if not res.has(f"{tag}/start-0"):  # step 0 for both: the set the runs start from (the same draw)
+        path = out / f"{tag}-study-start.safetensors"
         if not path.exists():
-            run([sys.executable, "-m", "gendistill.cli", "init", "--ipc", 10, "--init", "real", "--seed", 0, "--out", path], log)
-        res.put("dream/start-0", {**screen(*set_images(path), data, cfg), "steps": 0})
-        log(f"dream/start-0: {100 * res.get('dream/start-0')['mean']:.2f}")
+            run([sys.executable, "-m", "gendistill.cli", "init", "--ipc", 10, "--init", args.dream_init, "--seed", 0, "--out", path], log)
+        res.put(f"{tag}/start-0", {**screen(*set_images(path), data, cfg), "steps": 0})
+        log(f"{tag}/start-0: {100 * res.get(f'{tag}/start-0')['mean']:.2f}")
     for sampler in ("uniform", "dream"):
-        run_dir = out / f"dream-study-{sampler}"
+        run_dir = out / f"{tag}-study-{sampler}"
         for _i, n in enumerate(steps):
-            key = f"dream/{sampler}-{n}"
+            key = f"{tag}/{sampler}-{n}"
             if res.has(key):
                 continue
             done = (run_dir / "set.safetensors").exists()
             extra = ["--resume"] if done else ["--overwrite"]
             run([sys.executable, "recipes/latent_dm.py", "--config", "recipes/configs/dm/fashion-mnist_ipc10_vae-latent-real.yaml",
-                 "--steps", n, "--eval-runs", 0, "--real-sampler", sampler, "--output", run_dir, *extra], log)
+                 "--init", args.dream_init, "--steps", n, "--eval-runs", 0, "--real-sampler", sampler, "--output", run_dir, *extra], log)
             res.put(key, {**screen(*set_images(run_dir / "set.safetensors"), data, cfg), "steps": n, "sampler": sampler})
             log(f"{key}: {100 * res.get(key)['mean']:.2f}")
 
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--distill-steps", type=int, default=200, help="LatentDD steps of the IPC-10 set that is pruned")
     p.add_argument("--dream-steps", default="40,80,120,200")
+    p.add_argument("--dream-init", default="real", help="the DREAM runs' --init (real: random real latents; noise: where steps matter more)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
