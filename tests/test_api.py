@@ -91,7 +91,7 @@ def test_distill_set_runs_the_recipe_pipeline(tmp_path, tiny_vae_dir):
 def test_distill_set_and_the_command_refuse_bad_settings(capsys, tmp_path):
     with pytest.raises(ValueError, match="unknown setting"):
         gendistill.distill_set(method="dm", ipcs=3)
-    with pytest.raises(ValueError, match="steps must be an integer"):
+    with pytest.raises(ValueError, match="--steps must be an integer, got 'ten'"):
         gendistill.distill_set(method="dm", steps="ten")
     with pytest.raises(ValueError, match="unknown distillation method 'dmx'"):
         gendistill.distill_set(method="dmx")
