@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from gendistill.backbones import load_backbone
 from gendistill.data import get_dataset
 from gendistill.evaluate import EvalConfig, evaluate, test_accuracy
+from gendistill.hub import find_backbone
 from gendistill.scores import subset
 from gendistill.synthetic import SyntheticSet
 from gendistill.teacher import NetTraining, train_net
@@ -80,9 +80,7 @@ def screen(images: torch.Tensor, labels: torch.Tensor, data: Data, cfg: Screenin
 def set_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A set file's decoded images in [0, 1] and its labels (the backbone recorded in the file, hash checked)."""
     syn = SyntheticSet.load(path)
-    b = syn.backbone_meta
-    backbone = load_backbone(b["source"], image_shape=tuple(syn.dataset_meta["image_shape"]), latent_space=b.get("latent_space"),
-                             options=b.get("options"), class_names=syn.dataset_meta.get("classes"))
+    backbone = find_backbone(syn.backbone_meta, syn.dataset_meta, near=path)  # shipped, Hub, or a known folder, by name + hash
     syn.check_backbone(backbone)
     return syn.decode(backbone).cpu(), syn.labels.detach().cpu()
 

@@ -179,8 +179,14 @@ def _images_of(args):
             raise ValueError(f"{args.file!r} is marked decoded but lacks 'images' or 'labels'; re-export it")
 
         def save_decoded(labels, record):
+            from .storage import LEDGER_KEY, make_ledger
+
             run = {**json.loads(meta.get("gendistill.run", "{}")), "relabel": record}
-            save_safetensors({**tensors, "labels": labels}, args.out, {**meta, "gendistill.run": json.dumps(run, sort_keys=True, default=str)})
+            new = {**tensors, "labels": labels}
+            dataset = json.loads(meta.get("gendistill.dataset", "{}"))
+            ledger = make_ledger(new, int(dataset.get("num_classes") or labels.shape[1]), dataset.get("image_shape"))
+            save_safetensors(new, args.out, {**meta, "gendistill.run": json.dumps(run, sort_keys=True, default=str),
+                                             LEDGER_KEY: json.dumps(ledger, sort_keys=True)})
 
         return tensors["images"].float(), tensors["labels"], save_decoded
     syn, backbone = _load_set(args)

@@ -91,6 +91,9 @@ def test_relabel_writes_teacher_probabilities(capsys, tmp_path, teacher_dir, set
     assert f"{20 * 10 * 4:,} bytes" in text
     info = json.loads(ok(cli(capsys, "info", out, "--json")))
     assert info["soft_labels"] is True and info["tensors"]["labels"]["shape"] == [20, 10]
+    ledger = info["storage"]  # the storage ledger counts the soft labels' bytes
+    assert ledger["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 20 * 10 * 4} and not ledger["computed"]
+    assert ledger["total_bytes"] == ledger["latents"]["bytes"] + 800 + ledger["lr_bytes"]
 
 
 def test_relabel_decoded_images_file(capsys, tmp_path, teacher_dir, set_file):
@@ -103,6 +106,8 @@ def test_relabel_decoded_images_file(capsys, tmp_path, teacher_dir, set_file):
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["gendistill.decoded"] == "1" and "relabel" in json.loads(meta["gendistill.run"])
+    ledger = json.loads(meta["gendistill.storage"])
+    assert ledger["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 20 * 10 * 4} and ledger["images"]["count"] == 20
 
 
 def test_relabel_errors(capsys, tmp_path, teacher_dir, set_file):
