@@ -205,7 +205,7 @@ def test_wheel_works_outside_the_checkout(tmp_path, set_dir, tiny_idx_dir):
     shutil.copy(made / "set.safetensors", elsewhere / "set.safetensors")  # the set alone
 
     env.update(PYTHONPATH=str(site), GENDISTILL_HOME=str(tmp_path / "home-b"))
-    probe = f"import gendistill, sys; print(gendistill.__file__); print(any(p.startswith({str(ROOT)!r}) for p in sys.path))"
+    probe = f"import gendistill, os, sys; print(gendistill.__file__); print(any(p and os.path.realpath(p) == {str(ROOT.resolve())!r} for p in sys.path))"
 
     def run(*args):
         return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)

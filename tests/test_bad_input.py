@@ -864,7 +864,7 @@ def test_under_accelerate_launch_quiet(tmp_path, roots):
     """``accelerate launch -q``: the launcher exits 1 (its own code for a failed process) and prints nothing of its own,
     so stderr is the recipe's one line; without ``-q`` it adds its CalledProcessError traceback (docs/recipes.md)."""
     before = snapshot(*roots)
-    r = _spawn(["-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
+    r = _spawn(["-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1", "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--dynamo_backend", "no",
                 "--mixed_precision", "no", "recipes/latent_dm.py", "--lr", "0", "--output", tmp_path / "out"])
     assert r.returncode == 1, r.stderr
     assert_refused(2, r.stderr, "--lr must be greater than 0, got 0.0", before, roots)
