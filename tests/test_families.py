@@ -135,10 +135,11 @@ def _bptt_loss(name, x, lr, **kw):
 
 
 @pytest.mark.parametrize("unroll", ["autograd", "constant"])
-def test_bptt_gradient_matches_finite_differences(unroll):
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_bptt_gradient_matches_finite_differences(unroll, momentum):
     syn, _, _ = _problem()
     lr = torch.tensor(0.1, dtype=torch.float64)
-    fn = lambda x, a: _bptt_loss("bptt", x, a, inner_steps=3, batch_syn=4, unroll=unroll)  # noqa: E731
+    fn = lambda x, a: _bptt_loss("bptt", x, a, inner_steps=3, batch_syn=4, unroll=unroll, momentum=momentum)  # noqa: E731
     assert _gradcheck(fn, (syn.clone().requires_grad_(True), lr.clone().requires_grad_(True)))
 
 
@@ -159,6 +160,9 @@ def test_truncated_unroll_equals_the_full_unroll_when_the_window_covers_it():
     # a shorter window is a different (truncated) gradient, and both unrolls compute the same one
     short = _grads("ratbptt", inner_steps=4, window=2, batch_syn=4, random_length=False)
     short_c = _grads("ratbptt", inner_steps=4, window=2, batch_syn=4, random_length=False, unroll="constant")
+    plain = _grads("bptt", inner_steps=4, batch_syn=4, momentum=0.0)
+    plain_c = _grads("bptt", inner_steps=4, batch_syn=4, momentum=0.0, unroll="constant")
+    assert torch.allclose(plain[1], plain_c[1], atol=1e-9) and not torch.allclose(plain[1], full[1], atol=1e-6)
     assert short[0] == pytest.approx(full[0], abs=1e-12) and not torch.allclose(short[1], full[1], atol=1e-6)
     assert torch.allclose(short[1], short_c[1], atol=1e-9) and torch.allclose(short[2], short_c[2], atol=1e-9)
 
