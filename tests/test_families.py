@@ -39,8 +39,15 @@ def _ctx(classes=3, seed=1, **kw):
     return StepContext(0, torch.Generator().manual_seed(seed), SHAPE, classes, torch.device("cpu"), space="latent", **kw)
 
 
-def _gradcheck(fn, inputs):
-    return torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+@pytest.fixture(params=["fast", pytest.param("full", marks=pytest.mark.slow)])
+def gradcheck(request):
+    """torch's finite-difference check; "fast" compares the gradient along random directions (a few evaluations),
+    "full" the whole Jacobian, one input element at a time (slow: CI runs it)."""
+
+    def check(fn, inputs):
+        return torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=request.param == "fast")
+
+    return check
 
 
 def test_registered():
@@ -74,30 +81,30 @@ def test_kernel_not_positive_definite_is_one_line():
 
 
 @pytest.mark.parametrize("kernel", ["nngp", "ntk"])
-def test_kip_gradient_matches_finite_differences(kernel):
+def test_kip_gradient_matches_finite_differences(kernel, gradcheck):
     syn, labels, real = _problem()
 
     def loss(x):
         return get_objective("kip", kernel=kernel, width=4, depth=2, jitter=1e-3, num_models=2)(x, labels, lambda c: real[c], _ctx())
 
-    assert _gradcheck(loss, (syn.clone().requires_grad_(True),))
+    assert gradcheck(loss, (syn.clone().requires_grad_(True),))
 
 
-def test_kip_learned_labels_get_the_exact_gradient():
+def test_kip_learned_labels_get_the_exact_gradient(gradcheck):
     syn, labels, real = _problem()
     logits = nn.Parameter(torch.nn.functional.one_hot(labels, 3).double() * 2)
 
     def loss(y):  # a plain tensor of soft labels is used as the targets (a Parameter is taken as logits)
         return get_objective("kip", width=4, depth=2, jitter=1e-3)(syn, labels, lambda c: real[c], _ctx(soft_labels=y))
 
-    assert _gradcheck(loss, (logits.detach().clone().requires_grad_(True),))
+    assert gradcheck(loss, (logits.detach().clone().requires_grad_(True),))
     obj = get_objective("kip", width=4, depth=2, jitter=1e-3)
     ctx = _ctx(soft_labels=logits)
     obj(syn, labels, lambda c: real[c], ctx).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
-def test_frepo_gradient_and_pool_state():
+def test_frepo_gradient_and_pool_state(gradcheck):
     syn, labels, real = _problem()
     obj = get_objective("frepo", width=4, depth=2, jitter=1e-3, pool_size=2, max_online_steps=2)
     obj(syn, labels, lambda c: real[c], _ctx())  # draws the pool, trains the drawn net one step on the set
@@ -107,7 +114,7 @@ def test_frepo_gradient_and_pool_state():
     def loss(x):
         return obj(x, labels, lambda c: real[c], _ctx())
 
-    assert _gradcheck(loss, (syn.clone().requires_grad_(True),)) and obj._net is drawn
+    assert gradcheck(loss, (syn.clone().requires_grad_(True),)) and obj._net is drawn
     state = obj.state_dict()
     assert [e["steps"] for e in state["pool"]] == [1, 0] or [e["steps"] for e in state["pool"]] == [0, 1]
     json.dumps({k: v for k, v in state["pool"][0].items() if k == "steps"})  # counters are plain values
@@ -136,11 +143,11 @@ def _bptt_loss(name, x, lr, **kw):
 
 @pytest.mark.parametrize("unroll", ["autograd", "constant"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_bptt_gradient_matches_finite_differences(unroll, momentum):
+def test_bptt_gradient_matches_finite_differences(unroll, momentum, gradcheck):
     syn, _, _ = _problem()
     lr = torch.tensor(0.1, dtype=torch.float64)
     fn = lambda x, a: _bptt_loss("bptt", x, a, inner_steps=3, batch_syn=4, unroll=unroll, momentum=momentum)  # noqa: E731
-    assert _gradcheck(fn, (syn.clone().requires_grad_(True), lr.clone().requires_grad_(True)))
+    assert gradcheck(fn, (syn.clone().requires_grad_(True), lr.clone().requires_grad_(True)))
 
 
 def _grads(name, **kw):
@@ -195,13 +202,13 @@ def test_unroll_memory_estimate_counts_activations():
 # -------------------------------------------------------------------------------------------------------- CAFE
 
 
-def test_cafe_gradient_matches_finite_differences():
+def test_cafe_gradient_matches_finite_differences(gradcheck):
     syn, labels, real = _problem()
 
     def loss(x):
         return get_objective("cafe", width=4, depth=2, beta=0.5)(x, labels, lambda c: real[c], _ctx())
 
-    assert _gradcheck(loss, (syn.clone().requires_grad_(True),))
+    assert gradcheck(loss, (syn.clone().requires_grad_(True),))
 
 
 def test_cafe_block_features_end_with_the_embedding():
@@ -258,7 +265,7 @@ def test_bn_statistics_hook_against_hand_computation():
         BNStatistics(nn.Sequential(nn.Conv2d(1, 1, 1)))
 
 
-def test_sre2l_recover_gradient_matches_finite_differences():
+def test_sre2l_recover_gradient_matches_finite_differences(gradcheck):
     from gendistill.nets import get_net
 
     syn, labels, _ = _problem()
@@ -270,7 +277,7 @@ def test_sre2l_recover_gradient_matches_finite_differences():
     def loss(x):
         return obj(x, labels, None, _ctx(seed=3))
 
-    assert _gradcheck(loss, (syn.clone().requires_grad_(True),))
+    assert gradcheck(loss, (syn.clone().requires_grad_(True),))
     assert set(obj.last_terms) == {"ce", "bn"}
     with pytest.raises(ValueError, match="needs a teacher"):
         get_objective("sre2l")
