@@ -41,14 +41,19 @@ def kmeans_pp(x: torch.Tensor, k: int, iters: int = KMEANS_ITERS, generator: tor
             i = int(torch.multinomial(d2 / d2.sum(), 1, generator=generator))
         centres.append(x[i])
         d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
-    c = torch.stack(centres).clone()
+    return lloyd(x, torch.stack(centres).clone(), iters)
+
+
+def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``iters`` Lloyd steps of k-means on the rows of ``x`` (N, D) from ``centres`` (k, D), updated in place (a centre
+    with no members stays): the centres and the assignments (N,)."""
     for _ in range(iters):
-        assign = torch.cdist(x, c).argmin(1)
-        for j in range(k):
+        assign = torch.cdist(x, centres).argmin(1)
+        for j in range(len(centres)):
             members = x[assign == j]
             if len(members):
-                c[j] = members.mean(0)
-    return c, torch.cdist(x, c).argmin(1)
+                centres[j] = members.mean(0)
+    return centres, torch.cdist(x, centres).argmin(1)
 
 
 class DreamSplit(LatentSplit):

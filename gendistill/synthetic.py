@@ -19,6 +19,7 @@ from .backbones import Backbone
 from .cache import LatentSplit
 from .io import load_safetensors, save_safetensors
 from .registry import Registry
+from .sampler import lloyd
 from .storage import LATENT_DTYPES, LEDGER_KEY, codec_of, decoder_record, get_codec, make_ledger, read_ledger
 from .validate import check_records, check_set_tensors
 
@@ -274,14 +275,7 @@ def init_noise(real: LatentSplit, c: int, ipc: int, generator=None, backbone=Non
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on rows of ``x`` (N, D): centres (k, D) and assignments (N,)."""
-    centres = x[torch.randperm(len(x), generator=generator)[:k]].clone()
-    for _ in range(iters):
-        assign = torch.cdist(x, centres).argmin(1)
-        for j in range(k):
-            members = x[assign == j]
-            if len(members):
-                centres[j] = members.mean(0)
-    return centres, torch.cdist(x, centres).argmin(1)
+    return lloyd(x, x[torch.randperm(len(x), generator=generator)[:k]].clone(), iters)
 
 
 @INITS.register("kmeans")

@@ -201,3 +201,21 @@ def measured_facts(name: str) -> dict:
     import json
 
     return json.loads((ROOT / "gendistill" / "assets" / "backbones" / name / "gendistill.json").read_text())["measured"]
+
+
+def cli(capsys, *argv):
+    """Run ``gendistill ARGV`` in process; return (exit code, stdout, stderr)."""
+    from gendistill.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def ok(result) -> str:
+    """The stdout of a ``cli`` result that exited 0 (else fail with its stderr)."""
+    code, out, err = result
+    assert code == 0, err
+    return out

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import cli
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -17,15 +18,6 @@ from safetensors.torch import load_file, save_file
 from gendistill.cli import main
 
 IPC = 2
-
-
-def cli(capsys, *argv):
-    """Run ``gendistill ARGV``; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def assert_ok(result):

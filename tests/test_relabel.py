@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import cli, ok
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -16,20 +17,6 @@ from gendistill.synthetic import SyntheticSet
 from gendistill.teacher import load_teacher
 
 NET = ["--net-width", 4, "--net-depth", 1, "--net-epochs", 1]
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def ok(result):
-    code, out, err = result
-    assert code == 0, err
-    return out
 
 
 def user_error(result, fragment):

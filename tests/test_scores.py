@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import cli
 
 import gendistill.scores as scores_mod
 from gendistill.cli import main
@@ -27,14 +28,6 @@ from gendistill.scores import (
 from gendistill.teacher import NetTraining, train_teacher
 
 CFG = EvalConfig(arch="mlp", epochs=2, batch=64)
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 # ----------------------------------------------------------------------------------------------- formulas

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import cli, ok
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from gendistill.backbones import load_backbone
 from gendistill.cache import cached_latents
-from gendistill.cli import main
 from gendistill.data import get_dataset
 from gendistill.select import (
     LBPEConfig,
@@ -29,20 +29,6 @@ from gendistill.synthetic import INITS, SyntheticSet
 from gendistill.teacher import Dynamics, NetTraining, train_net
 
 TINY = NetTraining(width=4, depth=1, epochs=3, batch=64)
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def ok(result):
-    code, out, err = result
-    assert code == 0, err
-    return out
 
 
 def run_record(path):

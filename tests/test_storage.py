@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-from conftest import ROOT, load_recipe
+from conftest import ROOT, cli, load_recipe
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gendistill.cli import main
 from gendistill.storage import LEDGER_KEY, get_codec, latents_per_class, resolve_ipc
 from gendistill.synthetic import SyntheticSet
 
@@ -28,14 +27,6 @@ def a_set(n_per_class=4, shape=(4, 7, 7), dtype="float32", soft=False, lr=None, 
         labels = torch.nn.functional.one_hot(labels, 10).float()
     return SyntheticSet(latents, labels, lr=lr, backbone={"kind": "vae", "latent_shape": list(shape)}, dataset=FMNIST,
                         latent_dtype=dtype, decoder=DECODER)
-
-
-def cli(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def one_line_error(result, *fragments):

@@ -40,7 +40,7 @@ from torch import nn
 from ..augment import get_augment
 from ..nets import fresh_net
 from .base import OBJECTIVES, StepContext
-from .trajectory import FlatNet
+from .trajectory import FlatNet, with_reverse_grads
 
 UNROLLS = ("autograd", "constant")
 ACTIVATION_COPIES = 2  # forward activations + what backward and the double-backward graph keep, per sample (measured: 95 MiB/step
@@ -286,12 +286,7 @@ class BPTT:
             a_theta = a_theta + grads[0].detach()
             a_v = mu * w
             states[i] = None  # free as we go
-        surrogate = (syn * grad_x.to(syn.dtype)).sum()
-        if lr.requires_grad:
-            surrogate = surrogate + lr * grad_lr
-        if learn_soft:
-            surrogate = surrogate + (soft * grad_soft.to(soft.dtype)).sum()
-        return loss.detach() + (surrogate - surrogate.detach())
+        return with_reverse_grads(loss, (syn, grad_x), (lr, grad_lr), (soft, grad_soft))
 
 
 @OBJECTIVES.register("ratbptt")

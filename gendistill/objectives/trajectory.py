@@ -60,6 +60,14 @@ from .base import OBJECTIVES, StepContext
 UNROLLS = ("autograd", "constant")
 
 
+def with_reverse_grads(loss: torch.Tensor, *pairs) -> torch.Tensor:
+    """``loss``'s value, whose backward gives each tensor of ``pairs`` ``(tensor, grad)`` the gradient a constant-memory
+    reverse pass computed for it; a pair whose grad is None, or whose tensor needs no gradient, is left out."""
+    surrogate = sum(((t * g.to(t.dtype)).sum() for t, g in pairs if g is not None and t.requires_grad),
+                    torch.zeros((), device=loss.device, dtype=loss.dtype))
+    return loss.detach() + (surrogate - surrogate.detach())
+
+
 class FlatNet:
     """A network evaluated at a flat parameter vector (views of it, so gradients reach the vector)."""
 
@@ -233,12 +241,7 @@ class TrajectoryMatching:
             lam = lam - alpha * grads[0].detach()
             thetas[i] = None  # free as we go
 
-        surrogate = (syn * grad_x.to(syn.dtype)).sum()
-        if lr.requires_grad:
-            surrogate = surrogate + lr * grad_lr
-        if learn_soft:
-            surrogate = surrogate + (soft * grad_soft.to(soft.dtype)).sum()
-        return loss.detach() + (surrogate - surrogate.detach())
+        return with_reverse_grads(loss, (syn, grad_x), (lr, grad_lr), (soft, grad_soft))
 
 
 @OBJECTIVES.register("tesla")
