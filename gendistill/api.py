@@ -73,7 +73,8 @@ class DistilledSet(Dataset):
 
             d = self.meta.get("dataset", {})
             if not d.get("mean") or not d.get("std"):
-                raise ValueError(f"{str(self.path)!r} does not record its dataset's mean and std; load it with raw=True")
+                raise ValueError(f"{str(self.path)!r} does not record its dataset's mean and std; load it "
+                                 "with raw=True")
             self._normalised = normalize(self.decode(), d["mean"], d["std"])
         return self._normalised
 
@@ -85,8 +86,8 @@ class DistilledSet(Dataset):
 
     def __repr__(self) -> str:
         b = self.meta.get("backbone", {})
-        return (f"DistilledSet({len(self)} images of {self.meta.get('dataset', {}).get('name')}, backbone {b.get('source')} "
-                f"({b.get('kind')}), {'raw [0, 1]' if self.raw else 'normalised'}, {self.path})")
+        return (f"DistilledSet({len(self)} images of {self.meta.get('dataset', {}).get('name')}, backbone "
+                f"{b.get('source')} ({b.get('kind')}), {'raw [0, 1]' if self.raw else 'normalised'}, {self.path})")
 
     # -- other forms ------------------------------------------------------------------------------------------------
     def to_hf(self):
@@ -96,7 +97,8 @@ class DistilledSet(Dataset):
             from datasets import ClassLabel, Features, Image, Sequence, Value
             from datasets import Dataset as HFDataset
         except ImportError:
-            raise ImportError("exporting a Hugging Face dataset needs `datasets`: pip install 'gendistill[hf]'") from None
+            raise ImportError("exporting a Hugging Face dataset needs `datasets`: pip install "
+                              "'gendistill[hf]'") from None
         import numpy as np
 
         x = (self.decode().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -114,13 +116,15 @@ def _set_path(path_or_repo, revision: str | None) -> Path:
     if path.exists():
         if path.is_dir():
             if not (path / SET_FILE).is_file():
-                raise FileNotFoundError(f"{str(path)!r} holds no {SET_FILE}; pass a set file, a run directory or a Hub repo id")
+                raise FileNotFoundError(f"{str(path)!r} holds no {SET_FILE}; pass a set file, a run directory or "
+                                        "a Hub repo id")
             return path / SET_FILE
         return path
     if is_hub_id(str(path_or_repo)):
         repo, rev = split_revision(str(path_or_repo))
         return fetch_set(repo, revision or rev) / SET_FILE
-    raise FileNotFoundError(f"{str(path_or_repo)!r} is neither a file, a directory nor a Hub dataset repo id (owner/name); check it")
+    raise FileNotFoundError(f"{str(path_or_repo)!r} is neither a file, a directory nor a Hub dataset repo id "
+                            "(owner/name); check it")
 
 
 def load_set(path_or_repo, raw: bool = False, backbone: str | None = None, revision: str | None = None,
@@ -141,7 +145,8 @@ def load_set(path_or_repo, raw: bool = False, backbone: str | None = None, revis
     records = read_metadata(path, meta)
     if meta.get("gendistill.decoded") == "1":
         if "images" not in tensors or "labels" not in tensors or len(tensors["images"]) != len(tensors["labels"]):
-            raise ValueError(f"{str(path)!r} is marked decoded but lacks consistent 'images' and 'labels'; re-export it")
+            raise ValueError(f"{str(path)!r} is marked decoded but lacks consistent 'images' and 'labels'; "
+                             "re-export it")
         return DistilledSet(path, None, tensors["labels"], records, raw=raw, images=tensors["images"].float())
     syn = SyntheticSet.load(path)
     found = find_backbone(syn.backbone_meta, syn.dataset_meta, explicit=backbone, near=path, ignore_hash=ignore_hash)

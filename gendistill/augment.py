@@ -80,7 +80,8 @@ class Augment:
         return f"Augment(strategy={'_'.join(self.tokens) or 'none'!r}, mode={self.cfg.mode!r})"
 
     # -- randomness: everything is drawn here, on CPU, from ``generator`` -------------------------------------------
-    def make_params(self, batch: int, generator: torch.Generator | None = None, device=None) -> dict[str, torch.Tensor | str]:
+    def make_params(self, batch: int, generator: torch.Generator | None = None,
+                    device=None) -> dict[str, torch.Tensor | str]:
         """Random draws for ``batch`` samples: ``params["ops"]`` names the ops ('_'-joined), one tensor per op."""
         if batch < 0:
             raise ValueError(f"batch must be >= 0, got {batch}")
@@ -132,7 +133,7 @@ class Augment:
     def _draw_contrast(self, n, g):
         return torch.rand(n, generator=g) + self.cfg.contrast
 
-    # -- deterministic part ----------------------------------------------------------------------------------------------
+    # -- deterministic part --------------------------------------------------------------------------------------------
     def apply(self, x: torch.Tensor, params: Mapping[str, torch.Tensor | str]) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"augmentation expects (N, C, H, W) tensors, got shape {tuple(x.shape)}")
@@ -210,7 +211,8 @@ def image_augment(cfg: DSAConfig | None = None) -> Augment:
 
 @AUGMENTS.register("latent")
 def latent_augment(cfg: DSAConfig | None = None) -> Augment:
-    """For latent tensors: geometric ops only (sub-pixel shift as ``crop``, flip, scale, rotate); default ``crop_flip_scale``."""
+    """For latent tensors: geometric ops only (sub-pixel shift as ``crop``, flip, scale, rotate); default
+    ``crop_flip_scale``."""
     return Augment(cfg or DSAConfig(strategy="crop_flip_scale"), LATENT_GROUPS)
 
 
@@ -220,8 +222,8 @@ def no_augment(cfg: DSAConfig | None = None) -> Augment:
 
 
 def resolve_augment(name: str, space: str, siamese: bool = True) -> str:
-    """The augmentation ``name`` means in match ``space``: "auto" is DSA's image ops on images ("pixel") and the geometric
-    latent variant on latents; with ``siamese=False`` (DC, which has no augmentation) "auto" is "none"."""
+    """The augmentation ``name`` means in match ``space``: "auto" is DSA's image ops on images ("pixel") and the
+    geometric latent variant on latents; with ``siamese=False`` (DC, which has no augmentation) "auto" is "none"."""
     if name != "auto":
         return name
     if not siamese:

@@ -52,12 +52,14 @@ class LatentSplit:
     def sample_class(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         idx = self._by_class[c]
         if n > len(idx):
-            raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {n} asked for; lower --ipc or --batch-real")
+            raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {n} asked for; lower --ipc or "
+                             "--batch-real")
         return idx[torch.randperm(len(idx), generator=generator)[:n]]
 
 
 @torch.no_grad()
-def encode_images(backbone: Backbone, dataset: ImageDataset, batch_size: int = 256, device=None, desc: str = "encode") -> torch.Tensor:
+def encode_images(backbone: Backbone, dataset: ImageDataset, batch_size: int = 256, device=None,
+                  desc: str = "encode") -> torch.Tensor:
     device = device or next(backbone.parameters(), torch.empty(0)).device
     out = []
     for i in tqdm(range(0, len(dataset), batch_size), desc=desc, dynamic_ncols=True, leave=False):
@@ -79,7 +81,8 @@ def _read(directory: Path, backbone: Backbone, dataset: ImageDataset, fingerprin
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError:
         raise ValueError("meta.json is not valid JSON") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("counts"), list) or len(meta["counts"]) != dataset.num_classes:
+    if not isinstance(meta, dict) or not isinstance(meta.get("counts"),
+                                                    list) or len(meta["counts"]) != dataset.num_classes:
         raise ValueError("meta.json is malformed")
     expect = {"format": CACHE_FORMAT, "backbone_sha256": backbone.weights_sha256(), "dataset_fingerprint": fingerprint,
               "latent_shape": list(backbone.latent_shape), "num_classes": dataset.num_classes}
@@ -93,7 +96,8 @@ def _read(directory: Path, backbone: Backbone, dataset: ImageDataset, fingerprin
         if z is None or tuple(z.shape[1:]) != tuple(backbone.latent_shape) or len(z) != meta["counts"][c]:
             raise ValueError(f"shard of class {c} does not match meta.json")
         if not z.is_floating_point() or not torch.isfinite(z).all():
-            raise ValueError(f"shard of class {c} holds {'non-float' if not z.is_floating_point() else 'NaN or infinite'} latents")
+            raise ValueError(f"shard of class {c} holds "
+                             f"{'non-float' if not z.is_floating_point() else 'NaN or infinite'} latents")
         latents.append(z)
         labels.append(torch.full((len(z),), c, dtype=torch.int64))
     return LatentSplit(torch.cat(latents), torch.cat(labels), dataset.num_classes)
@@ -104,7 +108,8 @@ def image_split(dataset: ImageDataset) -> LatentSplit:
     return LatentSplit(dataset.float_images(), dataset.labels.clone(), dataset.num_classes, space="pixel")
 
 
-def real_split(backbone: Backbone, dataset: ImageDataset, root: str | Path | None = None, device=None, log=print) -> LatentSplit:
+def real_split(backbone: Backbone, dataset: ImageDataset, root: str | Path | None = None, device=None,
+               log=print) -> LatentSplit:
     """What initialisers draw from: the cached latents, or (``backbone.cheap_encode`` False) the images, of which an
     initialiser encodes only the samples it picks."""
     if not backbone.cheap_encode:
@@ -116,8 +121,9 @@ def cached_latents(backbone: Backbone, dataset: ImageDataset, root: str | Path |
                    device=None, log=print) -> LatentSplit:
     """Latents of ``dataset`` under ``backbone``: read from the cache, or encoded once and stored."""
     if not backbone.cheap_encode:
-        raise ValueError(f"a {backbone.kind} backbone's encode ({backbone.kind} inversion) is too slow to cache the whole "
-                         f"{dataset.name}/{dataset.split} split; match in pixel space (--match-space pixel)")
+        raise ValueError(f"a {backbone.kind} backbone's encode ({backbone.kind} inversion) is too slow to "
+                         f"cache the whole {dataset.name}/{dataset.split} split; match in pixel space "
+                         "(--match-space pixel)")
     if backbone.kind == "pixel":  # latents are the images: nothing to cache
         return LatentSplit(dataset.float_images(), dataset.labels.clone(), dataset.num_classes)
     directory = cache_dir(backbone, dataset, root)
@@ -132,8 +138,9 @@ def cached_latents(backbone: Backbone, dataset: ImageDataset, root: str | Path |
     z = encode_images(backbone, dataset, batch_size, device, desc=f"encode {dataset.name}/{dataset.split}")
     bad = (~torch.isfinite(z.flatten(1))).any(1)
     if bad.any():
-        raise ValueError(f"{backbone.kind} backbone {backbone.source!r} encodes {int(bad.sum())} of the {len(z)} {dataset.name}/{dataset.split} "
-                         f"images (first: #{int(bad.nonzero()[0])}) to NaN or infinite latents; check the backbone's weights (nothing was cached)")
+        raise ValueError(f"{backbone.kind} backbone {backbone.source!r} encodes {int(bad.sum())} of the {len(z)} "
+                         f"{dataset.name}/{dataset.split} images (first: #{int(bad.nonzero()[0])}) to NaN or infinite "
+                         "latents; check the backbone's weights (nothing was cached)")
     split = LatentSplit(z, dataset.labels.clone(), dataset.num_classes)
     with atomic_dir(directory) as tmp:
         counts = []
@@ -141,9 +148,10 @@ def cached_latents(backbone: Backbone, dataset: ImageDataset, root: str | Path |
             idx = split.class_indices(c)
             counts.append(len(idx))
             save_safetensors({"latents": z[idx]}, tmp / f"class_{c:04d}.safetensors", {"class": str(c)})
-        meta = {"format": CACHE_FORMAT, "backbone_sha256": backbone.weights_sha256(), "backbone_source": backbone.source,
-                "dataset": dataset.name, "split": dataset.split, "dataset_fingerprint": fingerprint,
-                "latent_shape": list(backbone.latent_shape), "num_classes": dataset.num_classes, "counts": counts}
+        meta = {"format": CACHE_FORMAT, "backbone_sha256": backbone.weights_sha256(),
+                "backbone_source": backbone.source, "dataset": dataset.name, "split": dataset.split,
+                "dataset_fingerprint": fingerprint, "latent_shape": list(backbone.latent_shape),
+                "num_classes": dataset.num_classes, "counts": counts}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     # the stored order is class-major: return it that way so a re-read gives the same tensors
     order = torch.cat([split.class_indices(c) for c in range(dataset.num_classes)])

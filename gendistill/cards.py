@@ -1,10 +1,13 @@
-"""Cards: the README.md of a Hub repo, made from what gendistill records (huggingface_hub ``DatasetCard`` / ``ModelCard``).
+"""Cards: the README.md of a Hub repo, made from what gendistill records (huggingface_hub ``DatasetCard`` /
+``ModelCard``).
 
 - ``dataset_card(set_file, repo_id, eval_result)``: a set's dataset repo: YAML front matter (license, tags,
-  task_categories, size_categories, pretty_name) and a body: how to load it in three lines, how it was made, the command,
-  the accuracy with its protocol (from eval.json), bytes and budget, the backbone reference with a link, the files.
+  task_categories, size_categories, pretty_name) and a body: how to load it in three lines, how it was made, the
+  command, the accuracy with its protocol (from eval.json), bytes and budget, the backbone reference with a link, the
+  files.
 - ``model_card(directory)``: a backbone directory: what it is, its dataset, the training command and the measured
-  quality figures its gendistill.json records (``measured``); every ``save_pretrained`` writes it (``write_model_card``).
+  quality figures its gendistill.json records (``measured``); every ``save_pretrained`` writes it
+  (``write_model_card``).
 - ``lint_card(text)``: what a dataset card lacks (it must parse with ``DatasetCard`` and carry the required keys).
 """
 
@@ -30,7 +33,8 @@ def lint_card(path_or_text) -> list[str]:
     from huggingface_hub import DatasetCard
 
     text = Path(path_or_text).read_text() if isinstance(path_or_text, Path) or (
-        isinstance(path_or_text, str) and "\n" not in path_or_text and Path(path_or_text).is_file()) else str(path_or_text)
+        isinstance(path_or_text, str) and "\n" not in path_or_text
+        and Path(path_or_text).is_file()) else str(path_or_text)
     if not text.startswith("---"):
         return ["no YAML front matter (the card must start with ---)"]
     try:
@@ -63,7 +67,8 @@ def _command(run: dict) -> str:
     if not method or not has_recipe(method):
         return "(not recorded)"
     defaults = default_settings(method)
-    skip = {"output", "resume", "method", "data_dir", "cache_dir"}  # this machine's folders: not part of what the run is
+    # this machine's folders: not part of what the run is
+    skip = {"output", "resume", "method", "data_dir", "cache_dir"}
     flags = []
     for k, v in config.items():
         if k in skip or k not in defaults or defaults[k] == v:
@@ -90,7 +95,8 @@ def _backbone_bytes(backbone) -> int | None:
     return int(sum(t.numel() * t.element_size() for t in backbone.state_dict().values()))
 
 
-def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license: str | None = None, backbone=None) -> str:
+def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license: str | None = None,
+                 backbone=None) -> str:
     """The README.md of a set's dataset repo (``DatasetCard``): YAML front matter + how it was made, the command, the
     accuracy with its protocol, bytes and budget, the backbone reference, how to load it."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -111,7 +117,8 @@ def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license
     name = d.get("name", "unknown")
     license = license or DATASET_LICENSES.get(name)
     if not license:
-        raise ValueError(f"no licence known for dataset {name!r}; pass --license (an SPDX-style id the Hub knows, e.g. cc-by-4.0)")
+        raise ValueError(f"no licence known for dataset {name!r}; pass --license (an SPDX-style id the Hub knows, "
+                         "e.g. cc-by-4.0)")
     tags = ["gendistill", "dataset-distillation", "synthetic", f"method:{method}", f"backbone:{b.get('kind')}", name]
     data = DatasetCardData(license=license, tags=tags, task_categories=["image-classification"],
                            size_categories=[_size_category(n)], pretty_name=f"{method} {name} IPC {ipc}")
@@ -129,12 +136,15 @@ def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license
         rows = ["| architecture | accuracy (%) | runs |", "| --- | --- | --- |"]
         for arch, a in eval_result.get("archs", {}).items():
             accs = ", ".join(f"{100 * x:.2f}" for x in a.get("accs", []))
-            rows.append(f"| {arch} | **{100 * a['mean']:.2f} +- {100 * a['std']:.2f}** ({accs}) | {len(a.get('accs', []))} |")
+            rows.append(f"| {arch} | **{100 * a['mean']:.2f} +- {100 * a['std']:.2f}** ({accs}) | "
+                        f"{len(a.get('accs', []))} |")
         accuracy = "\n".join([
-            f"Test accuracy on the real {eval_result.get('dataset', name)} test split, protocol `{eval_result.get('protocol')}`: "
-            f"fresh networks trained from scratch on the {eval_result.get('num_images', n)} decoded images for {s.get('epochs')} epochs "
-            f"(SGD lr {eval_result.get('lr_used')}, momentum {s.get('momentum')}, weight decay {s.get('weight_decay')}, batch {s.get('batch')}, "
-            f"lr x0.1 at half, {s.get('augment')} augmentation, seed {s.get('seed')}); mean +- std over runs (from `eval.json`).",
+            f"Test accuracy on the real {eval_result.get('dataset', name)} test split, protocol "
+            f"`{eval_result.get('protocol')}`: fresh networks trained from scratch on the "
+            f"{eval_result.get('num_images', n)} decoded images for {s.get('epochs')} epochs (SGD lr "
+            f"{eval_result.get('lr_used')}, momentum {s.get('momentum')}, weight decay {s.get('weight_decay')}, batch "
+            f"{s.get('batch')}, lr x0.1 at half, {s.get('augment')} augmentation, seed {s.get('seed')}); mean +- std "
+            "over runs (from `eval.json`).",
             "", *rows])
     else:
         accuracy = "Not evaluated: no `eval.json` was beside the set. `gendistill eval set.safetensors` measures it."
@@ -144,19 +154,24 @@ def dataset_card(set_path: Path, repo_id: str, eval_result: dict | None, license
             + ", ".join(f"{k} {tuple(tensors[k].shape)} {str(tensors[k].dtype).replace('torch.', '')} = {v:,} B"
                         for k, v in budget["tensor_bytes"].items())]
     if budget["images_per_class"] is not None:
-        size.append(f"- budget: {budget['images_per_class']:.3f} float32 images of {tuple(d.get('image_shape'))} per class "
-                    f"(the set's bytes / ({classes} classes x {4 * _prod(d.get('image_shape'))} B))")
+        size.append(f"- budget: {budget['images_per_class']:.3f} float32 images of "
+                    f"{tuple(d.get('image_shape'))} per class (the set's bytes / ({classes} classes x "
+                    f"{4 * _prod(d.get('image_shape'))} B))")
     if "gendistill.storage" in meta:
         size.append(f"- storage ledger (set metadata `gendistill.storage`): `{meta['gendistill.storage']}`")
-    size.append(f"- decoder: the backbone's weights, {decoder:,} bytes, are needed to decode (not counted above)" if decoder is not None
+    size.append(f"- decoder: the backbone's weights, {decoder:,} bytes, are needed to decode (not counted above)"
+                if decoder is not None
                 else "- decoder: the backbone's weights are needed to decode (not counted above)")
     link = ref_link(ref)
     where = {"builtin": "built into gendistill (no weights)",
              "shipped": "ships with gendistill (`pip install gendistill`): nothing to download",
-             "hub": f"the Hub model repo [{ref_source(ref)}]({link}), pinned to that revision; `gendistill pull` and `load_set` fetch it",
-             "local": "a local folder of that name (not published): decode with `--backbone DIR` / `load_set(..., backbone=DIR)`"}[ref["type"]]
+             "hub": f"the Hub model repo [{ref_source(ref)}]({link}), pinned to that revision; `gendistill pull` and "
+                    "`load_set` fetch it",
+             "local": "a local folder of that name (not published): decode with `--backbone DIR` / `load_set(..., "
+                      "backbone=DIR)`"}[ref["type"]]
     backbone_lines = [f"- `{ref_source(ref)}`: {b.get('kind')} backbone, {where}",
-                      f"- sha256 of its weights and latent conventions: `{b.get('sha256')}` (checked when the set is decoded)",
+                      f"- sha256 of its weights and latent conventions: `{b.get('sha256')}` (checked when the "
+                      "set is decoded)",
                       f"- latent shape {tuple(b.get('latent_shape') or ())}"
                       + (f", latent space {b['latent_space']}" if b.get("latent_space") else "")
                       + (f", options {json.dumps(b['options'], sort_keys=True)}" if b.get("options") else "")]
@@ -241,27 +256,35 @@ def model_card(directory) -> str:
     info = json.loads((d / INFO_FILE).read_text()) if (d / INFO_FILE).is_file() else {}
     kind = info.get("kind", "vae")
     dataset = info.get("dataset") or {}
-    what = {"vae": "A diffusers `AutoencoderKL`", "gan": "A class-conditional style generator (`ConditionalStyleGenerator`)",
+    what = {"vae": "A diffusers `AutoencoderKL`", "gan": "A class-conditional style generator "
+                                                         "(`ConditionalStyleGenerator`)",
             "diffusion": "A latent diffusion model (`unet/` + `scheduler/`, "
-                         + ("text-conditioned)" if info.get("conditioning") == "text" else "class-conditional, on a VAE's latents)")}
+                         + ("text-conditioned)" if info.get("conditioning") == "text"
+                            else "class-conditional, on a VAE's latents)")}
     sizes = {p.relative_to(d).as_posix(): p.stat().st_size for p in sorted(d.rglob("*.safetensors"))}
-    tags = ["gendistill", "dataset-distillation", f"backbone:{kind}"] + ([dataset["name"]] if dataset.get("name") else [])
-    data = ModelCardData(license=info.get("license") or DATASET_LICENSES.get(dataset.get("name"), "other"), library_name="diffusers", tags=tags)
+    tags = ["gendistill", "dataset-distillation", f"backbone:{kind}"] + ([dataset["name"]] if dataset.get("name")
+                                                                         else [])
+    data = ModelCardData(license=info.get("license") or DATASET_LICENSES.get(dataset.get("name"), "other"),
+                         library_name="diffusers", tags=tags)
     measured = info.get("measured") or {}
     quality = dict(measured.get("quality") or {})
     qcommand = quality.pop("command", None)
     if quality:
         rows = "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, (list, dict)) else v} |" for k, v in _rows(quality))
-        qtext = (f"Measured with `{qcommand}`" if qcommand else "Measured") + (f" ({measured['about']})" if measured.get("about") else "") \
+        qtext = (f"Measured with `{qcommand}`" if qcommand else "Measured") + (f" ({measured['about']})"
+                                                                               if measured.get("about") else "") \
             + ":\n\n| figure | value |\n| --- | --- |\n" + rows
     else:
         qtext = "No measured quality figures are recorded in `gendistill.json` (`measured.quality`) for this backbone."
     training = measured.get("training") or {}
     config = info.get("config") or {}
-    command = training.get("command") or (f"python {info['recipe']} --output {d.name}" if info.get("recipe") else "(not recorded)")
+    command = training.get("command") or (f"python {info['recipe']} --output {d.name}" if info.get("recipe")
+                                          else "(not recorded)")
     run = ", ".join(f"{k} {v}" for k, v in training.items() if k != "command")
     vae = info.get("vae") if isinstance(info.get("vae"), dict) else None
     spaces = f"; latent spaces {', '.join(info['latent_spaces'])}" if info.get("latent_spaces") else ""
+    class_list = ", ".join(dataset.get("classes") or [])
+    config_json = json.dumps(config, sort_keys=True)
     body = f"""
 # {d.name}: a gendistill {kind} backbone
 
@@ -283,7 +306,7 @@ x = backbone.decode(z)
 
 ## Dataset
 
-{dataset.get('name', 'not recorded')}: {dataset.get('num_classes', '?')} classes ({', '.join(dataset.get('classes') or [])}),
+{dataset.get('name', 'not recorded')}: {dataset.get('num_classes', '?')} classes ({class_list}),
 images {tuple(dataset.get('image_shape') or ())}.
 
 ## Training
@@ -292,7 +315,7 @@ images {tuple(dataset.get('image_shape') or ())}.
 {command}
 ```
 
-{f"Run: {run}." if run else ""} Recipe `{info.get('recipe', 'not recorded')}`; configuration: `{json.dumps(config, sort_keys=True)}`.
+{f"Run: {run}." if run else ""} Recipe `{info.get('recipe', 'not recorded')}`; configuration: `{config_json}`.
 
 ## Quality
 

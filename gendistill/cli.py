@@ -93,7 +93,8 @@ def _check_out(args, flag: str = "--out") -> None:
     from .outputs import check_not_input
 
     check_not_input(args.out, [("FILE", getattr(args, "file", None)), ("--backbone", getattr(args, "backbone", None)),
-                               ("--data-dir", getattr(args, "data_dir", None)), ("--cache-dir", getattr(args, "cache_dir", None))], flag)
+                               ("--data-dir", getattr(args, "data_dir", None)),
+                               ("--cache-dir", getattr(args, "cache_dir", None))], flag)
 
 
 def _device():
@@ -104,7 +105,8 @@ def _device():
 
 def _add_backbone_flags(p):
     p.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
-    p.add_argument("--ignore-backbone-hash", action="store_true", help="decode even if the backbone's weight hash differs from the recorded one")
+    p.add_argument("--ignore-backbone-hash", action="store_true",
+                   help="decode even if the backbone's weight hash differs from the recorded one")
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -128,24 +130,30 @@ def cmd_init(args) -> int:
     options = backbone_options(args)
     backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space,
                              options=set_backbone_options(args.backbone, args.init, options), class_names=train.classes)
-    args.ipc = resolve_ipc(args.ipc, args.ipc_budget, backbone.latent_shape, train.image_shape, train.num_classes, args.latent_dtype)
+    args.ipc = resolve_ipc(args.ipc, args.ipc_budget, backbone.latent_shape, train.image_shape, train.num_classes,
+                           args.latent_dtype)
     smallest = min(len(train.class_indices(c)) for c in range(train.num_classes))
     if args.ipc > smallest:
         flag = "--ipc-budget" if args.ipc_budget is not None else "--ipc"
-        what = f"--ipc-budget {args.ipc_budget:g} asks for {args.ipc} latents per class, " if args.ipc_budget is not None else f"--ipc {args.ipc} is "
+        what = (
+            f"--ipc-budget {args.ipc_budget:g} asks for {args.ipc} latents per class, "
+            if args.ipc_budget is not None
+            else f"--ipc {args.ipc} is "
+        )
         raise ValueError(f"{what}more than the {smallest} images of the smallest class of {args.dataset}; lower {flag}")
     backbone.to(_device())
     real = real_split(backbone, train, args.cache_dir, log=lambda m: print(m, file=sys.stderr))  # images for a gan
     from .synthetic import SyntheticSet
 
-    run = {"method": "init", "ipc": args.ipc, "ipc_budget": args.ipc_budget, "latent_dtype": args.latent_dtype, "steps": 0, "seed": args.seed,
-           "config": {k: v for k, v in vars(args).items() if k != "func"}}
-    syn = SyntheticSet.initialise(args.init, real, args.ipc, backbone, train.meta(), torch.Generator().manual_seed(args.seed), run=run,
-                                  init_model=args.init_model, model_options=options, latent_dtype=args.latent_dtype)
+    run = {"method": "init", "ipc": args.ipc, "ipc_budget": args.ipc_budget, "latent_dtype": args.latent_dtype,
+           "steps": 0, "seed": args.seed, "config": {k: v for k, v in vars(args).items() if k != "func"}}
+    syn = SyntheticSet.initialise(args.init, real, args.ipc, backbone, train.meta(),
+                                  torch.Generator().manual_seed(args.seed), run=run, init_model=args.init_model,
+                                  model_options=options, latent_dtype=args.latent_dtype)
     syn.save(args.out)
     ledger = syn.ledger()
-    print(f"wrote {args.out}: {len(syn)} latents of shape {tuple(syn.latents.shape[1:])} ({args.latent_dtype}), ipc {args.ipc}, "
-          f"init {args.init}, budget {ledger['budget_ipc']:.4g} images per class")
+    print(f"wrote {args.out}: {len(syn)} latents of shape {tuple(syn.latents.shape[1:])} ({args.latent_dtype}), ipc "
+          f"{args.ipc}, init {args.init}, budget {ledger['budget_ipc']:.4g} images per class")
     return 0
 
 
@@ -159,7 +167,8 @@ def cmd_info(args) -> int:
     info = {
         "file": args.file,
         "bytes": os.path.getsize(args.file),
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()},
+        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+                    for k, v in tensors.items()},
         "decoded": meta.get("gendistill.decoded") == "1",
         **records,
         "storage": read_ledger(tensors, meta, records["dataset"]),
@@ -177,13 +186,16 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=2, sort_keys=True, default=str))
         return 0
     b, d, r = records["backbone"], records["dataset"], records["run"]
-    print(f"file      {args.file} ({info['bytes']:,} bytes, format {meta['gendistill.format']}{', decoded images' if info['decoded'] else ''})")
+    print(f"file      {args.file} ({info['bytes']:,} bytes, format "
+          f"{meta['gendistill.format']}{', decoded images' if info['decoded'] else ''})")
     for k, v in info["tensors"].items():
         print(f"tensor    {k}: {v['dtype']} {tuple(v['shape'])}")
     print(f"ipc       {info.get('ipc')} per class ({'soft' if info.get('soft_labels') else 'hard'} labels)")
-    print(f"backbone  {b.get('kind')} {b.get('source')} sha256 {str(b.get('sha256'))[:16]} latent {tuple(b.get('latent_shape', ()))}")
+    print(f"backbone  {b.get('kind')} {b.get('source')} sha256 {str(b.get('sha256'))[:16]} latent "
+          f"{tuple(b.get('latent_shape', ()))}")
     print(f"dataset   {d.get('name')} {d.get('num_classes')} classes, images {tuple(d.get('image_shape', ()))}")
-    print(f"run       method {r.get('method')} steps {r.get('steps')} seed {r.get('seed')} gendistill {r.get('package_version')}")
+    print(f"run       method {r.get('method')} steps {r.get('steps')} seed {r.get('seed')} gendistill "
+          f"{r.get('package_version')}")
     if "lr" in info:
         print(f"lr        {info['lr']:.6g}")
     for line in format_ledger(info["storage"]):
@@ -239,7 +251,8 @@ def cmd_export(args) -> int:
     if marker:  # a folder: an earlier export of the same format is replaced only with --overwrite, anything else never
         refuse_existing(out, overwrite=args.overwrite, flag="--out")
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
-            raise ValueError(f"{args.out!r} exists and is not an earlier export; choose a new --out (--overwrite replaces only an earlier export)")
+            raise ValueError(f"{args.out!r} exists and is not an earlier export; choose a new --out (--overwrite "
+                             "replaces only an earlier export)")
     if args.format == "hf":
         try:
             import datasets  # noqa: F401
@@ -288,10 +301,12 @@ def cmd_convert(args) -> int:
     syn = SyntheticSet.load(args.file)
     before = syn.ledger()
     syn.latent_dtype = args.latent_dtype
-    syn.save(args.out, run={"converted_from": {"file": Path(args.file).name, "latent_dtype": before["latents"]["dtype"]}})
+    syn.save(args.out, run={"converted_from": {"file": Path(args.file).name,
+                                               "latent_dtype": before["latents"]["dtype"]}})
     after = syn.ledger()
-    print(f"wrote {args.out}: {len(syn)} latents as {args.latent_dtype}, {after['total_bytes']:,} B (was {before['total_bytes']:,} B "
-          f"{before['latents']['dtype']}), budget {after['budget_ipc']:.4g} images per class")
+    print(f"wrote {args.out}: {len(syn)} latents as {args.latent_dtype}, {after['total_bytes']:,} B (was "
+          f"{before['total_bytes']:,} B {before['latents']['dtype']}), budget {after['budget_ipc']:.4g} "
+          "images per class")
     return 0
 
 
@@ -321,7 +336,8 @@ def cmd_eval(args) -> int:
         images, labels = syn.decode(backbone).cpu(), syn.labels
         lr = float(syn.lr.detach()) if syn.lr is not None and not args.ignore_lr else None
         if lr is not None and not (lr > 0 and torch.isfinite(torch.tensor(lr))):
-            raise ValueError(f"{args.file!r} holds a learned lr of {lr}, not a positive finite number; pass --ignore-lr")
+            raise ValueError(f"{args.file!r} holds a learned lr of {lr}, not a positive finite number; "
+                             "pass --ignore-lr")
     name = args.dataset or records["dataset"].get("name")
     if not name:
         raise ValueError(f"{args.file!r} does not record its dataset; pass --dataset")
@@ -343,10 +359,12 @@ def cmd_eval(args) -> int:
     out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
     write_json(result, out)
     for arch, r in result["archs"].items():
-        print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {cfg.runs} runs, {cfg.epochs} epochs ({name} test split) -> {out}")
+        print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {cfg.runs} runs, {cfg.epochs} epochs "
+              f"({name} test split) -> {out}")
     if "scores" in result:
         sc = result["scores"]
-        print("scores: " + ", ".join(f"{k.upper()} {sc[k]['mean']:.4f} +- {sc[k]['std']:.4f}" for k in ("hlr", "ior", "lrs", "ars"))
+        print("scores: " + ", ".join(f"{k.upper()} {sc[k]['mean']:.4f} +- {sc[k]['std']:.4f}"
+                                     for k in ("hlr", "ior", "lrs", "ars"))
               + f" over {len(sc['rounds'])} random draws (full data {sc['full_data_accuracy']:.4f})")
     return 0
 
@@ -378,7 +396,8 @@ def cmd_pull(args) -> int:
     from .hub import pull_set
 
     info = pull_set(args.repo_id, revision=args.revision, out=args.out)
-    print(f"pulled {info['repo_id']}@{info['revision'][:12]} into {info['out']}: {', '.join(info['files'])}; {info['backbone']}")
+    print(f"pulled {info['repo_id']}@{info['revision'][:12]} into {info['out']}: {', '.join(info['files'])}; "
+          f"{info['backbone']}")
     return 0
 
 
@@ -401,7 +420,8 @@ def cmd_train_backbone(args, rest) -> int:
     pre = ArgumentParser(prog="gendistill train-backbone", add_help=False)
     pre.add_argument("--kind", default="vae", choices=TRAINERS.names())
     known, flags = pre.parse_known_args(rest)
-    return train_backbone(known.kind, flags, description=f"Train a {known.kind} backbone (gendistill/training/{known.kind}.py); "
+    return train_backbone(known.kind, flags, description=f"Train a {known.kind} backbone "
+                                                         f"(gendistill/training/{known.kind}.py); "
                           f"--kind picks another of {', '.join(TRAINERS.names())}.",
                           prog=f"gendistill train-backbone --kind {known.kind}")
 
@@ -449,23 +469,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("init", help="write an initialised (not yet distilled) set")
     add_data_flags(s)
-    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
+    s.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="pixel, a shipped name, a VAE, GAN or diffusion directory or a hub id")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k> (default w+)")
-    s.add_argument("--ipc", type=flag_type(RecipeConfig, "ipc"), default=None, help="latents per class, count-matched (default 10)")
+    s.add_argument("--ipc", type=flag_type(RecipeConfig, "ipc"), default=None,
+                   help="latents per class, count-matched (default 10)")
     s.add_argument("--ipc-budget", type=flag_type(RecipeConfig, "ipc_budget"), default=None,
-                   help="storage-matched: as many latents per class as fit in B float32 images per class (labels not counted)")
+                   help="storage-matched: as many latents per class as fit in B float32 images per class (labels "
+                        "not counted)")
     s.add_argument("--latent-dtype", type=flag_type(RecipeConfig, "latent_dtype"), default="float32",
                    help=f"storage dtype of the latents: {', '.join(LATENT_DTYPES.names())}")
     s.add_argument("--init", default="real", choices=INITS.names())
     s.add_argument("--init-model", default=None,
-                   help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else fashion-mnist-ldm)")
+                   help="--init diffusion*: the diffusion model (default: the backbone if diffusion, else "
+                        "fashion-mnist-ldm)")
     s.add_argument("--decode-steps", type=flag_type(RecipeConfig, "decode_steps"), default=None,
                    help="diffusion: DDIM steps of decode (default 10)")
     s.add_argument("--invert-to", type=flag_type(RecipeConfig, "invert_to"), default=None,
                    help="diffusion: timestep of the noise latents (default: full noise)")
     s.add_argument("--guidance-scale", type=flag_type(RecipeConfig, "guidance_scale"), default=None,
                    help="diffusion: classifier-free guidance in [0, 30] (default 1: none)")
-    s.add_argument("--prompt-template", default=None, help='text-conditioned diffusion: prompt of a class (default "a photo of a {name}")')
+    s.add_argument("--prompt-template", default=None,
+                   help='text-conditioned diffusion: prompt of a class (default "a photo of a {name}")')
     s.add_argument("--seed", type=flag_type(DistillConfig, "seed"), default=0)
     s.add_argument("--cache-dir", default=None)
     s.add_argument("--out", required=True)
@@ -476,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("convert", help="rewrite a set with another latent storage dtype (float32, float16, bfloat16, int8)")
+    s = sub.add_parser("convert", help="rewrite a set with another latent storage dtype (float32, float16, "
+                                       "bfloat16, int8)")
     s.add_argument("file")
     s.add_argument("--latent-dtype", required=True, help=f"one of: {', '.join(LATENT_DTYPES.names())}")
     s.add_argument("--out", required=True)
@@ -494,14 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--out", required=True)
     s.add_argument("--format", default="safetensors", choices=["safetensors", "imagefolder", "hf"],
-                   help="safetensors: an images file; imagefolder: DIR/<class>/*.png; hf: a datasets.Dataset (save_to_disk) in DIR")
-    s.add_argument("--overwrite", action="store_true", help="imagefolder, hf: replace an earlier export in --out (once the new one is complete)")
+                   help="safetensors: an images file; imagefolder: DIR/<class>/*.png; hf: a datasets.Dataset "
+                        "(save_to_disk) in DIR")
+    s.add_argument("--overwrite", action="store_true",
+                   help="imagefolder, hf: replace an earlier export in --out (once the new one is complete)")
     _add_backbone_flags(s)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("eval", help="the standard evaluation protocol on a set or decoded-images file")
     s.add_argument("file")
-    s.add_argument("--arch", type=_arch_list, default=["convnet"], help=f"comma-separated, from: {', '.join(list_nets())}, or "
+    s.add_argument("--arch", type=_arch_list, default=["convnet"],
+                   help=f"comma-separated, from: {', '.join(list_nets())}, or "
                    "tv:NAME (a torchvision model), timm:NAME (if timm is installed)")
     s.add_argument("--epochs", type=flag_type(EvalConfig, "epochs"), default=EvalConfig.epochs)
     s.add_argument("--runs", type=flag_type(EvalConfig, "runs"), default=EvalConfig.runs)
@@ -515,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_flags(s)
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("table", help="a markdown table of runs: method, spaces, IPC, distillation time, bytes, accuracy per arch")
+    s = sub.add_parser("table", help="a markdown table of runs: method, spaces, IPC, distillation time, bytes, "
+                                     "accuracy per arch")
     s.add_argument("runs", nargs="+", help="run directories (holding set.safetensors and eval JSONs) or set files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_table)
@@ -523,18 +553,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("push", help="upload a set to a Hub dataset repo with a dataset card")
     s.add_argument("set", help="a set file or a run directory holding set.safetensors (with grid.png, eval.json)")
     s.add_argument("repo_id", help="owner/name of the dataset repo (created if missing)")
-    s.add_argument("--dry-run", default=None, metavar="DIR", help="write the exact folder that would be uploaded into DIR; upload nothing")
+    s.add_argument("--dry-run", default=None, metavar="DIR",
+                   help="write the exact folder that would be uploaded into DIR; upload nothing")
     s.add_argument("--private", action="store_true")
-    s.add_argument("--license", default=None, help="the card's licence (default: the dataset's, e.g. mit for fashion-mnist)")
-    s.add_argument("--backbone", default=None, help="the backbone to check the set against and record (e.g. owner/name@REVISION "
-                                                    "for a set made with a local folder since pushed by push-backbone)")
-    s.add_argument("--ignore-backbone-hash", action="store_true", help="push even if the backbone's weight hash differs")
+    s.add_argument("--license", default=None, help="the card's licence (default: the dataset's, e.g. mit for "
+                                                   "fashion-mnist)")
+    s.add_argument("--backbone", default=None, help="the backbone to check the set against and record (e.g. "
+                                                    "owner/name@REVISION for a set made with a local folder since "
+                                                    "pushed by push-backbone)")
+    s.add_argument("--ignore-backbone-hash", action="store_true",
+                   help="push even if the backbone's weight hash differs")
     s.set_defaults(func=cmd_push)
 
     s = sub.add_parser("push-backbone", help="upload a backbone directory to a Hub model repo with a model card")
     s.add_argument("directory")
     s.add_argument("repo_id", help="owner/name of the model repo (created if missing)")
-    s.add_argument("--dry-run", default=None, metavar="DIR", help="write the exact folder that would be uploaded into DIR; upload nothing")
+    s.add_argument("--dry-run", default=None, metavar="DIR",
+                   help="write the exact folder that would be uploaded into DIR; upload nothing")
     s.add_argument("--private", action="store_true")
     s.set_defaults(func=cmd_push_backbone)
 
@@ -544,13 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="folder to create (default ./NAME); never overwritten")
     s.set_defaults(func=cmd_pull)
 
-    s = sub.add_parser("distill", help="run a distillation recipe: gendistill distill METHOD [--key value ...] (METHOD --help)", add_help=False)
+    s = sub.add_parser("distill", help="run a distillation recipe: gendistill distill METHOD [--key value ...] "
+                                       "(METHOD --help)", add_help=False)
 
     from .cli_plugins import add_commands  # select, prune, relabel
 
     add_commands(sub)
 
-    s = sub.add_parser("train-backbone", help="train a backbone: --kind vae (default), gan or diffusion, then its flags", add_help=False)
+    s = sub.add_parser("train-backbone", help="train a backbone: --kind vae (default), gan or diffusion, "
+                                              "then its flags", add_help=False)
     s.set_defaults(func=cmd_train_backbone)
     return p
 

@@ -1,6 +1,7 @@
 """The plug-in commands of ``gendistill``: coreset selection, YOCO pruning and soft-label relabelling.
 
-    gendistill select --method herding --ipc 10 --out coreset.safetensors     (random | herding | kcenter | kmeans | forgetting)
+    gendistill select --method herding --ipc 10 --out coreset.safetensors     random | herding | kcenter | kmeans |
+                                                                               forgetting
     gendistill prune set.safetensors --ipc 5 --out set-ipc5.safetensors        YOCO: low LBPE score, balanced per class
     gendistill relabel --train-teacher --teacher teachers/fmnist               a ConvNet trained on the real data
     gendistill relabel set.safetensors --teacher teachers/fmnist --out soft.safetensors
@@ -21,7 +22,8 @@ def _log(message: str) -> None:
 def _net_training(args, **defaults):
     from .teacher import NetTraining
 
-    values = {k: getattr(args, f"net_{k}") for k in ("arch", "width", "depth", "epochs", "lr", "batch", "augment", "seed")
+    values = {k: getattr(args, f"net_{k}") for k in ("arch", "width", "depth", "epochs", "lr", "batch", "augment",
+                                                     "seed")
               if getattr(args, f"net_{k}", None) is not None}
     return NetTraining(**{**defaults, **values})
 
@@ -35,7 +37,8 @@ def _add_net_flags(p, what: str, epochs: int, augment: str, width: int = 128) ->
         return flag_type(NetTraining, name)
 
     g = p.add_argument_group(f"the network trained for {what}")
-    g.add_argument("--net-arch", type=typed("arch"), default=None, help=f"registered net (default convnet; one of {', '.join(list_nets())})")
+    g.add_argument("--net-arch", type=typed("arch"), default=None,
+                   help=f"registered net (default convnet; one of {', '.join(list_nets())})")
     g.add_argument("--net-width", type=typed("width"), default=None, help=f"(default {width})")
     g.add_argument("--net-depth", type=typed("depth"), default=None, help="(default 3)")
     g.add_argument("--net-epochs", type=typed("epochs"), default=None, help=f"(default {epochs})")
@@ -60,7 +63,8 @@ def cmd_select(args) -> int:
     _check_out(args)
     train = get_dataset(args.dataset, "train", args.data_dir, args.download)
     net = _net_training(args, epochs=5, width=32, seed=args.seed)
-    backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space, class_names=train.classes)
+    backbone = load_backbone(args.backbone, image_shape=train.image_shape, latent_space=args.latent_space,
+                             class_names=train.classes)
     device = _device()
     backbone.to(device)
     real = real_split(backbone, train, args.cache_dir, log=_log)
@@ -92,8 +96,10 @@ def cmd_prune(args) -> int:
     _check_out(args)
     syn, backbone = _load_set(args)
     if args.ipc >= syn.ipc:
-        raise ValueError(f"--ipc {args.ipc} is not below the set's IPC {syn.ipc}; pruning keeps fewer samples per class")
-    cfg = LBPEConfig(net=_net_training(args, epochs=100, augment="dsa", seed=args.seed), top_k=args.top_k, nets=args.nets)
+        raise ValueError(f"--ipc {args.ipc} is not below the set's IPC {syn.ipc}; pruning keeps fewer "
+                         "samples per class")
+    cfg = LBPEConfig(net=_net_training(args, epochs=100, augment="dsa", seed=args.seed), top_k=args.top_k,
+                     nets=args.nets)
     device = _device()
     g = torch.Generator().manual_seed(args.seed)
     if args.rule == "random":
@@ -109,7 +115,11 @@ def cmd_prune(args) -> int:
         record = {"score": "none", "rule": "random", "balanced": True, "kept": keep.tolist(), "seed": args.seed}
     out = pruned_set(syn, keep, record)
     out.save(args.out)
-    how = "random" if args.rule == "random" else f"{args.rule} LBPE ({cfg.net.epochs} epochs, top {cfg.top_k}, {cfg.nets} net(s))"
+    how = (
+        "random"
+        if args.rule == "random"
+        else f"{args.rule} LBPE ({cfg.net.epochs} epochs, top {cfg.top_k}, {cfg.nets} net(s))"
+    )
     print(f"wrote {args.out}: {len(out)} of {len(syn)} samples, {args.ipc} per class by {how}")
     return 0
 
@@ -127,7 +137,8 @@ def cmd_relabel(args) -> int:
     device = _device()
     if args.train_teacher:
         if args.file:
-            raise ValueError("--train-teacher trains and saves a teacher only; run relabel on the set in a second command")
+            raise ValueError("--train-teacher trains and saves a teacher only; run relabel on the set in a "
+                             "second command")
         check_parent(args.teacher)
         check_not_input(args.teacher, [("--data-dir", args.data_dir)], "--teacher")
         refuse_existing(args.teacher, overwrite=args.overwrite, flag="--teacher")
@@ -135,8 +146,13 @@ def cmd_relabel(args) -> int:
         test = get_dataset(args.dataset, "test", args.data_dir, args.download) if args.test_teacher else None
         teacher = train_teacher(train, _net_training(args, epochs=5, seed=args.seed), device, test=test)
         save_teacher(teacher, args.teacher)
-        acc = f", test accuracy {100 * teacher.measured['test_accuracy']:.2f} %" if "test_accuracy" in teacher.measured else ""
-        print(f"wrote teacher {args.teacher}: {teacher.training.arch} trained {teacher.training.epochs} epochs on {train.name}{acc}")
+        acc = (
+            f", test accuracy {100 * teacher.measured['test_accuracy']:.2f} %"
+            if "test_accuracy" in teacher.measured
+            else ""
+        )
+        print(f"wrote teacher {args.teacher}: {teacher.training.arch} trained {teacher.training.epochs} epochs on "
+              f"{train.name}{acc}")
         return 0
     if not args.file or not args.out:
         raise ValueError("relabel needs a set file and --out (or --train-teacher to make a teacher)")
@@ -147,19 +163,23 @@ def cmd_relabel(args) -> int:
     images, labels, save = _images_of(args)
     dataset = teacher.dataset
     if tuple(images.shape[1:]) != tuple(dataset["image_shape"]):
-        raise ValueError(f"the teacher {args.teacher!r} was trained on {dataset['name']} images of shape {tuple(dataset['image_shape'])}, "
-                         f"the set holds {tuple(images.shape[1:])}; use a teacher of the set's dataset")
+        raise ValueError(f"the teacher {args.teacher!r} was trained on {dataset['name']} images of shape "
+                         f"{tuple(dataset['image_shape'])}, the set holds {tuple(images.shape[1:])}; use a teacher of "
+                         "the set's dataset")
     probs = teacher.probs(images, device, temperature=args.temperature)
-    if (labels.ndim == 2 and labels.shape[1] != probs.shape[1]) or (labels.ndim == 1 and len(labels) and int(labels.max()) >= probs.shape[1]):
-        raise ValueError(f"the teacher has {probs.shape[1]} classes, the set's labels do not fit them; use a teacher of the set's dataset")
+    if (labels.ndim == 2 and labels.shape[1] != probs.shape[1]) or (labels.ndim == 1 and len(labels)
+                                                                    and int(labels.max()) >= probs.shape[1]):
+        raise ValueError(f"the teacher has {probs.shape[1]} classes, the set's labels do not fit them; use a teacher "
+                         "of the set's dataset")
     hard = labels.argmax(1) if labels.ndim == 2 else labels
-    record = {"teacher": teacher.record(), "temperature": args.temperature, "label_bytes": probs.numel() * probs.element_size(),
+    record = {"teacher": teacher.record(), "temperature": args.temperature,
+              "label_bytes": probs.numel() * probs.element_size(),
               "previous_label_bytes": labels.numel() * labels.element_size(),
               "agreement": float((probs.argmax(1) == hard).float().mean()) if len(hard) else 1.0}
     save(probs, record)
-    print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, float32: {record['label_bytes']:,} bytes; "
-          f"the labels it replaced took {record['previous_label_bytes']:,}); the teacher's argmax agrees with the old labels "
-          f"on {100 * record['agreement']:.1f} %")
+    print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, float32: "
+          f"{record['label_bytes']:,} bytes; the labels it replaced took {record['previous_label_bytes']:,}); the "
+          f"teacher's argmax agrees with the old labels on {100 * record['agreement']:.1f} %")
     return 0
 
 
@@ -208,18 +228,26 @@ def add_score_flags(p) -> None:
     from .scores import ScoreConfig
 
     g = p.add_argument_group("DD-Ranking scores (--scores; docs/plugins.md)")
-    g.add_argument("--scores", action="store_true", help="add HLR, IOR, LRS and ARS (and every accuracy behind them) to the JSON")
-    g.add_argument("--score-draws", type=flag_type(ScoreConfig, "draws"), default=3, help="random-real draws = evaluation rounds (at least 3)")
+    g.add_argument("--scores", action="store_true",
+                   help="add HLR, IOR, LRS and ARS (and every accuracy behind them) to the JSON")
+    g.add_argument("--score-draws", type=flag_type(ScoreConfig, "draws"), default=3,
+                   help="random-real draws = evaluation rounds (at least 3)")
     g.add_argument("--val-per-class", type=flag_type(ScoreConfig, "val_per_class"), default=100,
                    help="validation images per class held out of the train split (lr choice)")
-    g.add_argument("--lr-grid", default="0.001,0.005,0.01,0.05,0.1", help="comma-separated lrs tried on the validation split")
+    g.add_argument("--lr-grid", default="0.001,0.005,0.01,0.05,0.1",
+                   help="comma-separated lrs tried on the validation split")
     g.add_argument("--full-data", default=None, metavar="JSON",
-                   help="the full-data accuracy: read from this file if it exists, else computed (--compute-full-data) and written to it")
-    g.add_argument("--compute-full-data", action="store_true", help="train on the whole train split for the full-data accuracy (expensive)")
-    g.add_argument("--full-data-epochs", type=checked_type(int, min=1), default=None, help="epochs of that training (default: --epochs)")
+                   help="the full-data accuracy: read from this file if it exists, else computed (--compute-full-data) "
+                        "and written to it")
+    g.add_argument("--compute-full-data", action="store_true",
+                   help="train on the whole train split for the full-data accuracy (expensive)")
+    g.add_argument("--full-data-epochs", type=checked_type(int, min=1), default=None,
+                   help="epochs of that training (default: --epochs)")
     g.add_argument("--teacher", default=None, help="soft-label sets: the teacher that labels the random baseline")
-    g.add_argument("--lrs-weight", type=flag_type(ScoreConfig, "w"), default=0.5, help="LRS: w, the weight of IOR against HLR")
-    g.add_argument("--ars-weight", type=flag_type(ScoreConfig, "gamma"), default=0.5, help="ARS: gamma, the weight of the augmented difference")
+    g.add_argument("--lrs-weight", type=flag_type(ScoreConfig, "w"), default=0.5,
+                   help="LRS: w, the weight of IOR against HLR")
+    g.add_argument("--ars-weight", type=flag_type(ScoreConfig, "gamma"), default=0.5,
+                   help="ARS: gamma, the weight of the augmented difference")
 
 
 def _lr_grid(text: str) -> tuple[float, ...]:
@@ -256,8 +284,9 @@ def _full_data(args, train, test, cfg, scfg, arch, device) -> dict:
     if path is not None and path.is_file():
         return _read_full_data(path, train.name)
     if not args.compute_full_data:
-        raise ValueError("--scores needs the full-data accuracy: pass --full-data FILE.json (holding {\"accuracy\": 0.9}) or "
-                         "--compute-full-data (trains on the whole train split; add --full-data FILE.json to keep it)")
+        raise ValueError("--scores needs the full-data accuracy: pass --full-data FILE.json (holding "
+                         "{\"accuracy\": 0.9}) or --compute-full-data (trains on the whole train split; add "
+                         "--full-data FILE.json to keep it)")
     if path is not None:
         check_parent(path)
     fcfg = replace(cfg, epochs=args.full_data_epochs or cfg.epochs)
@@ -275,16 +304,17 @@ def check_score_args(args, labels, dataset: str) -> None:
     from .scores import ScoreConfig
     from .teacher import load_teacher
 
-    ScoreConfig(draws=args.score_draws, val_per_class=args.val_per_class, lr_grid=_lr_grid(args.lr_grid), w=args.lrs_weight,
-                gamma=args.ars_weight, seed=args.seed)
+    ScoreConfig(draws=args.score_draws, val_per_class=args.val_per_class, lr_grid=_lr_grid(args.lr_grid),
+                w=args.lrs_weight, gamma=args.ars_weight, seed=args.seed)
     if labels.ndim == 2 and not args.teacher:
-        raise ValueError("the set has soft labels: pass --teacher DIR (the teacher that made them) so that the random baseline "
-                         "gets soft labels the same way")
+        raise ValueError("the set has soft labels: pass --teacher DIR (the teacher that made them) so that the "
+                         "random baseline gets soft labels the same way")
     if args.teacher:
         load_teacher(args.teacher)
     if not (args.full_data and Path(args.full_data).is_file()) and not args.compute_full_data:
-        raise ValueError("--scores needs the full-data accuracy: pass --full-data FILE.json (holding {\"accuracy\": 0.9}) or "
-                         "--compute-full-data (trains on the whole train split; add --full-data FILE.json to keep it)")
+        raise ValueError("--scores needs the full-data accuracy: pass --full-data FILE.json (holding "
+                         "{\"accuracy\": 0.9}) or --compute-full-data (trains on the whole train split; add "
+                         "--full-data FILE.json to keep it)")
     if args.full_data and Path(args.full_data).is_file():
         _read_full_data(Path(args.full_data), dataset)
     elif args.full_data:
@@ -304,7 +334,8 @@ def eval_scores(args, images, labels, lr, dataset: str, cfg, arch: str, device) 
     train = get_dataset(dataset, "train", args.data_dir, args.download)
     test = get_dataset(dataset, "test", args.data_dir, args.download)
     full = _full_data(args, train, test, cfg, scfg, arch, device)
-    result = dd_scores(images, labels, train, test, full["accuracy"], cfg, scfg, device, lr=lr, teacher=teacher, arch=arch)
+    result = dd_scores(images, labels, train, test, full["accuracy"], cfg, scfg, device, lr=lr, teacher=teacher,
+                       arch=arch)
     result["full_data"] = full
     if teacher is not None:
         result["teacher"] = teacher.record()
@@ -320,18 +351,22 @@ def add_commands(sub) -> None:
 
     positive, seed = checked_type(int, min=1), checked_type(int, min=0)
 
-    s = sub.add_parser("select", help="a coreset of real samples (random, herding, k-center, k-means, forgetting) as a set file")
+    s = sub.add_parser("select", help="a coreset of real samples (random, herding, k-center, k-means, forgetting) "
+                                      "as a set file")
     s.add_argument("--method", default="herding", choices=SELECTORS.names())
     s.add_argument("--ipc", type=positive, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
     s.add_argument("--download", action="store_true")
-    s.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the set's space: pixel, a shipped name, a VAE or GAN directory")
+    s.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="the set's space: pixel, a shipped name, a VAE or GAN directory")
     s.add_argument("--latent-space", default=None, help="gan backbones: z, w, w+ or f<k>")
     s.add_argument("--features", default="raw", choices=FEATURES,
-                   help="herding / kcenter / kmeans work on raw (the flattened latents or pixels) or net (a trained net's features)")
-    s.add_argument("--keep", default="most", choices=KEEP, help="forgetting: keep the most (Toneva et al.) or least forgotten")
+                   help="herding / kcenter / kmeans work on raw (the flattened latents or pixels) or net (a trained "
+                        "net's features)")
+    s.add_argument("--keep", default="most", choices=KEEP,
+                   help="forgetting: keep the most (Toneva et al.) or least forgotten")
     s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--cache-dir", default=None)
     _add_net_flags(s, "forgetting scores and --features net", epochs=5, augment="none", width=32)
@@ -341,8 +376,10 @@ def add_commands(sub) -> None:
     s.add_argument("file")
     s.add_argument("--ipc", type=positive, required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--rule", default="low", choices=PRUNE_RULES, help="low LBPE (YOCO's rule), high, or random (a baseline)")
-    s.add_argument("--top-k", type=positive, default=3, help="LBPE: average over the k epochs of highest training accuracy")
+    s.add_argument("--rule", default="low", choices=PRUNE_RULES,
+                   help="low LBPE (YOCO's rule), high, or random (a baseline)")
+    s.add_argument("--top-k", type=positive, default=3,
+                   help="LBPE: average over the k epochs of highest training accuracy")
     s.add_argument("--nets", type=positive, default=1, help="LBPE: average over this many networks")
     s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--backbone", default=None, help="backbone to decode with (default: the one recorded in the file)")
@@ -350,14 +387,17 @@ def add_commands(sub) -> None:
     _add_net_flags(s, "the LBPE score", epochs=100, augment="dsa")
     s.set_defaults(func=cmd_prune)
 
-    s = sub.add_parser("relabel", help="soft labels (probabilities) from a teacher trained on the real data; --train-teacher makes one")
+    s = sub.add_parser("relabel", help="soft labels (probabilities) from a teacher trained on the real data; "
+                                       "--train-teacher makes one")
     s.add_argument("file", nargs="?", help="a set or decoded-images file")
     s.add_argument("--teacher", required=True, help="teacher directory (teacher.safetensors + teacher.json)")
     s.add_argument("--out", default=None)
     s.add_argument("--temperature", type=checked_type(float, above=0), default=1.0, help="softmax(logits / T)")
-    s.add_argument("--train-teacher", action="store_true", help="train a teacher on the dataset's train split and save it to --teacher")
+    s.add_argument("--train-teacher", action="store_true",
+                   help="train a teacher on the dataset's train split and save it to --teacher")
     s.add_argument("--test-teacher", action="store_true", help="with --train-teacher: record its test-split accuracy")
-    s.add_argument("--overwrite", action="store_true", help="with --train-teacher: replace the teacher in --teacher (once the new one is saved)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="with --train-teacher: replace the teacher in --teacher (once the new one is saved)")
     s.add_argument("--dataset", default="fashion-mnist", choices=list_datasets())
     s.add_argument("--data-dir", default=None)
     s.add_argument("--download", action="store_true")

@@ -49,7 +49,8 @@ def setting(default, *, min=None, max=None, above=None, choices=None, check=None
     ``infinite`` that an infinite number is a meaningful value (NaN never is). A tuple field's limits hold for each
     element. Checked by :func:`check_config`, :func:`parse_config` and :func:`flag_type`; :func:`with_objective`
     carries them over."""
-    limits = {k: v for k, v in {"min": min, "max": max, "above": above, "choices": choices, "check": check}.items() if v is not None}
+    limits = {k: v for k, v in {"min": min, "max": max, "above": above, "choices": choices, "check": check}.items()
+              if v is not None}
     if infinite:
         limits["infinite"] = True
     return dataclasses.field(default=default, metadata={"limits": limits}, **field_kwargs)
@@ -115,7 +116,8 @@ def _problem(value, tp, limits: dict):
         value = float(value)
         if math.isnan(value) or (math.isinf(value) and not limits.get("infinite")):
             return value, f"must be a finite number, got {value}"
-        if math.isfinite(value) and abs(value) > FLOAT32_MAX:  # every such setting ends up in a float32 tensor or optimiser
+        # every such setting ends up in a float32 tensor or optimiser
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
             return value, f"must be within float32 range (magnitude at most {FLOAT32_MAX:.4g}), got {value:g}"
     elif base is str:
         if not isinstance(value, str):
@@ -224,7 +226,8 @@ def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
     its limits (ValueError in one line otherwise)."""
     file, path = Path(path), str(path)
     if not file.is_file():
-        raise FileNotFoundError(f"--config {path!r} does not exist" if not file.exists() else f"--config {path!r} is not a file")
+        raise FileNotFoundError(f"--config {path!r} does not exist" if not file.exists()
+                                else f"--config {path!r} is not a file")
     try:
         loaded = yaml.load(file.read_text(), Loader=_YAMLLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -253,7 +256,8 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         if tp is bool:
-            p.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=None, help=f"(default {default})")
+            p.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=None,
+                           help=f"(default {default})")
         else:
             cast = flag_type(cls, f.name) if tp in (int, float, str) else str
             cast = _none_or(cast) if _optional(hints[f.name]) else cast  # "--latent-space none": the default
@@ -264,26 +268,33 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     return cls(**values)
 
 
-def add_data_flags(p: argparse.ArgumentParser, default=None, dataset_help: str | None = None, choices: bool = True) -> None:
+def add_data_flags(p: argparse.ArgumentParser, default=None, dataset_help: str | None = None,
+                   choices: bool = True) -> None:
     """``--dataset``, ``--data-dir`` and ``--download``: the fields of :class:`~gendistill.data.DataConfig` as flags,
     with ``default``'s values (default: ``DataConfig()``; ``DataConfig(dataset=None)`` for "the one a file records");
     ``choices=False`` leaves an unknown name to the registry's one-line error."""
     from .data import DataConfig, list_datasets
 
     default = default if default is not None else DataConfig()
-    p.add_argument("--dataset", default=default.dataset, choices=list_datasets() if choices else None, help=dataset_help)
-    p.add_argument("--data-dir", default=default.data_dir, help="imagefolder: DIR holding train/ and test/; torchvision datasets: their root")
-    p.add_argument("--download", action="store_true", default=default.download, help="torchvision datasets: fetch the files if missing")
+    p.add_argument("--dataset", default=default.dataset, choices=list_datasets() if choices else None,
+                   help=dataset_help)
+    p.add_argument("--data-dir", default=default.data_dir,
+                   help="imagefolder: DIR holding train/ and test/; torchvision datasets: their root")
+    p.add_argument("--download", action="store_true", default=default.download,
+                   help="torchvision datasets: fetch the files if missing")
 
 
-def backbone_training_parser(cfg_cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+def backbone_training_parser(cfg_cls: type, description: str | None = None, prog: str
+                             | None = None) -> argparse.ArgumentParser:
     """The flags of a backbone trainer: the dataset, ``--output`` and one flag per field of ``cfg_cls`` (a tuple field
     takes several values), each typed and limited as the field declares."""
     p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flags(p)
     p.add_argument("--output", required=True, help="directory to write (diffusers layout)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.ckpt (written after every epoch)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT (only once the new backbone is complete)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUTPUT.ckpt (written after every epoch)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUTPUT (only once the new backbone is complete)")
     hints = _hints(cfg_cls)
     for f in dataclasses.fields(cfg_cls):
         tp = _base_type(hints[f.name])
@@ -318,12 +329,15 @@ def objective_settings(objective) -> dict[str, tuple[Any, Any]]:
         objective = OBJECTIVES.get(objective)
     if dataclasses.is_dataclass(objective):
         hints = typing.get_type_hints(objective)
-        found = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(objective) if f.init and f.default is not dataclasses.MISSING}
+        found = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(objective) if f.init
+                 and f.default is not dataclasses.MISSING}
     else:
         hints = typing.get_type_hints(objective.__init__)
-        found = {n: (hints.get(n, type(p.default)), p.default) for n, p in inspect.signature(objective.__init__).parameters.items()
+        found = {n: (hints.get(n, type(p.default)), p.default)
+                 for n, p in inspect.signature(objective.__init__).parameters.items()
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not inspect.Parameter.empty}
-    return {n: (tp, d) for n, (tp, d) in found.items() if (typing.get_origin(_base_type(tp)) or _base_type(tp)) in _PLAIN}
+    return {n: (tp, d) for n, (tp, d) in found.items() if (typing.get_origin(_base_type(tp))
+                                                           or _base_type(tp)) in _PLAIN}
 
 
 def objective_limits(objective, name: str) -> dict:
@@ -338,12 +352,14 @@ def objective_limits(objective, name: str) -> dict:
     return dict(getattr(objective, "limits", {}).get(name, {}))
 
 
-def with_objective(base: type, *objectives, unset: bool = False, exclude: tuple[str, ...] = (), name: str | None = None) -> type:
+def with_objective(base: type, *objectives, unset: bool = False, exclude: tuple[str, ...] = (), name: str
+                   | None = None) -> type:
     """``base`` (a config dataclass) plus a field for every setting of ``objectives`` it lacks, with the objective's
     own default, so each default lives in one place; a recipe subclasses the result and redeclares only the defaults
     it changes. ``unset=True``: every added field defaults to None, "the method's default" (for a recipe whose
     method, and so whose defaults, is picked at run time; :func:`objective_kwargs` then leaves them out). ``exclude``:
-    settings the recipe decides itself (they get no field). The objective's limits come along (checked at parse time)."""
+    settings the recipe decides itself (they get no field). The objective's limits come along (checked at parse
+    time)."""
     have = {f.name for f in dataclasses.fields(base)} | set(exclude)
     added = []
     for objective in objectives:

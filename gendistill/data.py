@@ -27,7 +27,8 @@ from .registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 FASHION_ENV = "GENDISTILL_FASHION_MNIST_DIR"
 FASHION_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 DOWNLOAD_ENV = "GENDISTILL_DOWNLOAD"  # 1: datasets may be downloaded (as --download)
@@ -48,7 +49,8 @@ class ImageDataset:
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
 
@@ -77,7 +79,8 @@ class ImageDataset:
         """Indices of ``n`` distinct random images of class ``c``."""
         idx = self.class_indices(c)
         if n > len(idx):
-            raise ValueError(f"class {c} of {self.name}/{self.split} has {len(idx)} images, fewer than the {n} asked for; lower --ipc")
+            raise ValueError(f"class {c} of {self.name}/{self.split} has {len(idx)} images, fewer than the {n} asked "
+                             "for; lower --ipc")
         return idx[torch.randperm(len(idx), generator=generator)[:n]]
 
     def fingerprint(self) -> str:
@@ -131,7 +134,8 @@ class DataConfig:
 
 
 def load_split(cfg, split: str) -> ImageDataset:
-    """The ``split`` of the dataset that ``cfg`` (a :class:`DataConfig`, a config subclassing it or parsed flags) names."""
+    """The ``split`` of the dataset that ``cfg`` (a :class:`DataConfig`, a config subclassing it or parsed flags)
+    names."""
     return get_dataset(cfg.dataset, split, getattr(cfg, "data_dir", None), getattr(cfg, "download", False))
 
 
@@ -146,7 +150,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable idx file ({e}); reinstall the dataset ({FASHION_APT})") from None
+        raise ValueError(f"{str(path)!r} is not a readable idx file ({e}); reinstall the dataset "
+                         f"({FASHION_APT})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{str(path)!r} is not an unsigned-byte idx file (bad magic number); reinstall the dataset")
     ndim = data[3]
@@ -156,7 +161,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     count = int(np.prod(dims))
     if len(data) - header != count:
-        raise ValueError(f"{str(path)!r} is truncated: expected {count} bytes of data, found {len(data) - header}; reinstall the dataset")
+        raise ValueError(f"{str(path)!r} is truncated: expected {count} bytes of data, found {len(data) - header}; "
+                         "reinstall the dataset")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -168,11 +174,13 @@ def _find_fashion_dir(data_dir: str | None) -> Path:
             return d
         how = "--data-dir" if data_dir else FASHION_ENV
         raise FileNotFoundError(f"Fashion-MNIST idx files not found in {explicit!r} ({how}); "
-                                f"point it at the folder with train-images-idx3-ubyte.gz, or install them with `{FASHION_APT}`")
+                                "point it at the folder with train-images-idx3-ubyte.gz, or install them with "
+                                f"`{FASHION_APT}`")
     candidates = []
     if shutil.which("dpkg"):
         try:
-            out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=30).stdout
+            out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
+                                 timeout=30).stdout
             candidates += [Path(p).parent for p in out.splitlines() if p.endswith("train-images-idx3-ubyte.gz")]
         except (OSError, subprocess.SubprocessError):
             pass
@@ -180,7 +188,8 @@ def _find_fashion_dir(data_dir: str | None) -> Path:
     for c in candidates:
         if any((c / f"train-images-idx3-ubyte{ext}").exists() for ext in (".gz", "")):
             return c
-    raise FileNotFoundError(f"Fashion-MNIST idx files not found; install them with `{FASHION_APT}` or set {FASHION_ENV}=DIR")
+    raise FileNotFoundError(f"Fashion-MNIST idx files not found; install them with `{FASHION_APT}` or set "
+                            f"{FASHION_ENV}=DIR")
 
 
 def _idx_file(d: Path, stem: str) -> Path:
@@ -201,17 +210,23 @@ def _fashion_torchvision(split: str, data_dir: str | None, download: bool, missi
         ds = torchvision.datasets.FashionMNIST(root, train=split == "train", download=allowed)
     except RuntimeError as e:  # not there (torchvision: "Dataset not found. You can use download=True ...")
         if allowed:
-            raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({str(e).splitlines()[0]}); check the network") from None
-        raise FileNotFoundError(f"{str(missing).split('; ')[0]}; install Debian's package (`{FASHION_APT}`), or pass --download "
-                                f"(or set {DOWNLOAD_ENV}=1) to fetch it with torchvision into {root!r}") from None
+            raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({str(e).splitlines()[0]}); "
+                                    "check the network") from None
+        raise FileNotFoundError(f"{str(missing).split('; ')[0]}; install Debian's package (`{FASHION_APT}`), or "
+                                f"pass --download (or set {DOWNLOAD_ENV}=1) to fetch it with torchvision "
+                                f"into {root!r}") from None
     except OSError as e:  # a failed download (no network)
         reason = str(e).splitlines()[0] if str(e) else ""
         raise FileNotFoundError(f"Fashion-MNIST could not be downloaded into {root!r} ({type(e).__name__}: {reason}); "
                                 f"check the network, or install Debian's package (`{FASHION_APT}`)") from None
     return ImageDataset(
-        name="fashion-mnist", split=split, images=torch.as_tensor(np.asarray(ds.data)).unsqueeze(1).contiguous().to(torch.uint8),
+        name="fashion-mnist",
+        split=split,
+        images=torch.as_tensor(np.asarray(ds.data)).unsqueeze(1).contiguous().to(torch.uint8),
         labels=torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64),
-        classes=list(FASHION_CLASSES), mean=(0.2860,), std=(0.3530,),
+        classes=list(FASHION_CLASSES),
+        mean=(0.2860,),
+        std=(0.3530,),
     )
 
 
@@ -229,7 +244,8 @@ def fashion_mnist(split: str, data_dir: str | None = None, download: bool = Fals
     images = read_idx(_idx_file(d, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_file(d, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"Fashion-MNIST {split} idx files in {str(d)!r} disagree: images {images.shape}, labels {labels.shape}")
+        raise ValueError(f"Fashion-MNIST {split} idx files in {str(d)!r} disagree: images {images.shape}, labels "
+                         f"{labels.shape}")
     if labels.max(initial=0) >= len(FASHION_CLASSES):
         raise ValueError(f"Fashion-MNIST {split} labels go up to {labels.max()}, expected 0..9; reinstall the dataset")
     return ImageDataset(
@@ -248,7 +264,8 @@ def _torchvision(cls_name: str, name: str, mean, std):
 
         root = data_dir or os.path.join(os.path.expanduser("~"), ".cache", "gendistill", "data")
         try:
-            ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train", download=download_allowed(download))
+            ds = getattr(torchvision.datasets, cls_name)(root, train=split == "train",
+                                                         download=download_allowed(download))
         except RuntimeError as e:
             raise FileNotFoundError(f"{name} not found under {root!r} ({first_line(e)}); "
                                     f"pass --data-dir DIR, or --download (or {DOWNLOAD_ENV}=1) to fetch it") from None
@@ -290,7 +307,8 @@ def open_image(path: Path):
         raise ValueError(f"{str(path)!r} is refused: {first_line(e)} (more than PIL.Image.MAX_IMAGE_PIXELS = "
                          f"{Image.MAX_IMAGE_PIXELS:,}); resize it or remove it from the folder") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
-        raise ValueError(f"{str(path)!r} is not a readable image ({first_line(e)}); replace it or remove it from the folder") from None
+        raise ValueError(f"{str(path)!r} is not a readable image ({first_line(e)}); replace it or remove it "
+                         "from the folder") from None
     with im:
         yield im
 
@@ -301,7 +319,8 @@ def image_pixels(im, gray: bool) -> np.ndarray:
     if im.mode in WIDE_MODES:
         a = np.asarray(im).astype(np.float64)
         if a.min() < 0 or a.max() > 65535:
-            raise ValueError(f"a {im.mode} image with values in [{a.min():.0f}, {a.max():.0f}]: only 8- and 16-bit images are read")
+            raise ValueError(f"a {im.mode} image with values in [{a.min():.0f}, {a.max():.0f}]: only 8- and 16-bit "
+                             "images are read")
         a = np.rint(a * (255 / 65535)).astype(np.uint8)
         return a if gray else np.repeat(a[..., None], 3, axis=2)
     if im.mode == "F":
@@ -327,12 +346,15 @@ def imagefolder(split: str, data_dir: str | None = None, download: bool = False)
         raise ValueError("the imagefolder dataset needs --data-dir DIR (with DIR/train/<class>/ and DIR/test/<class>/)")
     root = Path(data_dir) / split
     if not root.is_dir():
-        raise FileNotFoundError(f"{str(root)!r} does not exist; an imagefolder dataset needs DIR/train/<class>/ and DIR/test/<class>/")
+        raise FileNotFoundError(f"{str(root)!r} does not exist; an imagefolder dataset needs DIR/train/<class>/ and "
+                                "DIR/test/<class>/")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     train_classes = sorted(p.name for p in (Path(data_dir) / "train").iterdir() if p.is_dir())
     if not classes or classes != train_classes:
-        raise ValueError(f"{str(root)!r} must hold the same class folders as the train split ({len(train_classes)} found there, {len(classes)} here)")
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir()) if f.suffix.lower() in IMAGE_EXTS]
+        raise ValueError(f"{str(root)!r} must hold the same class folders as the train split ({len(train_classes)} "
+                         f"found there, {len(classes)} here)")
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())
+             if f.suffix.lower() in IMAGE_EXTS]
     if not files:
         raise ValueError(f"no images found under {str(root)!r}")
     gray, size = True, None
@@ -346,7 +368,8 @@ def imagefolder(split: str, data_dir: str | None = None, download: bool = False)
             try:
                 a = image_pixels(im, gray)
             except (OSError, ValueError, SyntaxError, EOFError) as e:  # decoding happens here: truncated data, bad mode
-                raise ValueError(f"{str(f)!r} is not a readable image ({first_line(e)}); replace it or remove it from the folder") from None
+                raise ValueError(f"{str(f)!r} is not a readable image ({first_line(e)}); replace it or remove it "
+                                 "from the folder") from None
         if a.shape[1::-1] != size:
             a = np.asarray(Image.fromarray(a).resize(size, Image.BILINEAR), dtype=np.uint8)
         arrays.append(a[None] if gray else a.transpose(2, 0, 1))
@@ -356,4 +379,5 @@ def imagefolder(split: str, data_dir: str | None = None, download: bool = False)
     x = stats_from.float() / 255.0
     mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
     std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    return ImageDataset(name="imagefolder", split=split, images=images, labels=labels, classes=classes, mean=mean, std=std)
+    return ImageDataset(name="imagefolder", split=split, images=images, labels=labels, classes=classes, mean=mean,
+                        std=std)

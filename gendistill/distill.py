@@ -67,17 +67,21 @@ class DistillConfig(Checked):
     # constant | cosine (every group's lr falls to 0 over `steps`; a function of the step, so resume is exact)
     lr_schedule: str = setting("constant", choices=lambda: LR_SCHEDULES)
     momentum: float = setting(0.5, min=0, max=1)  # sgd only
-    batch_real: int = setting(256, min=1)  # real samples per class per step (in total, whatever the number of processes)
+    # real samples per class per step (in total, whatever the number of processes)
+    batch_real: int = setting(256, min=1)
     match_space: str = setting("latent", choices=MATCH_SPACES)
     vjp_chunk: int = setting(64, min=1)  # latents per decode_vjp chunk (pixel match space)
-    syn_batch: int = setting(0, min=0)  # latents per class matched per step (0: all); the rest keep their values that step
-    latent_steps: int = setting(0, min=0)  # pixel match space: the first N steps match latents (cheap), the rest decode-through
+    # latents per class matched per step (0: all); the rest keep their values that step
+    syn_batch: int = setting(0, min=0)
+    # pixel match space: the first N steps match latents (cheap), the rest decode-through
+    latent_steps: int = setting(0, min=0)
     checkpoint_every: int = setting(0, min=0)  # 0: only when interrupted and at the end
     log_every: int = setting(10, min=1)
     seed: int = setting(0, min=0)
     # learnable extras, trained beside the latents when the set has them (trajectory matching, DATM):
     lr_lr: float = setting(1e-5, above=0)  # learning rate of the set's learnable eval lr (``syn.lr``), if it has one
-    lr_labels: float = setting(2.0, above=0)  # learning rate of learnable soft labels (``syn.labels`` as an nn.Parameter)
+    # learning rate of learnable soft labels (``syn.labels`` as an nn.Parameter)
+    lr_labels: float = setting(2.0, above=0)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -100,7 +104,8 @@ class Interrupted(KeyboardInterrupt):
         self.step, self.path, self.signum, self.main = step, Path(path), int(signum), main
 
     def moved(self, old: Path, new: Path) -> Interrupted:
-        """The same interrupt, its checkpoint now under ``new`` instead of ``old`` (a staged --overwrite run put in place)."""
+        """The same interrupt, its checkpoint now under ``new`` instead of ``old`` (a staged --overwrite run put in
+        place)."""
         return Interrupted(self.step, Path(new) / self.path.relative_to(old), self.signum, self.main)
 
 
@@ -155,8 +160,8 @@ class TrainState:
         self.seconds, self._since = self.clock(), None
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "losses": list(self.losses), "shared": self.shared.get_state(), "data": self.data.get_state(),
-                "seconds": self.clock()}
+        return {"step": self.step, "losses": list(self.losses), "shared": self.shared.get_state(),
+                "data": self.data.get_state(), "seconds": self.clock()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.losses = int(state["step"]), list(state["losses"])
@@ -195,7 +200,8 @@ def make_accelerator(mixed_precision: str | None = None, log_with: str | None = 
     trackers = None
     if log_with:
         trackers = [CSVTracker(str(output)) if name == "csv" else name for name in log_with.split(",")]
-    return Accelerator(mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output) if output else None, cpu=cpu)
+    return Accelerator(mixed_precision=mixed_precision, log_with=trackers, project_dir=str(output) if output else None,
+                       cpu=cpu)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -206,7 +212,8 @@ def checkpoint_root(workdir: str | Path) -> Path:
 
 
 def latest_checkpoint(workdir: str | Path) -> Path | None:
-    """The newest ``checkpoints/step_*`` directory (each appears only once complete: a damaged one is reported on load)."""
+    """The newest ``checkpoints/step_*`` directory (each appears only once complete: a damaged one is reported on
+    load)."""
     found = sorted(p for p in checkpoint_root(workdir).glob("step_*") if p.is_dir())
     return found[-1] if found else None
 
@@ -245,7 +252,8 @@ def all_processes_ok(accelerator: Accelerator, ok: bool) -> bool:
     return float(failed.sum()) == 0
 
 
-def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState, fingerprint: dict, parts: dict) -> Path:
+def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState, fingerprint: dict,
+                     parts: dict) -> Path:
     """Write ``checkpoints/step_<step>`` and only then remove the older ones; returns its path.
 
     Every process writes its own part into a temporary directory; rank 0 writes the shared part and, once every
@@ -279,9 +287,11 @@ def _save_checkpoint(accelerator: Accelerator, workdir: Path, state: TrainState,
             shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(workdir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        reason = (error.strerror or first_line(error)) if error is not None else "another process could not write its part"
-        raise OSError(f"could not write the checkpoint of step {state.step} in {root} ({reason}); {kept}; free some space "
-                      "and continue with --resume") from None
+        reason = (
+            (error.strerror or first_line(error)) if error is not None else "another process could not write its part"
+        )
+        raise OSError(f"could not write the checkpoint of step {state.step} in {root} ({reason}); {kept}; "
+                      "free some space and continue with --resume") from None
     if accelerator.is_main_process:
         fsync_path(tmp)
         replace_dir(tmp, final)  # an interrupt at a checkpointed step replaces that step's checkpoint crash-safely
@@ -303,21 +313,24 @@ def _check_fingerprint(path: Path, fingerprint: dict) -> None:
     try:
         saved = json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{str(path / 'config.json')!r} is not readable JSON ({first_line(e)}); {_fresh(path)}") from None
+        raise ValueError(f"{str(path / 'config.json')!r} is not readable JSON ({first_line(e)}); "
+                         f"{_fresh(path)}") from None
     if not isinstance(saved, dict):
         raise ValueError(f"{str(path / 'config.json')!r} is not a run fingerprint; {_fresh(path)}")
     current = json.loads(json.dumps(fingerprint, default=str))
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
-        raise ValueError(f"checkpoint {path} was made with a different config ({pairs}); rerun with the same settings or a new --output")
+        raise ValueError(f"checkpoint {path} was made with a different config ({pairs}); rerun with the same settings "
+                         "or a new --output")
 
 
-def _load_checkpoint(path: Path, accelerator: Accelerator, state: TrainState, syn: SyntheticSet, opt, objective) -> None:
+def _load_checkpoint(path: Path, accelerator: Accelerator, state: TrainState, syn: SyntheticSet, opt,
+                     objective) -> None:
     """Restore a run from ``_save_checkpoint``'s files: safetensors and JSON only; pickle files are never opened."""
     if not (path / SHARED).exists() and (any(path.glob("*.pkl")) or any(path.glob("*.bin"))):
-        raise ValueError(f"checkpoint {path} is in the older pickle format (accelerate save_state), which is never loaded: a "
-                         f"pickle can run code; {_fresh(path)}")
+        raise ValueError(f"checkpoint {path} is in the older pickle format (accelerate save_state), which is "
+                         f"never loaded: a pickle can run code; {_fresh(path)}")
     try:
         shared = load_state(path / SHARED, "checkpoint file")
         saved = shared.get("num_processes") if isinstance(shared, dict) else None
@@ -332,8 +345,8 @@ def _load_checkpoint(path: Path, accelerator: Accelerator, state: TrainState, sy
         text = f"it lacks {first_line(e)}" if isinstance(e, KeyError) else first_line(e)
         raise ValueError(f"cannot resume from {path}: {text}; {_fresh(path)}") from None
     if saved != accelerator.num_processes:
-        raise ValueError(f"checkpoint {path} was written by {saved} process(es) and this run has {accelerator.num_processes}; "
-                         f"resume with accelerate launch --num_processes {saved}")
+        raise ValueError(f"checkpoint {path} was written by {saved} process(es) and this run has "
+                         f"{accelerator.num_processes}; resume with accelerate launch --num_processes {saved}")
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -359,7 +372,8 @@ def _decode_rows(backbone: Backbone, latents: torch.Tensor, rows: torch.Tensor |
     return images
 
 
-def syn_rows(hard_labels: torch.Tensor, num_classes: int, per_class: int, generator: torch.Generator) -> torch.Tensor | None:
+def syn_rows(hard_labels: torch.Tensor, num_classes: int, per_class: int,
+             generator: torch.Generator) -> torch.Tensor | None:
     """Indices of ``per_class`` random latents of each class (sorted), or None when every class has no more than that
     (or ``per_class`` is 0): the rows a subsampled step matches."""
     by_class = [torch.nonzero(hard_labels == c).flatten() for c in range(num_classes)]
@@ -386,8 +400,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         raise ValueError(f"--latent-steps must be 0 or more, got {cfg.latent_steps}")
     if cfg.latent_steps:
         if space != "pixel" or backbone.kind == "pixel" or real_latents is None or real_latents.space != "latent":
-            raise ValueError("--latent-steps warms up in the latent match space before decode-through: it needs --match-space pixel "
-                             "and a backbone with a latent cache (vae); drop --latent-steps")
+            raise ValueError("--latent-steps warms up in the latent match space before decode-through: it needs "
+                             "--match-space pixel and a backbone with a latent cache (vae); drop --latent-steps")
         reals["latent"] = real_latents
     setups = {}  # match space -> (decode-through?, the objective's input shape, its transform, the real split)
     for name, part in reals.items():
@@ -398,7 +412,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
     final_space = space
     parallel = getattr(objective, "parallel", "replicas")
     if parallel not in PARALLEL_MODES:
-        raise ValueError(f"objective {type(objective).__name__} has parallel={parallel!r}; use one of {', '.join(PARALLEL_MODES)}")
+        raise ValueError(f"objective {type(objective).__name__} has parallel={parallel!r}; use one of "
+                         f"{', '.join(PARALLEL_MODES)}")
     world, rank = accelerator.num_processes, accelerator.process_index
     split = world > 1 and parallel == "classes"  # this process matches classes rank, rank + world, ...
     classes = tuple(range(rank, syn.num_classes, world)) if split else None
@@ -426,7 +441,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
 
     if resume:
         if workdir is None or latest_checkpoint(workdir) is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {workdir}/checkpoints; run without --resume to start")
+            raise FileNotFoundError(f"--resume: no checkpoint under {workdir}/checkpoints; run without "
+                                    "--resume to start")
         ckpt = latest_checkpoint(workdir)
         _check_fingerprint(ckpt, fingerprint)
         _load_checkpoint(ckpt, accelerator, state, **parts)
@@ -454,9 +470,11 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 step_labels = labels if picked is None else labels[picked]
                 soft = None if not syn.soft else (syn.labels if picked is None else syn.labels[picked])
                 mine = torch.isin(step_labels, own).nonzero().flatten() if split else None
-                decode_rows = mine if split and not getattr(objective, "whole_set", False) else None  # pixel space: what to decode
-                ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space, transform=transform,
-                                  syn_lr=syn.lr, soft_labels=soft, classes=classes, processes=world, local_generator=local)
+                # pixel space: what to decode
+                decode_rows = mine if split and not getattr(objective, "whole_set", False) else None
+                ctx = StepContext(state.step, state.shared, in_shape, syn.num_classes, device, space=space,
+                                  transform=transform, syn_lr=syn.lr, soft_labels=soft, classes=classes,
+                                  processes=world, local_generator=local)
                 real_batch = RealBatches(real, cfg.batch_real, state.data, device)
                 opt.zero_grad(set_to_none=True)
                 if decode_through:
@@ -479,7 +497,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                         syn.latents.grad = grad
                 else:
                     with accelerator.autocast():
-                        loss = objective(syn.latents if picked is None else syn.latents[picked], step_labels, real_batch, ctx)
+                        loss = objective(syn.latents if picked is None else syn.latents[picked], step_labels,
+                                         real_batch, ctx)
                     if loss.requires_grad:
                         accelerator.backward(loss)
                 if split:
@@ -487,19 +506,25 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 loss = loss.detach().float()
                 nonfinite = not math.isfinite(float(loss))
                 agreed = interrupted["set"]
-                if world > 1:  # one all-reduce: gradients, loss, how many processes saw a non-finite loss or each stop signal
+                # one all-reduce: gradients, loss, how many processes saw a non-finite loss or each stop signal
+                if world > 1:
                     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in learnables]
-                    flags = torch.tensor([float(nonfinite)] + [float(interrupted["set"] == s) for s in STOP_SIGNALS], device=device)
-                    flat = accelerator.reduce(torch.cat([g.detach().reshape(-1).float() for g in grads] + [loss.reshape(1), flags]), reduction="sum")
-                    scale = 1.0 if split else 1.0 / world  # classes: the sum is the 1-process gradient; replicas: the mean
+                    flags = torch.tensor([float(nonfinite)] + [float(interrupted["set"] == s) for s in STOP_SIGNALS],
+                                         device=device)
+                    flat = accelerator.reduce(torch.cat([g.detach().reshape(-1).float() for g in grads]
+                                                        + [loss.reshape(1), flags]), reduction="sum")
+                    # classes: the sum is the 1-process gradient; replicas: the mean
+                    scale = 1.0 if split else 1.0 / world
                     offset = 0
                     for p, g in zip(learnables, grads):
                         p.grad = (flat[offset : offset + g.numel()].view_as(p) * scale).to(p.dtype)
                         offset += g.numel()
                     loss = flat[offset] * scale
                     nonfinite = bool(flat[offset + 1] > 0)
-                    agreed = max((s for i, s in enumerate(STOP_SIGNALS) if flat[offset + 2 + i] > 0), default=0)  # SIGTERM first
-                if latent_loss is not None:  # a term on the latents themselves (IT-GAN: stay near the inversions), alike everywhere
+                    # SIGTERM first
+                    agreed = max((s for i, s in enumerate(STOP_SIGNALS) if flat[offset + 2 + i] > 0), default=0)
+                # a term on the latents themselves (IT-GAN: stay near the inversions), alike everywhere
+                if latent_loss is not None:
                     with accelerator.autocast():
                         extra = latent_loss(syn.latents, labels, ctx)
                     accelerator.backward(extra)  # adds to the latents' gradient from the match
@@ -507,7 +532,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 value = float(loss)
                 if nonfinite or not math.isfinite(value):  # the same decision on every process
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""
-                    raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use --mixed-precision no")
+                    raise FloatingPointError(f"loss became {value} at step {state.step}{where}; lower --lr or use "
+                                             "--mixed-precision no")
                 for group, base in zip(opt.param_groups, base_lrs):
                     group["lr"] = base * schedule(state.step, cfg.steps)
                 if picked is not None:  # only the matched rows move: the others get back their values after the step
@@ -519,26 +545,36 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                         syn.latents[resting] = before
                 if not torch.isfinite(syn.latents.detach()).all():  # before a checkpoint or the set could keep them
                     raise FloatingPointError(f"the latents became non-finite (NaN or inf) at step {state.step}"
-                                             f"{f'; the last good checkpoint is {last_good}' if last_good else ''}; lower --lr")
+                                             f"{f'; the last good checkpoint is {last_good}' if last_good else ''}; "
+                                             "lower --lr")
                 # a student lr must stay positive
                 if syn.lr is not None and not (math.isfinite(float(syn.lr.detach())) and float(syn.lr.detach()) > 0):
                     where = f"; the last good checkpoint is {last_good}" if last_good else ""
-                    raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step {state.step}{where}; lower --lr-lr")
+                    raise FloatingPointError(f"the learned lr became {float(syn.lr.detach())} at step "
+                                             f"{state.step}{where}; lower --lr-lr")
                 state.step += 1
                 state.losses.append(value)
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                     bar.set_postfix(loss=f"{value:.4g}")
                     accelerator.log({"loss": value}, step=state.step)
-                if workdir and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+                if (
+                    workdir
+                    and cfg.checkpoint_every
+                    and state.step % cfg.checkpoint_every == 0
+                    and state.step < cfg.steps
+                ):
                     last_good = _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
                 step_start.update(shared=state.shared.get_state(), data=state.data.get_state())
-                stop_signum = agreed if world > 1 else interrupted["set"]  # one process: a signal during the checkpoint counts too
+                # one process: a signal during the checkpoint counts too
+                stop_signum = agreed if world > 1 else interrupted["set"]
                 if stop_signum:
-                    raise KeyboardInterrupt  # the step is complete on every process: the checkpoint below resumes exactly
+                    # the step is complete on every process: the checkpoint below resumes exactly
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         if workdir and world > 1 and not stop_signum:  # a second Ctrl-C mid-step: the processes are not at one point
-            stopped = KeyboardInterrupt(f"interrupted in the middle of step {state.step} on {world} processes: no checkpoint taken"
+            stopped = KeyboardInterrupt(f"interrupted in the middle of step {state.step} on {world} processes: no "
+                                        "checkpoint taken"
                                         + (f"; continue from {last_good} with --resume" if last_good else ""))
             stopped.main = accelerator.is_main_process  # one line, from rank 0 (gendistill.cli.run_guarded)
             raise stopped from None
@@ -546,7 +582,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
             state.shared.set_state(step_start["shared"])  # a second Ctrl-C lands mid-step: go back to the step's start
             state.data.set_state(step_start["data"])
             path = _save_checkpoint(accelerator, Path(workdir), state, fingerprint, parts)
-            raise Interrupted(state.step, path, stop_signum or interrupted["set"] or signal.SIGINT, accelerator.is_main_process) from None
+            raise Interrupted(state.step, path, stop_signum or interrupted["set"] or signal.SIGINT,
+                              accelerator.is_main_process) from None
         raise
     finally:
         bar.close()

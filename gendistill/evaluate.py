@@ -52,8 +52,9 @@ def test_accuracy(net: torch.nn.Module, test: ImageDataset, mean, std, device, b
     return correct / len(test)
 
 
-def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig, generator: torch.Generator,
-                   device, mean, std, lr: float | None = None, arch: str | None = None) -> float:
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig,
+                   generator: torch.Generator, device, mean, std, lr: float | None = None, arch: str
+                   | None = None) -> float:
     """One fresh network trained on ``images`` (N, C, H, W) in [0, 1]; its accuracy on ``test``."""
     num_classes = test.num_classes
     net = fresh_net(arch or cfg.arch, tuple(images.shape[1:]), num_classes, generator).to(device)
@@ -88,7 +89,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
     device = device or (accelerator.device if accelerator is not None else torch.device("cpu"))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(test.image_shape):
-        raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match the {test.name} test split {test.image_shape}")
+        raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match the {test.name} test split "
+                         f"{test.image_shape}")
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     for arch in archs or [cfg.arch]:
@@ -99,7 +101,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
     start = time.time()
     for arch in archs or [cfg.arch]:
         mine = {}
-        bar = tqdm(range(rank, cfg.runs, world), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True, leave=False)
+        bar = tqdm(range(rank, cfg.runs, world), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True,
+                   leave=False)
         for run in bar:
             g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
             mine[run] = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch)
@@ -141,8 +144,8 @@ def train_reference_classifier(train: ImageDataset, device=None, epochs: int = 2
     return net.eval()
 
 
-def reference_classifier(train: ImageDataset, device=None, path: str | Path | None = None, epochs: int = 2, seed: int = 0,
-                         progress: bool = True) -> torch.nn.Module:
+def reference_classifier(train: ImageDataset, device=None, path: str | Path | None = None, epochs: int = 2,
+                         seed: int = 0, progress: bool = True) -> torch.nn.Module:
     """The reference ConvNet of ``train_reference_classifier``, loaded from ``path`` (safetensors) if it exists, else
     trained and, with a ``path``, written there atomically, so recipes that judge or steer with it train it once."""
     from safetensors.torch import load_file, save_file
@@ -169,7 +172,8 @@ def reference_classifier(train: ImageDataset, device=None, path: str | Path | No
 def classify(net: torch.nn.Module, images: torch.Tensor, mean, std, device=None, batch: int = 1000) -> torch.Tensor:
     """Predicted class ids for images (N, C, H, W) in [0, 1]."""
     device = device or torch.device("cpu")
-    return torch.cat([net(normalize(images[i : i + batch].to(device), mean, std)).argmax(1).cpu() for i in range(0, len(images), batch)])
+    return torch.cat([net(normalize(images[i : i + batch].to(device), mean, std)).argmax(1).cpu()
+                      for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()

@@ -95,8 +95,8 @@ def identity(space: str, backbone: Backbone, dataset: dict, net: NetSpec, in_sha
     return {
         "space": space,
         # pixel-space experts see images: any backbone's decoded images can be matched against them
-        "backbone": {k: b[k] for k in ("kind", "source", "sha256", "latent_shape")} if space == "latent" else {"kind": "pixel"},
-        "dataset": {"name": dataset.get("name"), "num_classes": int(num_classes)},
+        "backbone": {k: b[k] for k in ("kind", "source", "sha256", "latent_shape")} if space == "latent"
+        else {"kind": "pixel"}, "dataset": {"name": dataset.get("name"), "num_classes": int(num_classes)},
         "net": asdict(net),
         "in_shape": [int(s) for s in in_shape],
         "num_classes": int(num_classes),
@@ -113,7 +113,8 @@ def describe(ident: dict, layout: list, cfg: ExpertConfig, dataset_fingerprint: 
         "dataset": {**ident["dataset"], "fingerprint": dataset_fingerprint},
         "num_params": int(sum(math.prod(s) for _, s in layout)),
         "layout": layout,
-        "training": {**asdict(cfg), "augment": resolve_augment(cfg.augment, space), "optimizer": "sgd", "snapshots": "per epoch, epoch 0 included"},
+        "training": {**asdict(cfg), "augment": resolve_augment(cfg.augment, space), "optimizer": "sgd",
+                     "snapshots": "per epoch, epoch 0 included"},
         "package_version": __version__,
     }
 
@@ -141,9 +142,11 @@ def read_description(directory: str | Path) -> dict:
     directory = Path(directory)
     path = directory / DESCRIPTION
     if not directory.is_dir():
-        raise FileNotFoundError(f"experts directory {str(directory)!r} does not exist; make it with recipes/train_experts.py --output {directory}")
+        raise FileNotFoundError(f"experts directory {str(directory)!r} does not exist; make it with "
+                                f"recipes/train_experts.py --output {directory}")
     if not path.is_file():
-        raise FileNotFoundError(f"{str(directory)!r} has no {DESCRIPTION}; it is not an experts directory (make one with recipes/train_experts.py)")
+        raise FileNotFoundError(f"{str(directory)!r} has no {DESCRIPTION}; it is not an experts directory (make one "
+                                "with recipes/train_experts.py)")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError:
@@ -151,7 +154,8 @@ def read_description(directory: str | Path) -> dict:
     if not isinstance(meta, dict) or meta.get("kind") != "gendistill.experts":
         raise ValueError(f"{str(path)!r} is not a gendistill experts description; re-create the experts directory")
     if meta.get("format") != EXPERTS_FORMAT:
-        raise ValueError(f"{str(path)!r} has experts format {meta.get('format')!r}; this gendistill reads {EXPERTS_FORMAT!r}; retrain the experts")
+        raise ValueError(f"{str(path)!r} has experts format {meta.get('format')!r}; this gendistill reads "
+                         f"{EXPERTS_FORMAT!r}; retrain the experts")
     _check_description(path, meta)
     return meta
 
@@ -159,7 +163,8 @@ def read_description(directory: str | Path) -> dict:
 def _check_description(path: Path, meta: dict) -> None:
     """The fields a reader uses have their types: a hand-edited or damaged experts.json is one line naming the field."""
     def bad(field: str, what: str):
-        return ValueError(f"{str(path)!r}: {field} must be {what}, got {meta.get(field)!r:.60}; re-create the experts directory")
+        return ValueError(f"{str(path)!r}: {field} must be {what}, got {meta.get(field)!r:.60}; re-create the "
+                          "experts directory")
 
     for field in ("backbone", "dataset", "net", "training"):
         if not isinstance(meta.get(field), dict):
@@ -170,13 +175,15 @@ def _check_description(path: Path, meta: dict) -> None:
         if not isinstance(meta.get(field), int) or isinstance(meta.get(field), bool) or meta[field] < 1:
             raise bad(field, "a positive integer")
     shape = meta.get("in_shape")
-    if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+    if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                           for v in shape):
         raise bad("in_shape", "a list of positive integers")
     try:
         NetSpec(**meta["net"])
         ExpertConfig(**{f.name: meta["training"][f.name] for f in fields(ExpertConfig) if f.name in meta["training"]})
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{str(path)!r}: net or training settings are not valid ({first_line(e)}); re-create the experts directory") from None
+        raise ValueError(f"{str(path)!r}: net or training settings are not valid ({first_line(e)}); re-create the "
+                         "experts directory") from None
     if "num_experts" not in meta["training"] or "epochs" not in meta["training"]:
         raise bad("training", "an object with num_experts and epochs")
 
@@ -204,7 +211,8 @@ def _complete(path: Path, shape: tuple[int, int]) -> bool:
 @torch.no_grad()
 def _accuracy(net, x: torch.Tensor, y: torch.Tensor, device, batch: int = 1000) -> float:
     net.eval()
-    correct = sum(int((net(x[i : i + batch].to(device)).argmax(1).cpu() == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
+    correct = sum(int((net(x[i : i + batch].to(device)).argmax(1).cpu() == y[i : i + batch]).sum())
+                  for i in range(0, len(x), batch))
     net.train()
     return correct / max(1, len(x))
 
@@ -214,11 +222,13 @@ def prepare_directory(directory: str | Path, ident: dict, cfg: ExpertConfig, dat
     """experts.json for these settings; an existing directory made with other settings is an error."""
     directory = Path(directory)
     net_spec = NetSpec(**ident["net"])
-    layout = param_layout(net_spec.build(tuple(ident["in_shape"]), ident["num_classes"], torch.Generator().manual_seed(0)))
+    layout = param_layout(net_spec.build(tuple(ident["in_shape"]), ident["num_classes"],
+                                         torch.Generator().manual_seed(0)))
     meta = describe(ident, layout, cfg, dataset_fingerprint)
     if (directory / DESCRIPTION).exists():
         old = read_description(directory)
-        diff = sorted(k for k in set(old) | set(meta) if k not in ("package_version", "training") and old.get(k) != meta.get(k))
+        diff = sorted(k for k in set(old) | set(meta) if k not in ("package_version", "training")
+                      and old.get(k) != meta.get(k))
         diff += sorted(f"training.{k}" for k in set(old["training"]) | set(meta["training"])
                        if k != "num_experts" and old["training"].get(k) != meta["training"].get(k))
         if diff:
@@ -231,11 +241,12 @@ def prepare_directory(directory: str | Path, ident: dict, cfg: ExpertConfig, dat
 
 
 def train_experts(directory: str | Path, ident: dict, cfg: ExpertConfig, x: torch.Tensor, y: torch.Tensor,
-                  test: tuple[torch.Tensor, torch.Tensor] | None = None, device=None, dataset_fingerprint: str | None = None,
-                  rank: int = 0, world: int = 1, progress: bool = True, log=print) -> Path:
+                  test: tuple[torch.Tensor, torch.Tensor] | None = None, device=None, dataset_fingerprint: str
+                  | None = None, rank: int = 0, world: int = 1, progress: bool = True, log=print) -> Path:
     """Train ``cfg.num_experts`` experts on ``x`` (match-space inputs) / ``y`` into ``directory``; skips finished ones.
 
-    ``ident`` comes from :func:`identity`. With ``world`` processes, process ``rank`` trains experts rank, rank+world, ...
+    ``ident`` comes from :func:`identity`. With ``world`` processes, process ``rank`` trains experts rank, rank+world,
+    ...
     """
     if cfg.num_experts < 1 or cfg.epochs < 1:
         raise ValueError(f"--num-experts and --epochs must be at least 1 (got {cfg.num_experts} and {cfg.epochs})")
@@ -255,7 +266,8 @@ def train_experts(directory: str | Path, ident: dict, cfg: ExpertConfig, x: torc
     if done:
         log(f"{done} expert(s) already in {directory}; training the other {len(todo)}")
     augment = get_augment(resolve_augment(cfg.augment, ident["space"]))
-    bar = tqdm(total=len(todo) * cfg.epochs, desc=f"experts ({ident['space']} space)", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(todo) * cfg.epochs, desc=f"experts ({ident['space']} space)", disable=not progress,
+               dynamic_ncols=True)
     y = y.long()
     for i in todo:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)  # per expert: independent of which ones are skipped
@@ -320,7 +332,8 @@ class Experts:
     def snapshot(self, expert: int, epoch: int) -> torch.Tensor:
         """Flat parameters (num_params,) of ``expert`` after ``epoch`` epochs (0: its initialisation)."""
         if not (0 <= expert < self.num_experts and -self.epochs - 1 <= epoch <= self.epochs):
-            raise ValueError(f"no snapshot for expert {expert}, epoch {epoch}: {self.num_experts} experts x {self.epochs} epochs stored")
+            raise ValueError(f"no snapshot for expert {expert}, epoch {epoch}: {self.num_experts} experts x "
+                             f"{self.epochs} epochs stored")
         path = expert_file(self.directory, expert)
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -335,8 +348,9 @@ class Experts:
             raise ValueError("need expert_epochs >= 1 and 0 <= min_start_epoch < max_start_epoch (got "
                              f"{expert_epochs}, {min_start_epoch}, {max_start_epoch})")
         if max_start_epoch + expert_epochs > self.epochs:
-            raise ValueError(f"max_start_epoch {max_start_epoch} + expert_epochs {expert_epochs} is beyond the {self.epochs} epochs stored in "
-                             f"{self.directory}; lower them or train longer experts (recipes/train_experts.py --epochs)")
+            raise ValueError(f"max_start_epoch {max_start_epoch} + expert_epochs {expert_epochs} is beyond the "
+                             f"{self.epochs} epochs stored in {self.directory}; lower them or train longer experts "
+                             "(recipes/train_experts.py --epochs)")
 
 
 def load_experts(directory: str | Path, expect: dict | None = None) -> Experts:
@@ -354,15 +368,17 @@ def load_experts(directory: str | Path, expect: dict | None = None) -> Experts:
                 continue
             if have != want:
                 show = {"backbone": lambda v: str(v)[:16],
-                        "net": lambda v: f"{v.get('name')} depth {v.get('depth')} width {v.get('width')}" if isinstance(v, dict) else repr(v),
+                        "net": lambda v: f"{v.get('name')} depth {v.get('depth')} width {v.get('width')}"
+                        if isinstance(v, dict) else repr(v),
                         }.get(what, repr)
-                raise ValueError(f"experts in {str(directory)!r} were trained with {what} {show(have)}, this run needs {show(want)}; "
-                                 f"train matching experts (recipes/train_experts.py with the same {flag}) or omit --experts")
+                raise ValueError(f"experts in {str(directory)!r} were trained with {what} {show(have)}, this run needs "
+                                 f"{show(want)}; train matching experts (recipes/train_experts.py with the same "
+                                 f"{flag}) or omit --experts")
     experts = Experts(directory, meta)
     for i in range(experts.num_experts):
         if not expert_file(directory, i).is_file():
-            raise FileNotFoundError(f"{str(expert_file(directory, i))!r} is missing ({experts.num_experts} experts described); "
-                                    f"re-run recipes/train_experts.py --output {directory} to finish them")
+            raise FileNotFoundError(f"{str(expert_file(directory, i))!r} is missing ({experts.num_experts} experts "
+                                    f"described); re-run recipes/train_experts.py --output {directory} to finish them")
     return experts
 
 
@@ -406,13 +422,15 @@ def build_experts(directory: str | Path | None, space: str, backbone: Backbone, 
         layout = param_layout(net.build(in_shape, train.num_classes, torch.Generator().manual_seed(0)))
         directory = default_experts_dir(experts_cache_root(cache_dir), describe(ident, layout, cfg, fingerprint))
     cached = lambda b, d: cached_latents(b, d, cache_dir, device=device, log=log)  # noqa: E731
-    with accelerator.main_process_first() if accelerator is not None else nullcontext():  # only rank 0 writes the latent cache
+    # only rank 0 writes the latent cache
+    with accelerator.main_process_first() if accelerator is not None else nullcontext():
         x, y = expert_inputs(space, backbone, train, cached)
         test_xy = expert_inputs(space, backbone, test, cached) if test is not None else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     if shard is not None:
         if world > 1:
-            raise ValueError("--shard splits the experts over independent processes; do not combine it with a distributed launch")
+            raise ValueError("--shard splits the experts over independent processes; do not combine it with a "
+                             "distributed launch")
         rank, world = shard
         prepare_directory(directory, ident, cfg, fingerprint)  # every shard writes the same experts.json (atomically)
         train_experts(directory, ident, cfg, x, y, test_xy, device, fingerprint, rank, world, progress=True, log=log)

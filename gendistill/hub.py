@@ -33,7 +33,8 @@ HUB_URL = "https://huggingface.co"
 SET_FILE = "set.safetensors"
 CARD_FILE = "README.md"
 CONFIG_FILE = "config.yaml"
-PATH_KEYS = {"output", "data_dir", "cache_dir", "experts", "classifier", "config", "out", "file"}  # run-config keys that name folders
+# run-config keys that name folders
+PATH_KEYS = {"output", "data_dir", "cache_dir", "experts", "classifier", "config", "out", "file"}
 # files of a Hub model repo a backbone never needs (other frameworks' weights, fp16 duplicates, single-file checkpoints)
 IGNORE_PATTERNS = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.ot",
                    "*.fp16.safetensors", "*non_ema*", "*.gguf"]
@@ -73,7 +74,8 @@ def offline() -> bool:
 
 
 def snapshot_origin(path) -> dict | None:
-    """The Hub repo a directory inside the Hub cache belongs to: ``{"repo_type", "repo_id", "revision", "subfolder"}``."""
+    """The Hub repo a directory inside the Hub cache belongs to: ``{"repo_type", "repo_id", "revision",
+    "subfolder"}``."""
     parts = Path(path).resolve().parts
     for i in range(len(parts) - 2):
         m = _SNAPSHOT_DIR.match(parts[i])
@@ -124,12 +126,14 @@ def ref_source(ref: dict) -> str:
 def ref_link(ref: dict) -> str | None:
     if ref.get("type") != "hub":
         return None
-    tail = f"/tree/{ref['revision']}" + (f"/{ref['subfolder']}" if ref.get("subfolder") else "") if ref.get("revision") else ""
+    tail = f"/tree/{ref['revision']}" + (f"/{ref['subfolder']}" if ref.get("subfolder")
+                                         else "") if ref.get("revision") else ""
     return f"{HUB_URL}/{ref['repo_id']}{tail}"
 
 
 def record_ref(record: dict) -> dict:
-    """The reference of a ``gendistill.backbone`` record; records of earlier versions (an absolute ``source``) by name."""
+    """The reference of a ``gendistill.backbone`` record; records of earlier versions (an absolute ``source``) by
+    name."""
     if isinstance(record.get("ref"), dict) and record["ref"].get("type"):
         return record["ref"]
     source = str(record.get("source") or "")
@@ -233,33 +237,43 @@ def _hub_error(e: BaseException, repo_id: str, revision: str | None, repo_type: 
     what = f"{repo_type} repo {repo_id!r}"
     rev = revision or "main"
     if isinstance(e, E.RevisionNotFoundError):
-        return ValueError(f"{what} has no revision {rev!r} on the Hub; pass an existing branch, tag or commit with --revision")
+        return ValueError(f"{what} has no revision {rev!r} on the Hub; pass an existing branch, tag or commit "
+                          "with --revision")
     if isinstance(e, E.GatedRepoError):
         return ValueError(f"{what} is gated; accept its conditions on {HUB_URL}/{repo_id} and log in (`hf auth login`)")
     if isinstance(e, E.RepositoryNotFoundError):
-        return ValueError(f"no {what} on the Hub (or it is private and you are not logged in); check the id, or log in with `hf auth login`")
+        return ValueError(f"no {what} on the Hub (or it is private and you are not logged in); check the id, or log in "
+                          "with `hf auth login`")
     if isinstance(e, E.LocalEntryNotFoundError):
         folder = hub_cache() / f"{repo_type}s--{repo_id.replace('/', '--')}"
         if offline():
             if not folder.is_dir():
                 local = " (as a local folder it does not exist either)" if repo_type == "model" else ""
-                return FileNotFoundError(f"{what} is not in the local Hub cache ({hub_cache()}){local} and HF_HUB_OFFLINE=1 forbids the "
-                                         "network; unset HF_HUB_OFFLINE to download it, or fill the cache on a machine with network")
+                return FileNotFoundError(f"{what} is not in the local Hub cache ({hub_cache()}){local} and "
+                                         "HF_HUB_OFFLINE=1 forbids the network; unset HF_HUB_OFFLINE to download it, "
+                                         "or fill the cache on a machine with network")
             have = sorted(p.name for p in (folder / "refs").iterdir()) if (folder / "refs").is_dir() else []
-            have += sorted(p.name[:12] for p in (folder / "snapshots").iterdir()) if (folder / "snapshots").is_dir() else []
-            return FileNotFoundError(f"revision {rev!r} of {what} is not in the local Hub cache (it has: {', '.join(have) or 'nothing'}) "
-                                     "and HF_HUB_OFFLINE=1 forbids the network; pass a cached --revision or unset HF_HUB_OFFLINE")
-        return FileNotFoundError(f"cannot reach the Hub for {what} and it is not in the local cache ({first_line(e)[:160]}); "
-                                 "check the network, or set HF_HUB_OFFLINE=1 to use the cache only")
+            have += (
+                sorted(p.name[:12] for p in (folder / "snapshots").iterdir()) if (folder / "snapshots").is_dir() else []
+            )
+            return FileNotFoundError(f"revision {rev!r} of {what} is not in the local Hub cache (it has: "
+                                     f"{', '.join(have) or 'nothing'}) and HF_HUB_OFFLINE=1 forbids the network; pass "
+                                     "a cached --revision or unset HF_HUB_OFFLINE")
+        return FileNotFoundError(f"cannot reach the Hub for {what} and it is not in the local cache "
+                                 f"({first_line(e)[:160]}); check the network, or set HF_HUB_OFFLINE=1 to use "
+                                 "the cache only")
     if isinstance(e, E.LocalTokenNotFoundError):
         return ValueError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN")
     if isinstance(e, E.HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):
-            return ValueError(f"the Hub refused access to {what} (HTTP {status}): log in with a token that may write there (`hf auth login`)")
+            return ValueError(f"the Hub refused access to {what} (HTTP {status}): log in with a token that may write "
+                              "there (`hf auth login`)")
         return ValueError(f"the Hub failed for {what} ({first_line(e)[:200]})")
-    if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3") or isinstance(e, (ConnectionError, TimeoutError)):
-        return FileNotFoundError(f"cannot reach the Hub for {what} ({type(e).__name__}: {first_line(e)[:160]}); check the network")
+    if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests",
+                                            "urllib3") or isinstance(e, (ConnectionError, TimeoutError)):
+        return FileNotFoundError(f"cannot reach the Hub for {what} ({type(e).__name__}: {first_line(e)[:160]}); "
+                                 "check the network")
     return ValueError(f"Hub call for {what} failed ({type(e).__name__}: {first_line(e)[:200]})")
 
 
@@ -273,7 +287,8 @@ def hub_snapshot(repo_id: str, revision: str | None = None, repo_type: str = "mo
         raise ValueError(f"{repo_id!r} is not a Hub repo id; use owner/name")
     try:
         path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=local_only,
-                                 ignore_patterns=IGNORE_PATTERNS if repo_type == "model" else None, allow_patterns=allow_patterns)
+                                 ignore_patterns=IGNORE_PATTERNS if repo_type == "model" else None,
+                                 allow_patterns=allow_patterns)
     except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line
         if isinstance(e, (ValueError, FileNotFoundError)) and not type(e).__module__.startswith("huggingface_hub"):
             raise
@@ -320,7 +335,8 @@ def find_backbone(record: dict, dataset: dict | None = None, explicit: str | Non
 
     dataset = dataset or {}
     kwargs = dict(image_shape=tuple(dataset.get("image_shape") or record.get("image_shape") or ()) or None,
-                  latent_space=record.get("latent_space"), options=record.get("options"), class_names=dataset.get("classes"))
+                  latent_space=record.get("latent_space"), options=record.get("options"),
+                  class_names=dataset.get("classes"))
     if explicit:
         return load_backbone(explicit, revision=revision, **kwargs)
     ref, want = record_ref(record), record.get("sha256")
@@ -344,10 +360,11 @@ def find_backbone(record: dict, dataset: dict | None = None, explicit: str | Non
         from .synthetic import HASH_FLAG
 
         raise ValueError(f"backbone hash mismatch: the set was made with {str(want)[:16]}, {other.source!r} has "
-                         f"{other.weights_sha256()[:16]}; pass the recorded backbone (--backbone) or {HASH_FLAG} to decode anyway")
+                         f"{other.weights_sha256()[:16]}; pass the recorded backbone (--backbone) or {HASH_FLAG} to "
+                         "decode anyway")
     where = "; ".join(tried)
-    raise FileNotFoundError(f"the set's backbone {ref_source(ref)!r} ({ref['type']}, sha256 {str(want)[:16]}) was not found ({where}); "
-                            "pass --backbone DIR or REPO_ID (load_set(..., backbone=...))")
+    raise FileNotFoundError(f"the set's backbone {ref_source(ref)!r} ({ref['type']}, sha256 {str(want)[:16]}) was not "
+                            f"found ({where}); pass --backbone DIR or REPO_ID (load_set(..., backbone=...))")
 
 
 def _candidates(ref: dict, sha: str | None, near):
@@ -384,7 +401,8 @@ def _set_file(path: Path) -> Path:
     if path.is_dir():
         candidate = path / SET_FILE
         if not candidate.is_file():
-            raise FileNotFoundError(f"{str(path)!r} holds no {SET_FILE}; pass a set file or a run directory that has one")
+            raise FileNotFoundError(f"{str(path)!r} holds no {SET_FILE}; pass a set file or a run directory "
+                                    "that has one")
         return candidate
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist; pass a set file or a run directory")
@@ -400,7 +418,8 @@ def stage_set(set_path, repo_id: str, out, license: str | None = None, backbone:
               ignore_hash: bool = False) -> Path:
     """Write the exact folder ``push`` uploads into ``out`` (atomically): the set, grid.png, eval.json, config.yaml
     and README.md (the dataset card, linted). The set must decode here: its backbone is resolved and its grid drawn.
-    ``backbone`` (a Hub repo ``org/name@rev`` with the set's weights) re-points a set whose backbone is a local folder."""
+    ``backbone`` (a Hub repo ``org/name@rev`` with the set's weights) re-points a set whose backbone is a local
+    folder."""
     import yaml
 
     from .io import atomic_dir, load_safetensors, save_safetensors, write_json
@@ -422,10 +441,12 @@ def stage_set(set_path, repo_id: str, out, license: str | None = None, backbone:
         meta = {**meta, "gendistill.backbone": json.dumps(record, sort_keys=True)}
         ref = found.reference
     if ref["type"] == "local":
-        raise ValueError(f"the set's backbone {ref_source(ref)!r} is a local folder others cannot fetch; publish it with "
-                         f"`gendistill push-backbone DIR OWNER/NAME`, then pass --backbone OWNER/NAME@REVISION")
+        raise ValueError(f"the set's backbone {ref_source(ref)!r} is a local folder others cannot fetch; "
+                         "publish it with `gendistill push-backbone DIR OWNER/NAME`, then pass --backbone "
+                         "OWNER/NAME@REVISION")
     if ref["type"] == "hub" and not ref.get("revision"):
-        raise ValueError(f"the set's backbone {ref['repo_id']!r} has no pinned revision; pass --backbone {ref['repo_id']}@COMMIT")
+        raise ValueError(f"the set's backbone {ref['repo_id']!r} has no pinned revision; pass --backbone "
+                         f"{ref['repo_id']}@COMMIT")
     run = json.loads(meta.get("gendistill.run", "{}"))
     clean_run = portable_run(run)
     meta = {**meta, "gendistill.run": json.dumps(clean_run, sort_keys=True, default=str)}
@@ -463,7 +484,8 @@ def push_set(set_path, repo_id: str, dry_run=None, private: bool = False, licens
         folder = stage_set(set_path, repo_id, Path(tmp) / "repo", license, backbone, ignore_hash)
         files = sorted(p.name for p in folder.iterdir())
         commit = upload(folder, repo_id, "dataset", private, f"gendistill: distilled set {Path(set_path).name}")
-    return {"repo_id": repo_id, "files": files, "commit": commit, "uploaded": True, "url": f"{HUB_URL}/datasets/{repo_id}"}
+    return {"repo_id": repo_id, "files": files, "commit": commit, "uploaded": True,
+            "url": f"{HUB_URL}/datasets/{repo_id}"}
 
 
 def stage_backbone(directory, out) -> Path:
@@ -481,9 +503,11 @@ def stage_backbone(directory, out) -> Path:
     backbone = load_backbone(str(src), image_shape=tuple(info["image_shape"]) if info.get("image_shape") else None,
                              class_names=dataset.get("classes"))
     pointer = (info.get("vae") or {}).get("source") if isinstance(info.get("vae"), dict) else None
-    if pointer and not (pointer in _shipped_names() or is_hub_id(pointer) or (not os.path.isabs(pointer) and (src / pointer).is_dir())):
-        raise ValueError(f"{str(src)!r} points to the VAE {pointer!r}, which others cannot fetch; copy it into the directory "
-                         "(and point vae.source at that sub-folder) or publish it and point at OWNER/NAME@REVISION")
+    if pointer and not (pointer in _shipped_names() or is_hub_id(pointer)
+                        or (not os.path.isabs(pointer) and (src / pointer).is_dir())):
+        raise ValueError(f"{str(src)!r} points to the VAE {pointer!r}, which others cannot fetch; copy it into "
+                         "the directory (and point vae.source at that sub-folder) or publish it and point at "
+                         "OWNER/NAME@REVISION")
     with atomic_dir(out) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.ckpt", ".*", "__pycache__"))
         from .cards import write_model_card
@@ -516,10 +540,12 @@ def push_backbone(directory, repo_id: str, dry_run=None, private: bool = False) 
 
 
 def fetch_set(repo_id: str, revision: str | None = None) -> Path:
-    """A set repo's folder in the Hub cache (downloaded if needed and allowed), checked: a dataset card and a set file."""
+    """A set repo's folder in the Hub cache (downloaded if needed and allowed), checked: a dataset card and a set
+    file."""
     folder = hub_snapshot(repo_id, revision, repo_type="dataset")
     if not (folder / CARD_FILE).is_file():
-        raise ValueError(f"dataset repo {repo_id!r} has no {CARD_FILE} (dataset card); it was not pushed by gendistill push")
+        raise ValueError(f"dataset repo {repo_id!r} has no {CARD_FILE} (dataset card); it was not pushed by "
+                         "gendistill push")
     if not (folder / SET_FILE).is_file():
         raise ValueError(f"dataset repo {repo_id!r} has no {SET_FILE}; it is not a gendistill set repo")
     return folder

@@ -178,7 +178,8 @@ def write_json(obj, path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def load_safetensors(path, fix: str | None = "re-create or re-download it") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(path, fix: str | None = "re-create or re-download it") -> tuple[dict[str, torch.Tensor],
+                                                                                     dict[str, str]]:
     """Read every tensor and the metadata; a missing or corrupt file raises with a one-line reason (and ``fix``)."""
     path = Path(path)
     if path.is_dir():
@@ -190,7 +191,8 @@ def load_safetensors(path, fix: str | None = "re-create or re-download it") -> t
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({first_line(e)})" + (f"; {fix}" if fix else "")) from None
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({first_line(e)})"
+                         + (f"; {fix}" if fix else "")) from None
     return tensors, metadata
 
 

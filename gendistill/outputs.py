@@ -55,31 +55,33 @@ def check_not_input(output: str | os.PathLike, inputs: Iterable[tuple[str, objec
         if value is None or not isinstance(value, (str, os.PathLike)) or not os.path.exists(value):
             continue
         if same_path(out, value):
-            raise ValueError(f"{flag} {str(output)!r} is the input {name} {str(value)!r}; writing it would replace the input: "
-                             f"choose another {flag}")
+            raise ValueError(f"{flag} {str(output)!r} is the input {name} {str(value)!r}; writing it would "
+                             f"replace the input: choose another {flag}")
         if out.resolve() in Path(value).resolve().parents:
-            raise ValueError(f"{flag} {str(output)!r} holds the input {name} {str(value)!r}; replacing it would delete the input: "
-                             f"choose another {flag}")
+            raise ValueError(f"{flag} {str(output)!r} holds the input {name} {str(value)!r}; replacing it would "
+                             f"delete the input: choose another {flag}")
 
 
 def is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def refuse_existing(path: str | os.PathLike, overwrite: bool = False, resume: bool = False, flag: str = "--output") -> None:
+def refuse_existing(path: str | os.PathLike, overwrite: bool = False, resume: bool = False,
+                    flag: str = "--output") -> None:
     """A file at ``path``, or a non-empty folder, is refused unless ``overwrite`` (or ``resume``)."""
     path = Path(path)
     if overwrite or resume:
         return
     if os.path.lexists(path) and not path.is_dir():
-        raise FileExistsError(f"{flag} {str(path)!r} is a file, not a folder; choose another {flag} (or pass --overwrite to replace it)")
+        raise FileExistsError(f"{flag} {str(path)!r} is a file, not a folder; choose another {flag} (or pass "
+                              "--overwrite to replace it)")
     if is_nonempty_dir(path):
         checkpoints = sorted((path / "checkpoints").glob("step_*"))
         if checkpoints:
-            raise FileExistsError(f"{flag} {str(path)!r} holds an interrupted run (checkpoint {checkpoints[-1].name}); use --resume "
-                                  "to continue it or --overwrite to discard it")
-        raise FileExistsError(f"{flag} {str(path)!r} is not empty; choose another {flag} or pass --overwrite to replace its "
-                              "content (once the new content is complete)")
+            raise FileExistsError(f"{flag} {str(path)!r} holds an interrupted run (checkpoint {checkpoints[-1].name}); "
+                                  "use --resume to continue it or --overwrite to discard it")
+        raise FileExistsError(f"{flag} {str(path)!r} is not empty; choose another {flag} or pass --overwrite to "
+                              "replace its content (once the new content is complete)")
 
 
 class OutputLock:
@@ -103,9 +105,10 @@ class OutputLock:
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                raise BlockingIOError(f"{self.flag} {str(self.path)!r} is in use by another run (pid {holder}, lock {self.file}); "
-                                      f"wait for it to finish or choose another {self.flag}") from None
-            try:  # the holder may have released and removed the file between our open and our lock: retry on the new one
+                raise BlockingIOError(f"{self.flag} {str(self.path)!r} is in use by another run (pid {holder}, lock "
+                                      f"{self.file}); wait for it to finish or choose another {self.flag}") from None
+            # the holder may have released and removed the file between our open and our lock: retry on the new one
+            try:
                 current = os.stat(self.file).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 current = False
@@ -140,7 +143,13 @@ class claim_output:
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, resume: bool = False,
                  inputs: Iterable[tuple[str, object]] = (), flag: str = "--output"):
-        self.path, self.overwrite, self.resume, self.inputs, self.flag = Path(path), overwrite, resume, list(inputs), flag
+        self.path, self.overwrite, self.resume, self.inputs, self.flag = (
+            Path(path),
+            overwrite,
+            resume,
+            list(inputs),
+            flag,
+        )
         self.lock = OutputLock(self.path, flag)
 
     def __enter__(self) -> Path:
@@ -175,7 +184,8 @@ class RunOutput:
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, resume: bool = False,
                  inputs: Iterable[tuple[str, object]] = (), main: bool = True, agree=None):
         if overwrite and resume:
-            raise ValueError("--resume continues the run in --output and --overwrite discards it; pass only one of them")
+            raise ValueError("--resume continues the run in --output and --overwrite discards it; pass "
+                             "only one of them")
         self.path, self.overwrite, self.resume, self.main = Path(path), overwrite, resume, main
         self.inputs = list(inputs)
         self.staging = staging_path(self.path)
@@ -216,7 +226,11 @@ class RunOutput:
         try:
             # interrupted (Ctrl-C, SIGTERM) with a checkpoint of the new run: the user asked to discard the old content,
             # and the new run can now be resumed from --output; any other failure leaves the old content in place
-            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and any((self.staging / "checkpoints").glob("step_*")):
+            if (
+                exc_type is not None
+                and issubclass(exc_type, KeyboardInterrupt)
+                and any((self.staging / "checkpoints").glob("step_*"))
+            ):
                 self.commit()
         finally:
             if self.main:

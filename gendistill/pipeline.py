@@ -28,7 +28,8 @@ from .storage import check_ipc_args, get_codec, resolve_ipc
 from .synthetic import INITS, SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
-RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output", "mixed_precision", "cache_dir"}
+RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output",
+               "mixed_precision", "cache_dir"}
 
 
 def run_name(method: str, cfg) -> str:
@@ -53,10 +54,12 @@ class RecipeConfig(DataConfig, Checked):
     invert_to: int | None = None  # diffusion: the timestep of the noise latents (None: the last one, full noise)
     guidance_scale: float | None = None  # diffusion: classifier-free guidance scale in [0, 30] (None: 1, no guidance)
     prompt_template: str | None = None  # text-conditioned diffusion: class name -> prompt (None: "a photo of a {name}")
-    init_model: str | None = None  # --init diffusion / diffusion-prototype: the model (None: the backbone if diffusion, else fashion-mnist-ldm)
+    # --init diffusion / diffusion-prototype: the model (None: the backbone if diffusion, else fashion-mnist-ldm)
+    init_model: str | None = None
     match_space: str = "latent"  # latent | pixel (decode-through; required by backbones without a latent cache: gan)
     ipc: int | None = setting(None, min=1)  # latents per class, count-matched (None: 10, or what --ipc-budget allows)
-    ipc_budget: float | None = setting(None, above=0)  # storage-matched: as many latents per class as fit in B float32 images per class
+    # storage-matched: as many latents per class as fit in B float32 images per class
+    ipc_budget: float | None = setting(None, above=0)
     # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
     latent_dtype: str = setting("float32", check=get_codec)
     syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
@@ -102,7 +105,8 @@ class Pieces:
     train: ImageDataset
     test: ImageDataset
     backbone: Backbone
-    real_latents: LatentSplit  # the train split in the backbone's latent space (cached); its images if the backbone has no cache
+    # the train split in the backbone's latent space (cached); its images if the backbone has no cache
+    real_latents: LatentSplit
     real: LatentSplit  # what the objective is matched against: latents or images, by match space
     syn: SyntheticSet
 
@@ -111,32 +115,38 @@ def build(cfg, method: str, accelerator: Accelerator) -> Pieces:
     """Dataset, backbone, latent cache and an initialised set from a recipe config's names."""
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     options = backbone_options(cfg)  # diffusion settings: for the backbone, or for --init diffusion's model
-    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape, latent_space=getattr(cfg, "latent_space", None),
+    backbone = load_backbone(cfg.backbone, image_shape=train.image_shape,
+                             latent_space=getattr(cfg, "latent_space", None),
                              options=set_backbone_options(cfg.backbone, cfg.init, options), class_names=train.classes)
     if tuple(backbone.image_shape) != tuple(train.image_shape):
-        raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has {train.image_shape}; "
-                         "train one with recipes/train_autoencoder.py (or recipes/train_gan.py)")
+        raise ValueError(f"backbone {cfg.backbone!r} is for images of shape {backbone.image_shape}, {cfg.dataset} has "
+                         f"{train.image_shape}; train one with recipes/train_autoencoder.py (or recipes/train_gan.py)")
     pixel_space = effective_match_space(backbone.kind, cfg.match_space) == "pixel"
     if not backbone.cheap_encode and not pixel_space:
-        raise ValueError(f"backbone {cfg.backbone!r} is a {backbone.kind}: its encode ({backbone.kind} inversion) is too slow to "
-                         "cache the train split for latent-space matching; add --match-space pixel (decode-through)")
+        raise ValueError(f"backbone {cfg.backbone!r} is a {backbone.kind}: its encode ({backbone.kind} inversion) is "
+                         "too slow to cache the train split for latent-space matching; add --match-space pixel "
+                         "(decode-through)")
     backbone.to(accelerator.device)
     images = image_split(train) if pixel_space or not backbone.cheap_encode else None
     if backbone.cheap_encode:
         with accelerator.main_process_first():
-            real_latents = cached_latents(backbone, train, cfg.cache_dir, device=accelerator.device, log=accelerator.print)
+            real_latents = cached_latents(backbone, train, cfg.cache_dir, device=accelerator.device,
+                                          log=accelerator.print)
     else:  # nothing is encoded up front: initialisers invert just the images they pick
         real_latents = images
     real = images if pixel_space else real_latents
-    cfg.ipc = resolve_ipc(cfg.ipc, cfg.ipc_budget, backbone.latent_shape, train.image_shape, train.num_classes, cfg.latent_dtype)
+    cfg.ipc = resolve_ipc(cfg.ipc, cfg.ipc_budget, backbone.latent_shape, train.image_shape, train.num_classes,
+                          cfg.latent_dtype)
     if cfg.ipc_budget is not None:
-        accelerator.print(f"--ipc-budget {cfg.ipc_budget:g}: {cfg.ipc} {cfg.latent_dtype} latents of {tuple(backbone.latent_shape)} per class")
+        accelerator.print(f"--ipc-budget {cfg.ipc_budget:g}: {cfg.ipc} {cfg.latent_dtype} latents of "
+                          f"{tuple(backbone.latent_shape)} per class")
     gen = torch.Generator().manual_seed(cfg.seed)
     run = {"method": method, "ipc": cfg.ipc, "ipc_budget": cfg.ipc_budget, "latent_dtype": cfg.latent_dtype,
            "steps": cfg.steps, "seed": cfg.seed, "package_version": __version__,
            "config": dataclasses.asdict(cfg)}
     syn = SyntheticSet.initialise(cfg.init, real_latents, cfg.ipc, backbone, train.meta(), gen, run=run,
-                                  init_model=getattr(cfg, "init_model", None), model_options=options, latent_dtype=cfg.latent_dtype)
+                                  init_model=getattr(cfg, "init_model", None), model_options=options,
+                                  latent_dtype=cfg.latent_dtype)
     return Pieces(train, test, backbone, real_latents, real, syn)
 
 
@@ -148,10 +158,11 @@ def distill_config(cfg) -> DistillConfig:
 def run_distill(cfg, pieces: Pieces, objective: Objective, accelerator: Accelerator, outdir: Path) -> TrainState:
     fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE}
     if getattr(cfg, "lr_schedule", "constant") != "constant":
-        fingerprint["steps"] = cfg.steps  # a decaying lr is a function of the step count: it cannot be extended on resume
+        # a decaying lr is a function of the step count: it cannot be extended on resume
+        fingerprint["steps"] = cfg.steps
     fingerprint["backbone_sha256"] = pieces.backbone.weights_sha256()
-    return distill(pieces.syn, objective, pieces.backbone, sampled_real(cfg, pieces, objective), distill_config(cfg), accelerator,
-                   pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint,
+    return distill(pieces.syn, objective, pieces.backbone, sampled_real(cfg, pieces, objective), distill_config(cfg),
+                   accelerator, pieces.train.meta(), workdir=outdir, resume=cfg.resume, fingerprint=fingerprint,
                    real_latents=pieces.real_latents)
 
 
@@ -161,12 +172,15 @@ def sampled_real(cfg, pieces: Pieces, objective: Objective) -> LatentSplit:
 
     name = getattr(cfg, "real_sampler", "uniform")
     if name != "uniform" and not getattr(objective, "samples_real", True):
-        raise ValueError(f"--real-sampler {name} changes how real batches are drawn, but {type(objective).__name__} matches "
-                         "expert trajectories and draws none; leave --real-sampler uniform")
-    return real_sampler(name, pieces.real, cfg.batch_real, torch.Generator().manual_seed(cfg.seed), getattr(cfg, "dream_clusters", 0))
+        raise ValueError(f"--real-sampler {name} changes how real batches are drawn, but "
+                         f"{type(objective).__name__} matches expert trajectories and draws none; leave "
+                         "--real-sampler uniform")
+    return real_sampler(name, pieces.real, cfg.batch_real, torch.Generator().manual_seed(cfg.seed),
+                        getattr(cfg, "dream_clusters", 0))
 
 
-def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path | None = None) -> dict | None:
+def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerator, outdir: Path, final: Path
+                  | None = None) -> dict | None:
     """set.safetensors, grid.png, loss.png and (unless --eval-runs 0) eval.json in ``outdir``; returns the eval result
     (on rank 0). Only rank 0 writes; with several processes the evaluation networks are spread over them (``evaluate``).
 
@@ -207,8 +221,8 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
     """A distillation recipe's whole body: output dir, accelerator, build, distil, write; returns the eval result.
 
     ``setup(pieces, accelerator) -> Objective`` builds the objective once the pieces exist (trajectory matching needs
-    experts for the run's backbone and space, and prepares the set); ``finish(pieces)`` runs before the outputs are written.
-    The output folder is claimed for the run (docs/safety.md): locked against a second run, refused if it holds
+    experts for the run's backbone and space, and prepares the set); ``finish(pieces)`` runs before the outputs are
+    written. The output folder is claimed for the run (docs/safety.md): locked against a second run, refused if it holds
     something unless --resume or --overwrite, and with --overwrite replaced only once the new run is complete.
     """
     outdir = Path(cfg.output or Path("outputs") / run_name(method, cfg))
@@ -238,7 +252,12 @@ def run_recipe(cfg, method: str, objective: Objective | None = None, setup=None,
     if result is not None:
         lr = f", learned lr {float(pieces.syn.lr.detach()):.4g}" if pieces.syn.lr is not None else ""
         space = effective_match_space(pieces.backbone.kind, cfg.match_space)
-        budget = f" (budget {pieces.syn.ledger()['budget_ipc']:.3g}, {cfg.latent_dtype})" if cfg.ipc_budget is not None else ""
-        print(f"{method} {cfg.dataset} ipc {cfg.ipc}{budget} ({space} space): test accuracy {100 * result['mean']:.2f} +- "
-              f"{100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, {cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
+        budget = (
+            f" (budget {pieces.syn.ledger()['budget_ipc']:.3g}, {cfg.latent_dtype})"
+            if cfg.ipc_budget is not None
+            else ""
+        )
+        print(f"{method} {cfg.dataset} ipc {cfg.ipc}{budget} ({space} space): test accuracy "
+              f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f} % over {cfg.eval_runs} ConvNets, "
+              f"{cfg.eval_epochs} epochs{lr} -> {outdir}/eval.json")
     return result

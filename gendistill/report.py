@@ -27,7 +27,8 @@ def _set_and_evals(path: str | Path) -> tuple[Path, list[Path]]:
         set_file = path
         evals = sorted(path.parent.glob(f"{path.stem}*.eval.json"))
     if not set_file.is_file():
-        raise FileNotFoundError(f"{str(set_file)!r} does not exist; pass a run directory holding set.safetensors or a set file")
+        raise FileNotFoundError(f"{str(set_file)!r} does not exist; pass a run directory holding set.safetensors "
+                                "or a set file")
     return set_file, evals
 
 
@@ -57,7 +58,8 @@ def run_row(path: str | Path) -> dict:
         "backbone": f"{kind} {space}" if space else kind,
         # a pixel backbone's latents are images: whatever the config says, matching happened in pixel space
         "match_space": effective_match_space(kind, config.get("match_space", "-")),
-        "match_net": f"{config['net']}-{config.get('depth', '?')} w{config.get('width', '?')}" if "net" in config else "-",
+        "match_net": f"{config['net']}-{config.get('depth', '?')} w{config.get('width', '?')}" if "net" in config
+        else "-",
         # learned soft labels may move a sample's argmax to another class: the recorded IPC is the set's structure
         "ipc": int(run["ipc"]) if "ipc" in run else (int(hard.bincount().max()) if hard.numel() else 0),
         "soft_labels": labels.ndim == 2,
@@ -85,8 +87,8 @@ def markdown_table(rows: list[dict]) -> str:
     seen = list(dict.fromkeys(a for row in rows for a in row["archs"]))
     archs = sorted(seen, key=lambda a: (a != "convnet", seen.index(a)))  # the protocol's net first
     drops = any(r.get("convnet_drop") is not None for r in rows)
-    head = ["run", "method", "backbone", "match space", "match net", "IPC", "dtype", "budget (img/class)", "init", "steps", "distil s", "bytes",
-            "decoder bytes", *[f"{a} %" for a in archs],
+    head = ["run", "method", "backbone", "match space", "match net", "IPC", "dtype", "budget (img/class)", "init",
+            "steps", "distil s", "bytes", "decoder bytes", *[f"{a} %" for a in archs],
             *(["convnet - mean of others (points)"] if drops else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
@@ -94,8 +96,9 @@ def markdown_table(rows: list[dict]) -> str:
         ipc = f"{r['ipc']}{' (soft)' if r['soft_labels'] else ''}"
         budget = "-" if r.get("budget_ipc") is None else f"{r['budget_ipc']:.3g}"
         decoder = "-" if r.get("decoder_bytes") is None else f"{r['decoder_bytes']:,}"
-        cells = [r["run"], r["method"], r["backbone"], r["match_space"], r["match_net"], ipc, r.get("latent_dtype", "-"), budget, r["init"],
-                 str(r["steps"]), seconds, f"{r['bytes']:,}", decoder, *[_acc(r["archs"].get(a)) for a in archs]]
+        cells = [r["run"], r["method"], r["backbone"], r["match_space"], r["match_net"], ipc,
+                 r.get("latent_dtype", "-"), budget, r["init"], str(r["steps"]), seconds, f"{r['bytes']:,}", decoder,
+                 *[_acc(r["archs"].get(a)) for a in archs]]
         if drops:
             cells.append("-" if r.get("convnet_drop") is None else f"{100 * r['convnet_drop']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")

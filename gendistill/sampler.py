@@ -6,12 +6,13 @@ A real sampler is a :class:`~gendistill.cache.LatentSplit` (the loop only calls 
 or the objectives knowing: ``real_sampler(name, split, ...)`` wraps the split the loop is given.
 
 DREAM replaces random real batches by representative and diverse ones: each class's real samples (latents, or images
-in the pixel match space) are split into ``clusters`` sub-clusters by k-means (k-means++ seeding), once, before the loop, and every batch
-of the class takes the same share from every sub-cluster (the remainder going to sub-clusters drawn at random), each
-share drawn at random from the ``core`` fraction of the sub-cluster nearest its centre. With as many sub-clusters as
-the batch (the default, DREAM's setting) a batch holds one sample near every sub-cluster centre. DREAM's own code
-re-clusters the matching network's features every few iterations and takes the sample nearest each centre; here the
-clustering is of the fixed latents, computed once, and the draw inside the core keeps successive batches different.
+in the pixel match space) are split into ``clusters`` sub-clusters by k-means (k-means++ seeding), once, before the
+loop, and every batch of the class takes the same share from every sub-cluster (the remainder going to sub-clusters
+drawn at random), each share drawn at random from the ``core`` fraction of the sub-cluster nearest its centre. With as
+many sub-clusters as the batch (the default, DREAM's setting) a batch holds one sample near every sub-cluster centre.
+DREAM's own code re-clusters the matching network's features every few iterations and takes the sample nearest each
+centre; here the clustering is of the fixed latents, computed once, and the draw inside the core keeps successive
+batches different.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ DREAM_CORE = 0.25  # a share is drawn from this fraction of its sub-cluster near
 KMEANS_ITERS = 10
 
 
-def kmeans_pp(x: torch.Tensor, k: int, iters: int = KMEANS_ITERS, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_pp(x: torch.Tensor, k: int, iters: int = KMEANS_ITERS, generator: torch.Generator
+              | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means of the rows of ``x`` (N, D) from k-means++ seeding (Arthur & Vassilvitskii, 2007: each next
     centre drawn with probability proportional to the squared distance to the nearest chosen one): centres (k, D) and
     assignments (N,)."""
@@ -60,7 +62,8 @@ class DreamSplit(LatentSplit):
     """A split whose ``sample_class`` draws DREAM batches; ``cluster[i]`` is row i's sub-cluster within its class and
     ``rank[i]`` its position by distance to that sub-cluster's centre (0 = nearest)."""
 
-    def __init__(self, split: LatentSplit, cluster: torch.Tensor, rank: torch.Tensor, clusters: int, core: float = DREAM_CORE):
+    def __init__(self, split: LatentSplit, cluster: torch.Tensor, rank: torch.Tensor, clusters: int,
+                 core: float = DREAM_CORE):
         super().__init__(split.latents, split.labels, split.num_classes, split.space)
         if not 0 < core <= 1:
             raise ValueError(f"the DREAM core fraction must lie in (0, 1], got {core}")
@@ -68,7 +71,8 @@ class DreamSplit(LatentSplit):
         self._members: dict[int, list[torch.Tensor]] = {}
 
     @classmethod
-    def build(cls, split: LatentSplit, clusters: int, generator: torch.Generator | None = None, core: float = DREAM_CORE) -> DreamSplit:
+    def build(cls, split: LatentSplit, clusters: int, generator: torch.Generator | None = None,
+              core: float = DREAM_CORE) -> DreamSplit:
         """k-means (``clusters`` per class, fewer for a smaller class) of each class's flattened latents."""
         if clusters < 1:
             raise ValueError(f"DREAM needs at least 1 sub-cluster per class, got {clusters}")
@@ -103,12 +107,14 @@ class DreamSplit(LatentSplit):
     def sample_class(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         idx = self.class_indices(c)
         if n > len(idx):
-            raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {n} asked for; lower --ipc or --batch-real")
+            raise ValueError(f"class {c} has {len(idx)} real samples, fewer than the {n} asked for; lower --ipc or "
+                             "--batch-real")
         groups = self.members(c)
         share = [0] * len(groups)
         order = torch.randperm(len(groups), generator=generator).tolist()
         left = n
-        while left:  # round-robin from a random start: equal shares, the remainder to random sub-clusters, none overfull
+        # round-robin from a random start: equal shares, the remainder to random sub-clusters, none overfull
+        while left:
             progressed = False
             for j in order:
                 if left and share[j] < len(groups[j]):
@@ -144,7 +150,8 @@ def dream(split: LatentSplit, batch: int, generator: torch.Generator | None = No
     return DreamSplit.build(split, clusters or batch, generator)
 
 
-def real_sampler(name: str, split: LatentSplit, batch: int, generator: torch.Generator | None = None, clusters: int = 0) -> LatentSplit:
+def real_sampler(name: str, split: LatentSplit, batch: int, generator: torch.Generator | None = None,
+                 clusters: int = 0) -> LatentSplit:
     """``split`` as the named sampler draws it (``uniform`` returns it unchanged)."""
     if clusters < 0:
         raise ValueError(f"--dream-clusters must be 0 (as many as the real batch) or more, got {clusters}")

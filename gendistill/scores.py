@@ -9,7 +9,8 @@ every accuracy a fraction of the test split in [0, 1]:
 - improvement over random  IOR = Acc(syn, any) - Acc(rdm, any)                 (higher is better)
 - label-robust score       LRS = (e^a - e^-1) / (e - e^-1),  a = w IOR - (1 - w) HLR,   w = 0.5
 - augmentation-robust score ARS = (e^b - e^-1) / (e - e^-1),
-                           b = g (Acc(syn, aug) - Acc(rdm, aug)) + (1 - g) (Acc(syn, no aug) - Acc(rdm, no aug)),  g = 0.5
+                           b = g (Acc(syn, aug) - Acc(rdm, aug)) + (1 - g) (Acc(syn, no aug) - Acc(rdm, no aug)),
+                           g = 0.5
 
 "real" is the whole train split, "syn" the set, "rdm" random real images of the train split with the set's per-class
 counts; "hard" trains on hard labels (a soft set's argmax), "any" on the set's own labels (soft ones: random images get
@@ -71,11 +72,13 @@ def label_robust_score(hlr: float, ior: float, w: float = 0.5) -> float:
     return exp_normalise(w * ior - (1 - w) * hlr)
 
 
-def augmentation_robust_score(syn_aug: float, rdm_aug: float, syn_naug: float, rdm_naug: float, gamma: float = 0.5) -> float:
+def augmentation_robust_score(syn_aug: float, rdm_aug: float, syn_naug: float, rdm_naug: float,
+                              gamma: float = 0.5) -> float:
     """ARS = exp_normalise(g (Acc(syn, aug) - Acc(rdm, aug)) + (1 - g) (Acc(syn, no aug) - Acc(rdm, no aug)))."""
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"the ARS weight gamma must lie in [0, 1], got {gamma}")
-    accs = {"Acc(syn, aug)": syn_aug, "Acc(rdm, aug)": rdm_aug, "Acc(syn, no aug)": syn_naug, "Acc(rdm, no aug)": rdm_naug}
+    accs = {"Acc(syn, aug)": syn_aug, "Acc(rdm, aug)": rdm_aug, "Acc(syn, no aug)": syn_naug,
+            "Acc(rdm, no aug)": rdm_naug}
     a, b, c, d = (_check(k, v) for k, v in accs.items())
     return exp_normalise(gamma * (a - b) + (1 - gamma) * (c - d))
 
@@ -86,7 +89,8 @@ def augmentation_robust_score(syn_aug: float, rdm_aug: float, syn_naug: float, r
 @dataclass
 class ScoreConfig(Checked):
     draws: int = setting(3, min=3)  # random-real draws = evaluation rounds (the random baseline needs at least 3)
-    val_per_class: int = setting(100, min=1)  # validation images per class, held out of the train split for choosing the lr
+    # validation images per class, held out of the train split for choosing the lr
+    val_per_class: int = setting(100, min=1)
     lr_grid: tuple[float, ...] = setting(DEFAULT_LR_GRID, above=0)
     w: float = setting(0.5, min=0, max=1)  # LRS: weight of IOR (1 - w on HLR)
     gamma: float = setting(0.5, min=0, max=1)  # ARS: weight of the augmented difference
@@ -100,8 +104,8 @@ def validation_split(train: ImageDataset, per_class: int, seed: int) -> tuple[to
     for c in range(train.num_classes):
         idx = train.class_indices(c)
         if per_class >= len(idx):
-            raise ValueError(f"class {c} of {train.name} has {len(idx)} train images; a validation split of {per_class} per class "
-                             "leaves none to draw from; lower --val-per-class")
+            raise ValueError(f"class {c} of {train.name} has {len(idx)} train images; a validation split of "
+                             f"{per_class} per class leaves none to draw from; lower --val-per-class")
         val.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     val = torch.cat(val).sort().values
     keep = torch.ones(len(train), dtype=torch.bool)
@@ -110,7 +114,8 @@ def validation_split(train: ImageDataset, per_class: int, seed: int) -> tuple[to
 
 
 def subset(train: ImageDataset, idx: torch.Tensor, split: str) -> ImageDataset:
-    return ImageDataset(train.name, split, train.images[idx], train.labels[idx], list(train.classes), train.mean, train.std)
+    return ImageDataset(train.name, split, train.images[idx], train.labels[idx], list(train.classes), train.mean,
+                        train.std)
 
 
 def random_draw(train: ImageDataset, pool: torch.Tensor, counts: list[int], generator: torch.Generator) -> torch.Tensor:
@@ -143,16 +148,18 @@ class _Trainer:
                 val_accs = {}
                 for lr in self.scfg.lr_grid:
                     g = torch.Generator().manual_seed(self.scfg.seed * 1000 + 999)
-                    val_accs[lr] = train_and_test(x, y, self.val, self._cfg(augment), g, self.device, self.val.mean, self.val.std,
-                                                  lr=lr, arch=self.arch)
+                    val_accs[lr] = train_and_test(x, y, self.val, self._cfg(augment), g, self.device, self.val.mean,
+                                                  self.val.std, lr=lr, arch=self.arch)
                 best = max(self.scfg.lr_grid, key=lambda lr: (val_accs[lr], -self.scfg.lr_grid.index(lr)))
-                self.lrs[kind] = {"lr": best, "chosen_by": "validation accuracy", "val_accs": {str(k): v for k, v in val_accs.items()}}
+                self.lrs[kind] = {"lr": best, "chosen_by": "validation accuracy",
+                                  "val_accs": {str(k): v for k, v in val_accs.items()}}
         return self.lrs[kind]["lr"]
 
     def accuracy(self, kind: str, x, y, augment: bool, round_: int, fixed: float | None = None) -> float:
         lr = self.choose_lr(kind, x, y, augment, fixed)
         g = torch.Generator().manual_seed(self.scfg.seed * 1000 + round_)
-        return train_and_test(x, y, self.test, self._cfg(augment), g, self.device, self.test.mean, self.test.std, lr=lr, arch=self.arch)
+        return train_and_test(x, y, self.test, self._cfg(augment), g, self.device, self.test.mean, self.test.std, lr=lr,
+                              arch=self.arch)
 
 
 def full_data_accuracy(train: ImageDataset, test: ImageDataset, cfg: EvalConfig, scfg: ScoreConfig, device=None,
@@ -161,8 +168,8 @@ def full_data_accuracy(train: ImageDataset, test: ImageDataset, cfg: EvalConfig,
     DD-Ranking's default for real data), tested on ``test``; with its settings, to be cached in a file."""
     fit, _ = validation_split(train, scfg.val_per_class, scfg.seed)
     g = torch.Generator().manual_seed(scfg.seed * 1000)
-    acc = train_and_test(train.float_images(fit), train.labels[fit], test, cfg, g, device or torch.device("cpu"), test.mean,
-                         test.std, lr=lr, arch=arch or cfg.arch)
+    acc = train_and_test(train.float_images(fit), train.labels[fit], test, cfg, g, device or torch.device("cpu"),
+                         test.mean, test.std, lr=lr, arch=arch or cfg.arch)
     return {"accuracy": acc, "dataset": train.name, "arch": arch or cfg.arch, "lr": lr, "train_images": len(fit),
             "settings": asdict(cfg), "val_per_class": scfg.val_per_class, "seed": scfg.seed}
 
@@ -179,8 +186,8 @@ def dd_scores(images: torch.Tensor, labels: torch.Tensor, train: ImageDataset, t
     full = _check("the full-data accuracy", full_data_acc)
     soft = labels.ndim == 2
     if soft and teacher is None:
-        raise ValueError("the set has soft labels: pass --teacher DIR (the teacher that made them) so that the random baseline "
-                         "gets soft labels the same way")
+        raise ValueError("the set has soft labels: pass --teacher DIR (the teacher that made them) so that the "
+                         "random baseline gets soft labels the same way")
     hard = labels.argmax(1) if soft else labels
     counts = torch.bincount(hard, minlength=train.num_classes).tolist()
     fit, val_idx = validation_split(train, scfg.val_per_class, scfg.seed)
@@ -198,7 +205,8 @@ def dd_scores(images: torch.Tensor, labels: torch.Tensor, train: ImageDataset, t
         hlr = hard_label_recovery(full, acc["syn_hard"])
         ior = improvement_over_random(acc["syn_aug"], acc["rdm_aug"])
         rounds.append({"accuracies": acc, "hlr": hlr, "ior": ior, "lrs": label_robust_score(hlr, ior, scfg.w),
-                       "ars": augmentation_robust_score(acc["syn_aug"], acc["rdm_aug"], acc["syn_naug"], acc["rdm_naug"], scfg.gamma),
+                       "ars": augmentation_robust_score(acc["syn_aug"], acc["rdm_aug"], acc["syn_naug"],
+                                                        acc["rdm_naug"], scfg.gamma),
                        "random_indices": drawn.tolist()})
 
     def summary(values):

@@ -153,9 +153,9 @@ class Pool:
     def trained(self) -> tuple[torch.nn.Module, Dynamics]:
         """A network trained on the pool's images with its training dynamics (computed once)."""
         if self._trained is None:
-            net, dyn = train_net(self.images(), self.real.labels, self.train.image_shape, self.num_classes, self.train.mean,
-                                 self.train.std, self.net_cfg, self.device, track=True, progress=self.progress,
-                                 desc="forgetting scores")
+            net, dyn = train_net(self.images(), self.real.labels, self.train.image_shape, self.num_classes,
+                                 self.train.mean, self.train.std, self.net_cfg, self.device, track=True,
+                                 progress=self.progress, desc="forgetting scores")
             self._trained = (net, dyn)
         return self._trained
 
@@ -199,7 +199,8 @@ def select_forgetting(pool: Pool, ipc: int, generator=None, keep: str = "most", 
                       for c in range(pool.num_classes)])
 
 
-def select_indices(method: str, pool: Pool, ipc: int, generator: torch.Generator | None = None, **options) -> torch.Tensor:
+def select_indices(method: str, pool: Pool, ipc: int, generator: torch.Generator | None = None,
+                   **options) -> torch.Tensor:
     """Rows of ``pool.real`` chosen by ``method``: ``ipc`` per class, class by class."""
     if ipc < 1:
         raise ValueError(f"--ipc must be at least 1, got {ipc}")
@@ -237,13 +238,15 @@ class LBPEConfig:
         if self.net is None:
             self.net = NetTraining(epochs=100, augment="dsa")
         if self.top_k < 1 or self.top_k > self.net.epochs:
-            raise ValueError(f"top-k epochs must be between 1 and the {self.net.epochs} training epochs, got {self.top_k}")
+            raise ValueError(f"top-k epochs must be between 1 and the {self.net.epochs} training epochs, got "
+                             f"{self.top_k}")
         if self.nets < 1:
             raise ValueError(f"nets must be at least 1, got {self.nets}")
 
 
 def lbpe_from_dynamics(dyn: Dynamics, hard_labels: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Per sample, the mean over the ``top_k`` epochs of highest training accuracy of || softmax - onehot(label) ||_2."""
+    """Per sample, the mean over the ``top_k`` epochs of highest training accuracy of || softmax - onehot(label)
+    ||_2."""
     epochs = dyn.epoch_accuracy.topk(min(top_k, len(dyn.epoch_accuracy))).indices
     onehot = F.one_hot(hard_labels, dyn.probs.shape[2]).float()
     return (dyn.probs[epochs] - onehot).norm(dim=2).mean(0)
@@ -256,8 +259,9 @@ def lbpe_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int, me
     hard = labels.argmax(1) if labels.ndim == 2 else labels
     total = torch.zeros(len(images))
     for s in range(cfg.nets):
-        _, dyn = train_net(images, labels, tuple(images.shape[1:]), num_classes, mean, std, replace(cfg.net, seed=cfg.net.seed + s),
-                           device, track=True, progress=progress, desc=f"LBPE net {s + 1}/{cfg.nets}")
+        _, dyn = train_net(images, labels, tuple(images.shape[1:]), num_classes, mean, std,
+                           replace(cfg.net, seed=cfg.net.seed + s), device, track=True, progress=progress,
+                           desc=f"LBPE net {s + 1}/{cfg.nets}")
         total += lbpe_from_dynamics(dyn, hard, cfg.top_k)
     return total / cfg.nets
 
@@ -272,7 +276,8 @@ def prune_indices(scores: torch.Tensor, hard_labels: torch.Tensor, ipc: int, num
     for c in range(num_classes):
         idx = (hard_labels == c).nonzero().flatten()
         if ipc > len(idx):
-            raise ValueError(f"class {c} has {len(idx)} samples in the set, fewer than --ipc {ipc}; a set can only be pruned to a smaller IPC")
+            raise ValueError(f"class {c} has {len(idx)} samples in the set, fewer than --ipc {ipc}; a set can only be "
+                             "pruned to a smaller IPC")
         if rule == "random":
             keep.append(idx[torch.randperm(len(idx), generator=generator)[:ipc]])
         else:
@@ -282,12 +287,14 @@ def prune_indices(scores: torch.Tensor, hard_labels: torch.Tensor, ipc: int, num
 
 def derived_set(syn, run: dict, keep: torch.Tensor | None = None, labels: torch.Tensor | None = None):
     """A new set made from ``syn``: its samples ``keep`` (all by default), ``labels`` instead of its own if given, and
-    the same backbone, dataset, lr and storage settings (a set's storage dtype and decoder record, where it has them)."""
+    the same backbone, dataset, lr and storage settings (a set's storage dtype and decoder record, where it has
+    them)."""
     from .synthetic import SyntheticSet
 
     keep = torch.arange(len(syn)) if keep is None else keep
     out = SyntheticSet(syn.latents.detach()[keep], syn.labels.detach()[keep] if labels is None else labels,
-                       None if syn.lr is None else syn.lr.detach(), backbone=syn.backbone_meta, dataset=syn.dataset_meta, run=run)
+                       None if syn.lr is None else syn.lr.detach(), backbone=syn.backbone_meta,
+                       dataset=syn.dataset_meta, run=run)
     for attr in ("latent_dtype", "decoder"):  # storage settings, kept as the source has them
         if hasattr(syn, attr):
             setattr(out, attr, getattr(syn, attr))
@@ -298,9 +305,11 @@ def pruned_set(syn, keep: torch.Tensor, record: dict):
     """The samples ``keep`` of ``syn`` as a new set; its run record names the pruning and the set it came from."""
     ipc = int(torch.bincount(syn.hard_labels[keep], minlength=syn.num_classes).max())
     source = dict(syn.run_meta)
-    run = {**source, "method": f"{source.get('method', 'set')}+yoco", "ipc": ipc, "prune": {**record, "source_ipc": syn.ipc}}
+    run = {**source, "method": f"{source.get('method', 'set')}+yoco", "ipc": ipc,
+           "prune": {**record, "source_ipc": syn.ipc}}
     return derived_set(syn, run, keep=keep)
 
 
 def lbpe_record(cfg: LBPEConfig, rule: str) -> dict:
-    return {"score": "lbpe", "rule": rule, "balanced": True, "top_k": cfg.top_k, "nets": cfg.nets, "training": asdict(cfg.net)}
+    return {"score": "lbpe", "rule": rule, "balanced": True, "top_k": cfg.top_k, "nets": cfg.nets,
+            "training": asdict(cfg.net)}

@@ -54,17 +54,20 @@ class TeacherConfig:
                 raise ValueError(f"--teacher-{name} must be >= 1, got {getattr(self, name)}")
 
 
-def train_teacher(split: LatentSplit, cfg: TeacherConfig, transform, augment, device, progress: bool = True) -> nn.Module:
+def train_teacher(split: LatentSplit, cfg: TeacherConfig, transform, augment, device,
+                  progress: bool = True) -> nn.Module:
     """A fresh ``cfg.net`` trained on ``split`` (images in [0, 1] fed through ``transform``, or latents)."""
     g = torch.Generator().manual_seed(cfg.seed)
     in_shape = tuple(split.latents.shape[1:])
     net = fresh_net(cfg.net, in_shape, split.num_classes, g, depth=cfg.depth, width=cfg.width).to(device)
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-        raise ValueError(f"--teacher-net {cfg.net} has no BatchNorm layers, which SRe2L's recover step matches; use convnet-bn or resnet18bn")
+        raise ValueError(f"--teacher-net {cfg.net} has no BatchNorm layers, which SRe2L's recover step matches; use "
+                         "convnet-bn or resnet18bn")
     per_epoch = (len(split.labels) + cfg.batch - 1) // cfg.batch
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * per_epoch)
-    bar = tqdm(total=cfg.epochs * per_epoch, desc="squeeze: train the teacher", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=cfg.epochs * per_epoch, desc="squeeze: train the teacher", disable=not progress,
+               dynamic_ncols=True, leave=False)
     net.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(len(split.labels), generator=g)
@@ -85,8 +88,15 @@ def train_teacher(split: LatentSplit, cfg: TeacherConfig, transform, augment, de
 @torch.no_grad()
 def accuracy(net: nn.Module, split: LatentSplit, transform, device, batch: int = 1000) -> float:
     net.eval()
-    correct = sum(int((net(transform(split.latents[i : i + batch].to(device).float())).argmax(1).cpu() == split.labels[i : i + batch]).sum())
-                  for i in range(0, len(split.labels), batch))
+    correct = sum(
+        int(
+            (
+                net(transform(split.latents[i : i + batch].to(device).float())).argmax(1).cpu()
+                == split.labels[i : i + batch]
+            ).sum()
+        )
+        for i in range(0, len(split.labels), batch)
+    )
     return correct / max(len(split.labels), 1)
 
 
@@ -104,39 +114,43 @@ def load_teacher(directory: str | Path, expect: dict | None = None) -> tuple[nn.
     """The teacher stored in ``directory`` and its config; ``expect`` (keys of the config) must match."""
     directory = Path(directory)
     if not (directory / TEACHER_CONFIG).is_file() or not (directory / TEACHER_WEIGHTS).is_file():
-        raise FileNotFoundError(f"no SRe2L teacher in {str(directory)!r} (it needs {TEACHER_WEIGHTS} and {TEACHER_CONFIG}); leave out "
-                                "--teacher to train one (squeeze), or pass the directory a previous run wrote")
+        raise FileNotFoundError(f"no SRe2L teacher in {str(directory)!r} (it needs {TEACHER_WEIGHTS} and "
+                                f"{TEACHER_CONFIG}); leave out --teacher to train one (squeeze), or pass the directory "
+                                "a previous run wrote")
     try:
         meta = json.loads((directory / TEACHER_CONFIG).read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"{str(directory / TEACHER_CONFIG)!r} is not valid JSON; delete the directory to train the teacher again") from None
+        raise ValueError(f"{str(directory / TEACHER_CONFIG)!r} is not valid JSON; delete the directory to train the "
+                         "teacher again") from None
     for key, want in (expect or {}).items():
         if json.loads(json.dumps(meta.get(key))) != json.loads(json.dumps(want)):
-            raise ValueError(f"the teacher in {str(directory)!r} has {key} {meta.get(key)!r}, this run needs {want!r}; pass a matching "
-                             "--teacher or leave it out to train one")
+            raise ValueError(f"the teacher in {str(directory)!r} has {key} {meta.get(key)!r}, this run needs {want!r}; "
+                             "pass a matching --teacher or leave it out to train one")
     net = get_net(meta["net"], tuple(meta["in_shape"]), meta["num_classes"], depth=meta["depth"], width=meta["width"])
     try:
         net.load_state_dict(load_file(str(directory / TEACHER_WEIGHTS)))
     except Exception as e:  # a truncated file, or the weights of another net
-        raise ValueError(f"{str(directory / TEACHER_WEIGHTS)!r} does not hold the weights its config describes ({type(e).__name__}); "
-                         "delete the directory to train the teacher again") from None
+        raise ValueError(f"{str(directory / TEACHER_WEIGHTS)!r} does not hold the weights its config describes "
+                         f"({type(e).__name__}); delete the directory to train the teacher again") from None
     return net.eval(), meta
 
 
 def teacher_meta(cfg: TeacherConfig, space: str, in_shape, num_classes: int, dataset: dict, backbone) -> dict:
     """What identifies a teacher: the input it sees and how it was trained."""
-    return {"format": "gendistill-sre2l-teacher-1", "net": cfg.net, "depth": cfg.depth, "width": cfg.width, "space": space,
-            "in_shape": list(in_shape), "num_classes": num_classes, "dataset": dataset.get("name"),
+    return {"format": "gendistill-sre2l-teacher-1", "net": cfg.net, "depth": cfg.depth, "width": cfg.width,
+            "space": space, "in_shape": list(in_shape), "num_classes": num_classes, "dataset": dataset.get("name"),
             "backbone_sha256": backbone.weights_sha256() if space == "latent" or cfg.data == "decoded" else None,
             "training": asdict(cfg)}
 
 
-def ensure_teacher(directory: str | Path, given: bool, cfg: TeacherConfig, space: str, in_shape, num_classes: int, dataset: dict,
-                   backbone, train_split, test_split, transform, augment, device, log=print) -> tuple[nn.Module, dict]:
+def ensure_teacher(directory: str | Path, given: bool, cfg: TeacherConfig, space: str, in_shape, num_classes: int,
+                   dataset: dict, backbone, train_split, test_split, transform, augment, device,
+                   log=print) -> tuple[nn.Module, dict]:
     """Load the teacher in ``directory``; when it was not ``given`` by the user and does not exist yet, train and
     store it first (the squeeze step), with its test accuracy in its config."""
     meta = teacher_meta(cfg, space, in_shape, num_classes, dataset, backbone)
-    identity = {k: meta[k] for k in ("net", "depth", "width", "space", "in_shape", "num_classes", "dataset", "backbone_sha256")}
+    identity = {k: meta[k] for k in ("net", "depth", "width", "space", "in_shape", "num_classes", "dataset",
+                                     "backbone_sha256")}
     if given or Path(directory, TEACHER_CONFIG).exists():
         expect = identity if given else {**identity, "training": meta["training"]}
         return load_teacher(directory, expect)
@@ -151,8 +165,8 @@ def ensure_teacher(directory: str | Path, given: bool, cfg: TeacherConfig, space
 
 
 @torch.no_grad()
-def relabel(inputs: torch.Tensor, teacher: nn.Module, augment, views: int, temperature: float, generator: torch.Generator,
-            batch: int = 256) -> torch.Tensor:
+def relabel(inputs: torch.Tensor, teacher: nn.Module, augment, views: int, temperature: float,
+            generator: torch.Generator, batch: int = 256) -> torch.Tensor:
     """Soft labels (N, K): the teacher's softmax(logits / temperature) averaged over ``views`` augmented views."""
     if int(views) < 1:
         raise ValueError(f"--relabel-views must be >= 1, got {views}")
@@ -163,6 +177,7 @@ def relabel(inputs: torch.Tensor, teacher: nn.Module, augment, views: int, tempe
     for _ in range(int(views)):
         params = augment.make_params(len(inputs), generator, inputs.device)
         x = augment.apply(inputs, params)
-        probs = torch.cat([(teacher(x[i : i + batch]).float() / temperature).softmax(1) for i in range(0, len(x), batch)])
+        probs = torch.cat([(teacher(x[i : i + batch]).float() / temperature).softmax(1)
+                           for i in range(0, len(x), batch)])
         total = probs if total is None else total + probs
     return total / int(views)

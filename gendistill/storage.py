@@ -10,8 +10,9 @@ by its data alone.
 
 Storage dtypes (``LATENT_DTYPES``): ``float32``, ``float16``, ``bfloat16`` (a cast) and ``int8`` (affine per channel:
 for each index of the latents' dimension 1, ``q = clamp(round(z / scale) + zero_point, -128, 127)``; the file holds
-``latents`` int8, ``latents_scale`` float32 (C,) and ``latents_zero_point`` int32 (C,); ``z ~ (q - zero_point) * scale``,
-off by at most ``scale / 2``). Latents are always optimised in float32; the dtype applies when the set is written.
+``latents`` int8, ``latents_scale`` float32 (C,) and ``latents_zero_point`` int32 (C,); ``z ~ (q - zero_point) *
+scale``, off by at most ``scale / 2``). Latents are always optimised in float32; the dtype applies when the set is
+written.
 """
 
 from __future__ import annotations
@@ -91,13 +92,18 @@ class Int8Codec(Codec):
     def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
         missing = [k for k in ("latents_scale", "latents_zero_point") if k not in tensors]
         if missing:
-            raise ValueError(f"{where} holds int8 latents but no {' or '.join(repr(k) for k in missing)} tensor to read them back; "
-                             "the file is incomplete: re-save the set (--latent-dtype int8 writes both)")
-        q, scale, zero = tensors["latents"], tensors["latents_scale"].double().flatten(), tensors["latents_zero_point"].double().flatten()
+            raise ValueError(f"{where} holds int8 latents but no {' or '.join(repr(k) for k in missing)} tensor to "
+                             "read them back; the file is incomplete: re-save the set (--latent-dtype int8 "
+                             "writes both)")
+        q, scale, zero = (
+            tensors["latents"],
+            tensors["latents_scale"].double().flatten(),
+            tensors["latents_zero_point"].double().flatten(),
+        )
         channels = q.shape[1] if q.ndim > 1 else 1
         if len(scale) != channels or len(zero) != channels:
-            raise ValueError(f"{where}: int8 latents with {channels} channels but {len(scale)} scales and {len(zero)} zero points; "
-                             "the file is inconsistent, re-save the set")
+            raise ValueError(f"{where}: int8 latents with {channels} channels but {len(scale)} scales and {len(zero)} "
+                             "zero points; the file is inconsistent, re-save the set")
         return ((q.double() - self._view(zero, q.ndim)) * self._view(scale, q.ndim)).float()
 
 
@@ -144,10 +150,11 @@ def latents_per_class(budget: float, latent_shape, image_shape, num_classes: int
     allowed = budget * num_classes * image_bytes(image_shape)
     n = math.floor((allowed - codec.overhead_bytes(latent_shape)) / (num_classes * per_latent) + 1e-9)
     if n < 1:
-        need = (num_classes * per_latent + codec.overhead_bytes(latent_shape)) / (num_classes * image_bytes(image_shape))
-        raise ValueError(f"--ipc-budget {budget:g} holds {budget * image_bytes(image_shape):,.0f} bytes per class, less than one "
-                         f"{tuple(latent_shape)} {dtype} latent ({per_latent:,} bytes); use --ipc-budget {math.ceil(need * 1000) / 1000:g} "
-                         "or more, or a smaller --latent-dtype")
+        need = (num_classes * per_latent + codec.overhead_bytes(latent_shape)) / (num_classes
+                                                                                  * image_bytes(image_shape))
+        raise ValueError(f"--ipc-budget {budget:g} holds {budget * image_bytes(image_shape):,.0f} bytes per class, "
+                         f"less than one {tuple(latent_shape)} {dtype} latent ({per_latent:,} bytes); use --ipc-budget "
+                         f"{math.ceil(need * 1000) / 1000:g} or more, or a smaller --latent-dtype")
     return n
 
 
@@ -177,8 +184,8 @@ def make_ledger(tensors: dict[str, torch.Tensor], num_classes: int, image_shape,
         what: {"count": int(data.shape[0]), "shape": list(data.shape[1:]),
                "dtype": codec.name if what == "latents" else str(data.dtype).replace("torch.", ""),
                "bytes": tensor_bytes(data), "quantisation_bytes": extra},
-        "labels": {"kind": "soft" if soft else "hard", "dtype": str(labels.dtype).replace("torch.", "") if labels is not None else None,
-                   "bytes": label_bytes},
+        "labels": {"kind": "soft" if soft else "hard", "dtype": str(labels.dtype).replace("torch.", "")
+                   if labels is not None else None, "bytes": label_bytes},
         "lr_bytes": lr_bytes,
         "total_bytes": total,
         "num_classes": int(num_classes) if num_classes else None,
@@ -219,18 +226,19 @@ def format_ledger(ledger: dict) -> list[str]:
     d, lab = ledger[what], ledger["labels"]
     q = f" + {d['quantisation_bytes']:,} B int8 scales" if d.get("quantisation_bytes") else ""
     lines = [f"storage   {what} {d['count']} x {tuple(d['shape'])} {d['dtype']}: {d['bytes']:,} B{q}",
-             f"          labels ({lab['kind']}, {lab['dtype']}): {lab['bytes']:,} B; lr: {ledger['lr_bytes']:,} B; total {ledger['total_bytes']:,} B"]
+             f"          labels ({lab['kind']}, {lab['dtype']}): {lab['bytes']:,} B; lr: {ledger['lr_bytes']:,} B; "
+             f"total {ledger['total_bytes']:,} B"]
     if ledger.get("budget_ipc") is not None:
-        lines.append(f"budget    {ledger['budget_ipc']:.4g} float32 images per class ({ledger['image_bytes']:,} B each) counting the "
-                     f"{what}; {ledger['budget_ipc_with_labels']:.4g} with labels and lr")
+        lines.append(f"budget    {ledger['budget_ipc']:.4g} float32 images per class ({ledger['image_bytes']:,} B "
+                     f"each) counting the {what}; {ledger['budget_ipc_with_labels']:.4g} with labels and lr")
     dec = ledger.get("decoder")
     lines.append(f"decoder   {_kb(dec['bytes'])} ({dec['params']:,} parameters), beside the budget" if dec else
                  "decoder   unknown (the file records no ledger: written before gendistill stored one)")
     return lines
 
 
-def resolve_ipc(ipc: int | None, budget: float | None, latent_shape, image_shape, num_classes: int, dtype: str = "float32",
-                default: int = 10) -> int:
+def resolve_ipc(ipc: int | None, budget: float | None, latent_shape, image_shape, num_classes: int,
+                dtype: str = "float32", default: int = 10) -> int:
     """Latents per class: ``ipc`` (count-matched) or what ``budget`` allows (storage-matched); both is an error."""
     check_ipc_args(ipc, budget)
     if budget is not None:
@@ -241,5 +249,5 @@ def resolve_ipc(ipc: int | None, budget: float | None, latent_shape, image_shape
 def check_ipc_args(ipc: int | None, budget: float | None) -> None:
     """``--ipc`` and ``--ipc-budget`` exclude each other."""
     if ipc is not None and budget is not None:
-        raise ValueError(f"--ipc {ipc} (count-matched) and --ipc-budget {budget:g} (storage-matched) were both given; keep one "
-                         "(a config file's ipc is dropped with --ipc none)")
+        raise ValueError(f"--ipc {ipc} (count-matched) and --ipc-budget {budget:g} (storage-matched) were both "
+                         "given; keep one (a config file's ipc is dropped with --ipc none)")

@@ -39,12 +39,16 @@ class SyntheticSet(nn.Module):
                              f"expected ({len(latents)},) or ({len(latents)}, classes)")
         self.latents = nn.Parameter(latents.detach().clone().float())
         self.register_buffer("labels", labels.detach().clone())
-        self.lr = None if lr is None else nn.Parameter(torch.as_tensor(lr, dtype=torch.float32).detach().clone().reshape(()))
+        self.lr = (
+            None if lr is None else nn.Parameter(torch.as_tensor(lr, dtype=torch.float32).detach().clone().reshape(()))
+        )
         self.backbone_meta = dict(backbone or {})
         self.dataset_meta = dict(dataset or {})
         self.run_meta = dict(run or {})
-        self.latent_dtype = get_codec(latent_dtype).name  # the storage dtype the set is written in (optimised in float32)
-        self.decoder = dict(decoder) if decoder else None  # the decoder's size (``storage.decoder_record``), for the ledger
+        # the storage dtype the set is written in (optimised in float32)
+        self.latent_dtype = get_codec(latent_dtype).name
+        # the decoder's size (``storage.decoder_record``), for the ledger
+        self.decoder = dict(decoder) if decoder else None
 
     # -- views ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -80,16 +84,19 @@ class SyntheticSet(nn.Module):
                    latent_dtype: str = "float32") -> SyntheticSet:
         """``ipc`` latents per class by an INITS method, from ``real``: the cached latents of the train split, or its
         images (``real.space == "pixel"``, a backbone without a latent cache) of which only the picked ones are encoded.
-        A method that samples a generative model (``--init diffusion``) gets ``init_model`` (see ``load_init_model``)."""
+        A method that samples a generative model (``--init diffusion``) gets ``init_model`` (see
+        ``load_init_model``)."""
         if ipc < 1:
             raise ValueError(f"--ipc must be at least 1, got {ipc}")
         make = INITS.get(method)
         extra = {}
         if getattr(make, "uses_model", False):
             extra["model"] = load_init_model(init_model, backbone, dataset, model_options)
-            run = {**(run or {}), "init_model": {"source": extra["model"].source, "sha256": extra["model"].weights_sha256(),
+            run = {**(run or {}), "init_model": {"source": extra["model"].source,
+                                                 "sha256": extra["model"].weights_sha256(),
                                                  "options": extra["model"].options()}}
-        latents = torch.cat([make(real, c, ipc, generator, backbone=backbone, **extra).detach().cpu() for c in range(real.num_classes)])
+        latents = torch.cat([make(real, c, ipc, generator, backbone=backbone, **extra).detach().cpu()
+                             for c in range(real.num_classes)])
         labels = torch.arange(real.num_classes).repeat_interleave(ipc)
         if real.space == "pixel" and getattr(make, "selects_real", False):  # picked images: encode them, in one go
             device = next(backbone.parameters(), latents).device
@@ -116,19 +123,22 @@ class SyntheticSet(nn.Module):
             "gendistill.format": FORMAT_VERSION,
             "gendistill.backbone": json.dumps(portable_backbone(self.backbone_meta), sort_keys=True),
             "gendistill.dataset": json.dumps(self.dataset_meta, sort_keys=True),
-            "gendistill.run": json.dumps(portable_run({"package_version": __version__, **self.run_meta, **(run or {})}), sort_keys=True, default=str),
+            "gendistill.run": json.dumps(portable_run({"package_version": __version__, **self.run_meta, **(run or {})}),
+                                         sort_keys=True, default=str),
         }
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors a set file holds: the latents in the storage dtype (int8 with its scales), labels, lr."""
-        tensors = {**get_codec(self.latent_dtype).encode(self.latents.detach().float().cpu()), "labels": self.labels.detach().cpu()}
+        tensors = {**get_codec(self.latent_dtype).encode(self.latents.detach().float().cpu()),
+                   "labels": self.labels.detach().cpu()}
         if self.lr is not None:
             tensors["lr"] = self.lr.detach().reshape(()).cpu()
         return tensors
 
     def ledger(self, tensors: dict[str, torch.Tensor] | None = None) -> dict:
         """The storage ledger (``gendistill.storage``) of the set as written: bytes by part, budget, decoder beside."""
-        return make_ledger(tensors or self.stored_tensors(), self.num_classes, self.dataset_meta.get("image_shape"), self.decoder)
+        return make_ledger(tensors or self.stored_tensors(), self.num_classes, self.dataset_meta.get("image_shape"),
+                           self.decoder)
 
     @torch.no_grad()
     def round_trip_(self) -> SyntheticSet:
@@ -163,8 +173,8 @@ class SyntheticSet(nn.Module):
         space, have_space = self.backbone_meta.get("latent_space"), backbone.latent_space
         if space != have_space:
             fix = f"load it with --latent-space {space}" if space else "load a backbone with a single latent space"
-            raise ValueError(f"the set's latents are in latent space {space!r} but backbone {backbone.source!r} was loaded with "
-                             f"latent space {have_space!r}; {fix}")
+            raise ValueError(f"the set's latents are in latent space {space!r} but backbone {backbone.source!r} was "
+                             f"loaded with latent space {have_space!r}; {fix}")
         if tuple(self.latents.shape[1:]) != tuple(backbone.latent_shape):
             raise ValueError(f"the set's latents have shape {tuple(self.latents.shape[1:])} but backbone "
                              f"{backbone.source!r} makes {tuple(backbone.latent_shape)}; "
@@ -173,7 +183,8 @@ class SyntheticSet(nn.Module):
         if want != have and not ignore_hash:
             raise ValueError(f"backbone hash mismatch: the set was made with {str(want)[:16]}, "
                              f"{backbone.source!r} has {have[:16]}; "
-                             f"pass the recorded backbone ({self.backbone_meta.get('source')}) or {HASH_FLAG} to decode anyway")
+                             f"pass the recorded backbone ({self.backbone_meta.get('source')}) or {HASH_FLAG} to "
+                             "decode anyway")
 
 
 def read_set_file(path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
@@ -195,8 +206,8 @@ def stored_latents(path, tensors: dict[str, torch.Tensor]):
         codec = codec_of(tensors)
     except ValueError:
         dtype = str(tensors["latents"].dtype).replace("torch.", "")
-        raise ValueError(f"{str(path)!r}: tensor 'latents' is stored as {dtype}, which gendistill does not read (supported: "
-                         f"{', '.join(LATENT_DTYPES.names())}); re-create the file") from None
+        raise ValueError(f"{str(path)!r}: tensor 'latents' is stored as {dtype}, which gendistill does not read "
+                         f"(supported: {', '.join(LATENT_DTYPES.names())}); re-create the file") from None
     return codec, codec.decode(tensors, where=repr(str(path)))
 
 
@@ -204,7 +215,8 @@ def read_metadata(path, meta: dict[str, str]) -> dict:
     """The parsed ``gendistill.*`` records of a file, with one-line errors for missing or unknown versions or records
     of the wrong type."""
     if "gendistill.format" not in meta:
-        raise ValueError(f"{str(path)!r} has no gendistill metadata; it was not written by gendistill (use `gendistill init` or a recipe)")
+        raise ValueError(f"{str(path)!r} has no gendistill metadata; it was not written by gendistill (use `gendistill "
+                         "init` or a recipe)")
     if meta["gendistill.format"] != FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} has format version {meta['gendistill.format']!r}; "
                          f"this gendistill reads version {FORMAT_VERSION!r}; upgrade gendistill or re-create the file")
@@ -213,7 +225,8 @@ def read_metadata(path, meta: dict[str, str]) -> dict:
         try:
             out[key] = json.loads(meta.get(f"gendistill.{key}", "{}"))
         except json.JSONDecodeError:
-            raise ValueError(f"{str(path)!r}: metadata gendistill.{key} is not valid JSON; re-create the file") from None
+            raise ValueError(f"{str(path)!r}: metadata gendistill.{key} is not valid JSON; "
+                             "re-create the file") from None
     check_records(path, out)
     return out
 
@@ -234,8 +247,8 @@ def selects_real(fn):
 def _needs_cache(method: str, real: LatentSplit, backbone: Backbone | None) -> None:
     if real.space != "latent":
         kind = backbone.kind if backbone is not None else "this"
-        raise ValueError(f"init {method!r} uses the statistics of cached latents, which a {kind} backbone does not build; "
-                         "use --init classmean, real or noise")
+        raise ValueError(f"init {method!r} uses the statistics of cached latents, which a {kind} backbone "
+                         "does not build; use --init classmean, real or noise")
 
 
 @INITS.register("real")
@@ -341,7 +354,8 @@ def set_backbone_options(source: str, init: str, options: dict | None) -> dict |
     return options if BACKBONES.get(backbone_kind(resolve_source(source))).option_names else None
 
 
-def load_init_model(init_model: str | Backbone | None, backbone: Backbone, dataset: dict, options: dict | None = None) -> Backbone:
+def load_init_model(init_model: str | Backbone | None, backbone: Backbone, dataset: dict, options: dict
+                    | None = None) -> Backbone:
     """The diffusion model a ``uses_model`` initialiser samples: ``init_model`` (a loaded backbone, or a source loaded
     with ``options`` and the dataset's image shape and class names); if None, the set's backbone when it is a diffusion
     one, else the shipped ``fashion-mnist-ldm``. On the set's backbone's device."""
@@ -354,17 +368,19 @@ def load_init_model(init_model: str | Backbone | None, backbone: Backbone, datas
     else:
         source = init_model or DEFAULT_INIT_MODEL
         if source == DEFAULT_INIT_MODEL and not Path(source).exists() and source not in shipped_backbones():
-            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in gendistill/assets/backbones; make it "
-                                    f"with python recipes/train_diffusion.py --output gendistill/assets/backbones/{DEFAULT_INIT_MODEL}, "
-                                    "or pass --init-model DIR")
+            raise FileNotFoundError(f"the default --init-model {DEFAULT_INIT_MODEL!r} is not in "
+                                    "gendistill/assets/backbones; make it with python recipes/train_diffusion.py "
+                                    f"--output gendistill/assets/backbones/{DEFAULT_INIT_MODEL}, or pass "
+                                    "--init-model DIR")
         shape = tuple(dataset["image_shape"]) if dataset.get("image_shape") else None
         model = load_backbone(source, image_shape=shape, options=options, class_names=dataset.get("classes"))
     if model.kind != "diffusion":
-        raise ValueError(f"--init-model {model.source!r} is a {model.kind} backbone; --init diffusion samples a diffusion model "
-                         "(a directory with unet/ and scheduler/)")
+        raise ValueError(f"--init-model {model.source!r} is a {model.kind} backbone; --init diffusion samples a "
+                         "diffusion model (a directory with unet/ and scheduler/)")
     classes = dataset.get("num_classes")
     if classes is not None and model.num_classes != int(classes):
-        raise ValueError(f"--init-model {model.source!r} has {model.num_classes} classes, the dataset {classes}; use a model trained on it")
+        raise ValueError(f"--init-model {model.source!r} has {model.num_classes} classes, the dataset {classes}; use a "
+                         "model trained on it")
     return model.to(next(backbone.parameters(), torch.empty(0)).device)
 
 
@@ -377,8 +393,8 @@ def init_diffusion(real: LatentSplit, c: int, ipc: int, generator=None, backbone
 
 
 def model_vae_latents(model, real: LatentSplit, c: int, backbone: Backbone, batch: int = 256) -> torch.Tensor:
-    """Class ``c`` of ``real`` as latents of ``model``'s VAE: the cached latents when the set's backbone is that VAE, else
-    its images (decoded from the backbone's latents where ``real`` holds latents) encoded by the VAE."""
+    """Class ``c`` of ``real`` as latents of ``model``'s VAE: the cached latents when the set's backbone is that VAE,
+    else its images (decoded from the backbone's latents where ``real`` holds latents) encoded by the VAE."""
     data = real.latents[real.class_indices(c)]
     if real.space == "latent" and backbone.weights_sha256() == model.vae.weights_sha256():
         return data
@@ -395,7 +411,8 @@ def model_vae_latents(model, real: LatentSplit, c: int, backbone: Backbone, batc
 
 @INITS.register("diffusion-prototype")
 @uses_model
-def init_diffusion_prototype(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None, model=None) -> torch.Tensor:
+def init_diffusion_prototype(real: LatentSplit, c: int, ipc: int, generator=None, backbone=None,
+                             model=None) -> torch.Tensor:
     """Diffusion prototypes: the ``ipc`` k-means centres of the class's real VAE latents, DDIM-inverted to noise under
     the class's condition and re-decoded (the set's backbone space: the noise latents for the model itself)."""
     z0 = model_vae_latents(model, real, c, backbone)

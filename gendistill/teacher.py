@@ -71,8 +71,8 @@ class Dynamics:
         return scores
 
 
-def train_net(images: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor, labels: torch.Tensor, in_shape, num_classes: int,
-              mean, std, cfg: NetTraining, device=None, track: bool = False, progress: bool = True,
+def train_net(images: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor, labels: torch.Tensor, in_shape,
+              num_classes: int, mean, std, cfg: NetTraining, device=None, track: bool = False, progress: bool = True,
               desc: str = "train") -> tuple[torch.nn.Module, Dynamics | None]:
     """A fresh ``cfg.arch`` trained on ``images`` (a tensor (N, C, H, W) in [0, 1], or ``f(indices) -> images``) with
     ``labels`` (N,) hard ids or (N, K) probabilities; with ``track``, its :class:`Dynamics` too."""
@@ -160,7 +160,8 @@ class Teacher:
     measured: dict
 
     def probs(self, images: torch.Tensor, device=None, temperature: float = 1.0) -> torch.Tensor:
-        return predict_probs(self.net, images, self.dataset["mean"], self.dataset["std"], device, temperature=temperature)
+        return predict_probs(self.net, images, self.dataset["mean"], self.dataset["std"], device,
+                             temperature=temperature)
 
     def record(self) -> dict:
         """What a relabelled set records about its teacher (portable: the directory's name, not its path)."""
@@ -222,10 +223,13 @@ def load_teacher(directory: str | Path, device=None) -> Teacher:
         raise ValueError(f"{str(d / CONFIG)!r} is incomplete ({type(e).__name__}: {e}); {hint}") from None
     weights, _ = load_safetensors(d / WEIGHTS)
     if tensor_sha256(weights) != info.get("sha256"):
-        raise ValueError(f"{str(d / WEIGHTS)!r} does not have the sha256 recorded in {CONFIG}; the file was altered or damaged, {hint}")
+        raise ValueError(f"{str(d / WEIGHTS)!r} does not have the sha256 recorded in {CONFIG}; the file was altered or "
+                         f"damaged, {hint}")
     net = fresh_net(training.arch, in_shape, classes, torch.Generator().manual_seed(0), **training.net_overrides())
     try:
         net.load_state_dict(weights)
     except RuntimeError:
-        raise ValueError(f"{str(d / WEIGHTS)!r} does not fit a {training.arch} for {in_shape} inputs and {classes} classes; {hint}") from None
-    return Teacher(net.to(device or "cpu").eval(), training, dataset, info["sha256"], str(d), dict(info.get("measured", {})))
+        raise ValueError(f"{str(d / WEIGHTS)!r} does not fit a {training.arch} for {in_shape} inputs and {classes} "
+                         f"classes; {hint}") from None
+    return Teacher(net.to(device or "cpu").eval(), training, dataset, info["sha256"], str(d),
+                   dict(info.get("measured", {})))

@@ -20,7 +20,8 @@ def _bad(path, field: str, problem: str) -> ValueError:
 
 
 def _shape(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                              for v in value)
 
 
 def _count(value) -> bool:
@@ -28,8 +29,10 @@ def _count(value) -> bool:
 
 
 def _numbers(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and
-                                                               float(v) == float(v) and abs(float(v)) != float("inf") for v in value)
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                              and
+                                                               float(v) == float(v) and abs(float(v)) != float("inf")
+                                                              for v in value)
 
 
 def _str_or_none(value) -> bool:
@@ -70,17 +73,21 @@ def check_records(path, records: dict) -> None:
     for key, fields in RECORD_FIELDS.items():
         record = records.get(key, {})
         if not isinstance(record, dict):
-            raise _bad(path, f"metadata gendistill.{key}", f"must be a JSON object, not {type(record).__name__} {json_preview(record)}")
+            raise _bad(path, f"metadata gendistill.{key}",
+                       f"must be a JSON object, not {type(record).__name__} {json_preview(record)}")
         for name, (test, what) in fields.items():
             if name in record and not test(record[name]):
-                raise _bad(path, f"metadata gendistill.{key}.{name}", f"must be {what}, got {json_preview(record[name])}")
+                raise _bad(path, f"metadata gendistill.{key}.{name}",
+                           f"must be {what}, got {json_preview(record[name])}")
     d = records.get("dataset", {})
     if "classes" in d and "num_classes" in d and len(d["classes"]) != d["num_classes"]:
-        raise _bad(path, "metadata gendistill.dataset.classes", f"names {len(d['classes'])} classes but num_classes is {d['num_classes']}")
+        raise _bad(path, "metadata gendistill.dataset.classes",
+                   f"names {len(d['classes'])} classes but num_classes is {d['num_classes']}")
     channels = d["image_shape"][0] if "image_shape" in d else None
     for name in ("mean", "std"):
         if channels is not None and name in d and len(d[name]) != channels:
-            raise _bad(path, f"metadata gendistill.dataset.{name}", f"has {len(d[name])} values for {channels}-channel images")
+            raise _bad(path, f"metadata gendistill.dataset.{name}",
+                       f"has {len(d[name])} values for {channels}-channel images")
 
 
 def json_preview(value) -> str:
@@ -109,7 +116,8 @@ def check_set_tensors(path, tensors: dict[str, torch.Tensor], records: dict, dec
             raise ValueError(f"{str(path)!r} has no {key!r} tensor; it is not {what}")
     x, labels = tensors[name], tensors["labels"]
     if not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
-        raise _bad(path, f"tensor {name!r}", f"must be floating point (N, ...) with N >= 1, got {_dtype(x)} {tuple(x.shape)}")
+        raise _bad(path, f"tensor {name!r}", f"must be floating point (N, ...) with N >= 1, got {_dtype(x)} "
+                                             f"{tuple(x.shape)}")
     _finite(path, name, x)
     dataset, backbone = records.get("dataset", {}), records.get("backbone", {})
     if decoded:
@@ -117,16 +125,17 @@ def check_set_tensors(path, tensors: dict[str, torch.Tensor], records: dict, dec
             raise _bad(path, "tensor 'images'", f"must be (N, C, H, W), got shape {tuple(x.shape)}")
         if "image_shape" in dataset and list(x.shape[1:]) != list(dataset["image_shape"]):
             raise _bad(path, "tensor 'images'",
-                       f"has images of shape {tuple(x.shape[1:])} but the dataset record says {tuple(dataset['image_shape'])}")
+                       f"has images of shape {tuple(x.shape[1:])} but the dataset record says "
+                       f"{tuple(dataset['image_shape'])}")
         low, high = float(x.min()), float(x.max())
         if low < 0 or high > 1:
             raise _bad(path, "tensor 'images'", f"must hold values in [0, 1], found [{low:.4g}, {high:.4g}]")
     elif "latent_shape" in backbone and list(x.shape[1:]) != list(backbone["latent_shape"]):
-        raise ValueError(f"{str(path)!r}: latents of shape {tuple(x.shape[1:])} but the recorded backbone latent shape is "
-                         f"{tuple(backbone['latent_shape'])}; {FIX}")
+        raise ValueError(f"{str(path)!r}: latents of shape {tuple(x.shape[1:])} but the recorded backbone "
+                         f"latent shape is {tuple(backbone['latent_shape'])}; {FIX}")
     if labels.ndim not in (1, 2) or len(labels) != len(x):
-        raise ValueError(f"{str(path)!r}: {len(x)} {name} but labels of shape {tuple(labels.shape)}; the file is inconsistent, "
-                         f"expected ({len(x)},) or ({len(x)}, classes); {FIX}")
+        raise ValueError(f"{str(path)!r}: {len(x)} {name} but labels of shape {tuple(labels.shape)}; the file is "
+                         f"inconsistent, expected ({len(x)},) or ({len(x)}, classes); {FIX}")
     classes = dataset.get("num_classes")
     if labels.ndim == 1:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -137,7 +146,8 @@ def check_set_tensors(path, tensors: dict[str, torch.Tensor], records: dict, dec
             raise _bad(path, "tensor 'labels'", f"holds class ids from {low} to {high}, outside {limit}")
     else:
         if not labels.is_floating_point():
-            raise _bad(path, "tensor 'labels'", f"of soft labels (N, classes) must be floating point, got {_dtype(labels)}")
+            raise _bad(path, "tensor 'labels'", "of soft labels (N, classes) must be floating point, got "
+                                                f"{_dtype(labels)}")
         _finite(path, "labels", labels)
         if classes is not None and labels.shape[1] != classes:
             raise _bad(path, "tensor 'labels'", f"has {labels.shape[1]} soft-label columns for {classes} classes")

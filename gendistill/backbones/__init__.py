@@ -24,6 +24,6 @@ from .loading import (
 from .pixel import PixelBackbone
 from .vae import VAEBackbone
 
-__all__ = ["Backbone", "effective_match_space", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone", "BACKBONES",
-           "load_backbone", "backbone_kind", "backbone_options", "option_names", "resolve_source", "DEFAULT_BACKBONE",
-           "shipped_backbones", "ASSETS"]
+__all__ = ["Backbone", "effective_match_space", "PixelBackbone", "VAEBackbone", "GANBackbone", "DiffusionBackbone",
+           "BACKBONES", "load_backbone", "backbone_kind", "backbone_options", "option_names", "resolve_source",
+           "DEFAULT_BACKBONE", "shipped_backbones", "ASSETS"]

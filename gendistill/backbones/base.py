@@ -96,7 +96,8 @@ class Backbone(nn.Module):
 
     def decoder_bytes(self) -> int:
         """Bytes of the weights ``decode`` needs, in their dtype (0 for the pixel backbone)."""
-        return sum(t.numel() * t.element_size() for m in self.decoder_modules() for t in (*m.parameters(), *m.buffers()))
+        return sum(t.numel() * t.element_size() for m in self.decoder_modules()
+                   for t in (*m.parameters(), *m.buffers()))
 
     def decode_for_grad(self, z: torch.Tensor) -> torch.Tensor:
         """``decode(z)`` as ``decode_vjp`` differentiates it: the same values; a kind whose decode is a long chain
@@ -131,7 +132,8 @@ class Backbone(nn.Module):
             if self.latent_space is not None:
                 state["__latent_space__"] = torch.tensor(list(self.latent_space.encode()), dtype=torch.uint8)
             if self.options():
-                state["__options__"] = torch.tensor(list(json.dumps(self.options(), sort_keys=True).encode()), dtype=torch.uint8)
+                state["__options__"] = torch.tensor(list(json.dumps(self.options(), sort_keys=True).encode()),
+                                                    dtype=torch.uint8)
             self._sha256 = tensor_sha256(state)
         return self._sha256
 

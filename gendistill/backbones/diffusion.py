@@ -12,8 +12,8 @@ Two directory layouts are accepted, both diffusers-native:
   ``CLIPTextModel``), ``tokenizer/``, ``vae/`` (``AutoencoderKL``) and ``scheduler/``. The dataset's class names become
   prompts through ``prompt_template`` ("a photo of a {name}"); the empty prompt is the null condition.
 
-Latent: ``[x_T flattened, condition weights (classes + 1)]``. ``decode`` takes no label, so, as in the gan's z space, the
-condition is part of the latent: the UNet is conditioned on ``weights @ table`` (the class-embedding rows, or the
+Latent: ``[x_T flattened, condition weights (classes + 1)]``. ``decode`` takes no label, so, as in the gan's z space,
+the condition is part of the latent: the UNet is conditioned on ``weights @ table`` (the class-embedding rows, or the
 prompts' text embeddings), one-hot where a latent is made (``encode(x, labels)``, the initialisers) and optimised with
 x_T afterwards. Options (``load_backbone(..., options={...})``; recorded in a set file and part of the hash):
 ``decode_steps`` K (10), ``invert_to`` T (the last training timestep: full noise), ``guidance_scale`` (1: none; 0: the
@@ -91,8 +91,10 @@ def run_unet(unet: nn.Module, x: torch.Tensor, t, **cond) -> torch.Tensor:
     return unet(x, t, **cond).sample[..., :h, :w]
 
 
-def eps_and_x0(out: torch.Tensor, x: torch.Tensor, alpha_bar: float, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The noise and clean-latent estimates of a model output for ``x`` at a level with cumulative alpha ``alpha_bar``."""
+def eps_and_x0(out: torch.Tensor, x: torch.Tensor, alpha_bar: float,
+               prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise and clean-latent estimates of a model output for ``x`` at a level with cumulative alpha
+    ``alpha_bar``."""
     a, b = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
     if prediction_type == "epsilon":
         return out, (x - b * out) / a
@@ -105,7 +107,8 @@ def _load(what: str, where, loader):
     try:
         return loader()
     except LOAD_ERRORS as e:
-        raise ValueError(f"could not load the {what} from {str(where)!r} ({first_line(e)}); re-create the diffusion directory") from None
+        raise ValueError(f"could not load the {what} from {str(where)!r} ({first_line(e)}); re-create the "
+                         "diffusion directory") from None
 
 
 @BACKBONES.register("diffusion")
@@ -117,8 +120,8 @@ class DiffusionBackbone(Backbone):
     batch = 256  # images per call in encode / sample_images
 
     def __init__(self, unet, scheduler, vae: VAEBackbone, classes, source: str = "diffusion", text_encoder=None,
-                 tokenizer=None, vae_pointer: str | None = None, decode_steps: int | None = None, invert_to: int | None = None,
-                 guidance_scale: float | None = None, prompt_template: str | None = None):
+                 tokenizer=None, vae_pointer: str | None = None, decode_steps: int | None = None, invert_to: int
+                 | None = None, guidance_scale: float | None = None, prompt_template: str | None = None):
         """``unet`` (diffusers ``UNet2DModel`` with class embeddings, or ``UNet2DConditionModel`` with ``text_encoder``
         and ``tokenizer``), ``scheduler`` (its noise schedule and prediction type), ``vae`` the VAE backbone of its
         latents, ``classes`` the class names; ``vae_pointer`` is how a saved directory names that VAE."""
@@ -132,17 +135,19 @@ class DiffusionBackbone(Backbone):
         self.tokenizer = tokenizer
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"{source!r}: scheduler prediction_type {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+            raise ValueError(f"{source!r}: scheduler prediction_type {self.prediction_type!r} is not one of "
+                             f"{', '.join(PREDICTION_TYPES)}")
         self._alpha_bars = [float(a) for a in scheduler.alphas_cumprod]
         self.register_buffer("alpha_bars", scheduler.alphas_cumprod.detach().clone().float())  # in the hash, not used
         self._set_options(decode_steps, invert_to, guidance_scale, prompt_template)
         if self.text_conditioned:
             self.register_buffer("prompt_embeds", self._embed_prompts())  # (classes + 1, tokens, width): in the hash
         elif unet.config.num_class_embeds != len(self.classes) + 1:
-            raise ValueError(f"{source!r}: the UNet has {unet.config.num_class_embeds} class embeddings, not {len(self.classes)} classes "
-                             "+ 1 null class; re-create it with recipes/train_diffusion.py")
+            raise ValueError(f"{source!r}: the UNet has {unet.config.num_class_embeds} class embeddings, not "
+                             f"{len(self.classes)} classes + 1 null class; re-create it with "
+                             "recipes/train_diffusion.py")
 
-    # -- options ------------------------------------------------------------------------------------------------------------
+    # -- options -------------------------------------------------------------------------------------------------------
     def _set_options(self, decode_steps, invert_to, guidance_scale, prompt_template) -> None:
         last = self.num_train_timesteps - 1
         T = last if invert_to is None else invert_to
@@ -151,15 +156,15 @@ class DiffusionBackbone(Backbone):
                              f"scheduler ({last}: full noise, the default)")
         K = DEFAULT_DECODE_STEPS if decode_steps is None else decode_steps
         if int(K) != K or not 1 <= K <= T:
-            raise ValueError(f"--decode-steps {K} is out of range: 1 to {int(T)} (the --invert-to timestep); each step is one "
-                             "UNet call (two with guidance)")
+            raise ValueError(f"--decode-steps {K} is out of range: 1 to {int(T)} (the --invert-to timestep); each "
+                             "step is one UNet call (two with guidance)")
         s = 1.0 if guidance_scale is None else float(guidance_scale)
         if not (math.isfinite(s) and 0.0 <= s <= MAX_GUIDANCE):
-            raise ValueError(f"--guidance-scale {guidance_scale} is out of range: [0, {MAX_GUIDANCE:g}] (1: no guidance, 0: the "
-                             "null condition alone)")
+            raise ValueError(f"--guidance-scale {guidance_scale} is out of range: [0, {MAX_GUIDANCE:g}] (1: no "
+                             "guidance, 0: the null condition alone)")
         if prompt_template is not None and not self.text_conditioned:
-            raise ValueError(f"--prompt-template applies to text-conditioned diffusion models; {self.source!r} is class-"
-                             "conditional (UNet2DModel class embeddings): leave it unset")
+            raise ValueError("--prompt-template applies to text-conditioned diffusion models; "
+                             f"{self.source!r} is class-conditional (UNet2DModel class embeddings): leave it unset")
         template = DEFAULT_PROMPT_TEMPLATE if prompt_template is None else str(prompt_template)
         try:
             ok = "{name}" in template and template.format(name="x") is not None
@@ -176,7 +181,7 @@ class DiffusionBackbone(Backbone):
             opts["prompt_template"] = self.prompt_template
         return opts
 
-    # -- structure ------------------------------------------------------------------------------------------------------------
+    # -- structure -----------------------------------------------------------------------------------------------------
     @property
     def text_conditioned(self) -> bool:
         return self.text_encoder is not None
@@ -221,15 +226,20 @@ class DiffusionBackbone(Backbone):
     def condition_weights(self, labels, n: int) -> torch.Tensor:
         """One-hot condition weights (n, classes + 1) of class ids ``labels`` (None: the null condition)."""
         p = next(self.unet.parameters())
-        ids = torch.full((n,), self.num_classes, device=p.device) if labels is None else class_ids(labels, n, self.num_classes, p.device)
+        ids = (
+            torch.full((n,), self.num_classes, device=p.device)
+            if labels is None
+            else class_ids(labels, n, self.num_classes, p.device)
+        )
         return F.one_hot(ids, self.num_classes + 1).to(p.dtype)
 
-    # -- the UNet --------------------------------------------------------------------------------------------------------------------
+    # -- the UNet ------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _embed_prompts(self) -> torch.Tensor:
         limit = int(self.text_encoder.config.max_position_embeddings)
         length = min(int(getattr(self.tokenizer, "model_max_length", limit) or limit), limit)
-        ids = self.tokenizer(self.prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(self.prompts, padding="max_length", max_length=length, truncation=True,
+                             return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.text_encoder.device))[0].float()
 
     def _condition(self, weights: torch.Tensor) -> dict:
@@ -252,7 +262,7 @@ class DiffusionBackbone(Backbone):
     def _eps_x0(self, x: torch.Tensor, t: int, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return eps_and_x0(self._output(x, t, weights), x, self.alpha_bar(t), self.prediction_type)
 
-    # -- latents <-> images ------------------------------------------------------------------------------------------------------------
+    # -- latents <-> images --------------------------------------------------------------------------------------------
     def denoise(self, z: torch.Tensor, start: int | None = None, grad_checkpoint: bool = False) -> torch.Tensor:
         """The VAE latents that K deterministic DDIM steps (eta 0) make of latents ``z`` (differentiable; with
         ``grad_checkpoint`` each UNet call's activations are recomputed in the backward pass instead of kept)."""
@@ -287,8 +297,8 @@ class DiffusionBackbone(Backbone):
         return self.join(x, weights)
 
     def _invert_step(self, x: torch.Tensor, a_cur: float, t: int, weights: torch.Tensor) -> torch.Tensor:
-        """The x_t that the DDIM step from t maps back to ``x`` (at level ``a_cur``): x_t = up(x, eps(x_t, t)), solved by
-        ``invert_refine`` fixed-point iterations from plain DDIM inversion's eps(x, t)."""
+        """The x_t that the DDIM step from t maps back to ``x`` (at level ``a_cur``): x_t = up(x, eps(x_t, t)), solved
+        by ``invert_refine`` fixed-point iterations from plain DDIM inversion's eps(x, t)."""
         a = self.alpha_bar(t)
         guess = x
         for _ in range(1 + max(0, int(self.invert_refine))):
@@ -309,7 +319,7 @@ class DiffusionBackbone(Backbone):
             out.append(self.invert(z0, None if labels is None else labels[i : i + self.batch]))
         return torch.cat(out) if out else p.new_zeros(0, *self.latent_shape)
 
-    # -- latents a set can start from --------------------------------------------------------------------------------------------------
+    # -- latents a set can start from ----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_latents(self, labels, generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents of random samples of classes ``labels``: x_T ~ N(0, I) at full noise; at an earlier ``invert_to``,
@@ -349,7 +359,7 @@ class DiffusionBackbone(Backbone):
         device = next(target.parameters(), images).device
         return target.encode(images.to(device), labels=None if labels is None else torch.as_tensor(labels))
 
-    # -- files ------------------------------------------------------------------------------------------------------------------------------
+    # -- files ---------------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory, extra: dict | None = None) -> None:
         d = Path(directory)
         self.unet.save_pretrained(str(d / "unet"))
@@ -368,21 +378,24 @@ class DiffusionBackbone(Backbone):
     def from_pretrained(cls, source: str, image_shape=None, class_names=None, **options):
         path = Path(source)
         if not path.is_dir():
-            raise ValueError(f"{source!r} is not a directory; a diffusion backbone is a local directory with unet/ and scheduler/")
+            raise ValueError(f"{source!r} is not a directory; a diffusion backbone is a local directory with unet/ "
+                             "and scheduler/")
         missing = [f"{d}/" for d in ("unet", "scheduler") if not (path / d).is_dir()]
         if missing:
             raise ValueError(f"{source!r} is not a diffusion directory: no {' or '.join(missing)}; make one with "
                              "recipes/train_diffusion.py or pass a Stable Diffusion layout")
-        name = read_config(path / "unet" / "config.json", f"{source}/unet", "a diffusion backbone's unet/ is a diffusers UNet").get("_class_name")
+        name = read_config(path / "unet" / "config.json", f"{source}/unet",
+                           "a diffusion backbone's unet/ is a diffusers UNet").get("_class_name")
         from diffusers import DDIMScheduler
 
-        scheduler = _load("DDIMScheduler", path / "scheduler", lambda: DDIMScheduler.from_pretrained(str(path), subfolder="scheduler"))
+        scheduler = _load("DDIMScheduler", path / "scheduler",
+                          lambda: DDIMScheduler.from_pretrained(str(path), subfolder="scheduler"))
         if name == "UNet2DConditionModel":
             return cls._text_conditioned(path, source, scheduler, image_shape, class_names, options)
         if name == "UNet2DModel":
             return cls._class_conditional(path, source, scheduler, image_shape, class_names, options)
-        raise ValueError(f"{source}/unet holds a {name!r}; a diffusion backbone needs a UNet2DModel with class embeddings "
-                         "(recipes/train_diffusion.py) or a UNet2DConditionModel with a text encoder")
+        raise ValueError(f"{source}/unet holds a {name!r}; a diffusion backbone needs a UNet2DModel with "
+                         "class embeddings (recipes/train_diffusion.py) or a UNet2DConditionModel with a text encoder")
 
     @classmethod
     def _class_conditional(cls, path: Path, source: str, scheduler, image_shape, class_names, options):
@@ -392,51 +405,61 @@ class DiffusionBackbone(Backbone):
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         pointer = info.get("vae")
         if not isinstance(pointer, dict) or not pointer.get("source") or not pointer.get("sha256"):
-            raise ValueError(f"{source!r} has no VAE pointer ({INFO_FILE} with vae.source and vae.sha256); a class-conditional "
-                             "diffusion directory is written by recipes/train_diffusion.py")
+            raise ValueError(f"{source!r} has no VAE pointer ({INFO_FILE} with vae.source and vae.sha256); a "
+                             "class-conditional diffusion directory is written by recipes/train_diffusion.py")
         classes = info.get("classes") or []
         if class_names is not None and len(class_names) != len(classes):
-            raise ValueError(f"{source!r} was trained on {len(classes)} classes, the dataset has {len(class_names)}; train one "
-                             "for this dataset with recipes/train_diffusion.py")
-        vae = VAEBackbone.from_pretrained(resolve_vae(path, pointer["source"]), image_shape=image_shape or info.get("image_shape"))
+            raise ValueError(f"{source!r} was trained on {len(classes)} classes, the dataset has "
+                             f"{len(class_names)}; train one for this dataset with recipes/train_diffusion.py")
+        vae = VAEBackbone.from_pretrained(resolve_vae(path, pointer["source"]), image_shape=image_shape
+                                          or info.get("image_shape"))
         have, want = vae.weights_sha256(), pointer["sha256"]
         if have != want:
-            raise ValueError(f"the VAE {pointer['source']!r} that {source!r} points to has sha256 {have[:16]}, but the UNet was "
-                             f"trained on the latents of one with {want[:16]}; restore that VAE or retrain with recipes/train_diffusion.py")
+            raise ValueError(f"the VAE {pointer['source']!r} that {source!r} points to has sha256 {have[:16]}, but "
+                             f"the UNet was trained on the latents of one with {want[:16]}; restore that VAE or "
+                             "retrain with recipes/train_diffusion.py")
         unet = _load("UNet2DModel", path / "unet", lambda: UNet2DModel.from_pretrained(str(path), subfolder="unet"))
         if unet.config.num_class_embeds is None:
-            raise ValueError(f"{source}/unet is an unconditional UNet2DModel (no num_class_embeds); the diffusion backbone needs "
-                             "class embeddings (recipes/train_diffusion.py)")
+            raise ValueError(f"{source}/unet is an unconditional UNet2DModel (no num_class_embeds); the diffusion "
+                             "backbone needs class embeddings (recipes/train_diffusion.py)")
         return cls(unet, scheduler, vae, classes, source=source, vae_pointer=pointer["source"], **options)
 
     @classmethod
     def _text_conditioned(cls, path: Path, source: str, scheduler, image_shape, class_names, options):
         missing = [f"{d}/" for d in TEXT_PARTS if not (path / d).is_dir()]
         if missing:
-            raise ValueError(f"{source!r} has a text-conditioned UNet but no {', '.join(missing)}; a Stable Diffusion layout "
-                             "holds unet/, text_encoder/, tokenizer/, vae/ and scheduler/")
+            raise ValueError(f"{source!r} has a text-conditioned UNet but no {', '.join(missing)}; a Stable "
+                             "Diffusion layout holds unet/, text_encoder/, tokenizer/, vae/ and scheduler/")
         if not class_names:
-            raise ValueError(f"{source!r} is text-conditioned: its prompts need the dataset's class names (pass class_names)")
+            raise ValueError(f"{source!r} is text-conditioned: its prompts need the dataset's class names (pass "
+                             "class_names)")
         from diffusers import UNet2DConditionModel
 
         try:
             from transformers import AutoTokenizer, CLIPTextModel
         except ImportError:
-            raise ValueError(f"{source!r} is text-conditioned: its text encoder needs `transformers` (pip install 'gendistill[text]')") from None
+            raise ValueError(f"{source!r} is text-conditioned: its text encoder needs `transformers` (pip install "
+                             "'gendistill[text]')") from None
 
-        tokenizer = _load("tokenizer", path / "tokenizer", lambda: AutoTokenizer.from_pretrained(str(path / "tokenizer")))
-        text_encoder = _load("CLIPTextModel", path / "text_encoder", lambda: CLIPTextModel.from_pretrained(str(path / "text_encoder")))
-        unet = _load("UNet2DConditionModel", path / "unet", lambda: UNet2DConditionModel.from_pretrained(str(path), subfolder="unet"))
+        tokenizer = _load("tokenizer", path / "tokenizer",
+                          lambda: AutoTokenizer.from_pretrained(str(path / "tokenizer")))
+        text_encoder = _load("CLIPTextModel", path / "text_encoder",
+                             lambda: CLIPTextModel.from_pretrained(str(path / "text_encoder")))
+        unet = _load("UNet2DConditionModel", path / "unet",
+                     lambda: UNet2DConditionModel.from_pretrained(str(path), subfolder="unet"))
         width, cross = int(text_encoder.config.hidden_size), unet.config.cross_attention_dim
         if cross != width:
-            raise ValueError(f"{source!r}: the UNet attends to {cross}-wide text embeddings but text_encoder/ makes {width}-wide ones; "
-                             "one CLIP text encoder matching the UNet is supported (not SDXL's two)")
+            raise ValueError(f"{source!r}: the UNet attends to {cross}-wide text embeddings but text_encoder/ makes "
+                             f"{width}-wide ones; one CLIP text encoder matching the UNet is supported "
+                             "(not SDXL's two)")
         vae = VAEBackbone.from_pretrained(str(path / "vae"), image_shape=image_shape)
-        return cls(unet, scheduler, vae, class_names, source=source, text_encoder=text_encoder, tokenizer=tokenizer, **options)
+        return cls(unet, scheduler, vae, class_names, source=source, text_encoder=text_encoder, tokenizer=tokenizer,
+                   **options)
 
 
 def resolve_vae(directory: Path, pointer: str) -> str:
-    """A VAE pointer of a diffusion directory: a path relative to it when one exists there, else a shipped name or path."""
+    """A VAE pointer of a diffusion directory: a path relative to it when one exists there, else a shipped name or
+    path."""
     local = directory / pointer
     if not Path(pointer).is_absolute() and local.is_dir():
         return str(local)
@@ -444,6 +467,6 @@ def resolve_vae(directory: Path, pointer: str) -> str:
 
     resolved = resolve_source(pointer)
     if not Path(resolved).is_dir():
-        raise ValueError(f"the VAE {pointer!r} that {str(directory)!r} points to is neither a directory next to it nor a shipped "
-                         "backbone; restore it or retrain with recipes/train_diffusion.py")
+        raise ValueError(f"the VAE {pointer!r} that {str(directory)!r} points to is neither a directory next to it "
+                         "nor a shipped backbone; restore it or retrain with recipes/train_diffusion.py")
     return resolved

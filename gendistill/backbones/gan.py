@@ -87,7 +87,8 @@ class GANBackbone(Backbone):
     invert_feature_weight = 0.1
     invert_tolerance = 0.01  # mean pixel MSE (PSNR 20 dB) above which encode warns
 
-    def __init__(self, generator: ConditionalStyleGenerator, image_shape=None, source: str = "gan", latent_space: str | None = None):
+    def __init__(self, generator: ConditionalStyleGenerator, image_shape=None, source: str = "gan", latent_space: str
+                 | None = None):
         """``image_shape`` is accepted like every kind's, but a generator makes one shape: its own (the pipeline
         checks that it is the dataset's)."""
         cfg = generator.config
@@ -145,7 +146,7 @@ class GANBackbone(Backbone):
             stds.append(w.std(0))
         return torch.stack(means), torch.stack(stds)
 
-    # -- latents <-> images ----------------------------------------------------------------------------------------------
+    # -- latents <-> images --------------------------------------------------------------------------------------------
     def _split(self, latent: torch.Tensor):
         """(activation entering the first block to run or None, ws of the blocks to run, that block's index)."""
         G, n, B = self.generator, len(latent), self.num_blocks
@@ -198,9 +199,10 @@ class GANBackbone(Backbone):
             return G.mapping_input(self.w_mean.new_zeros(len(labels), G.config.z_dim), labels)
         return self.from_w(self.w_mean[labels])
 
-    # -- latents a set can start from -------------------------------------------------------------------------------------
+    # -- latents a set can start from ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def class_mean_latents(self, c: int, n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> torch.Tensor:
+    def class_mean_latents(self, c: int, n: int, generator: torch.Generator | None = None,
+                           noise: float = 0.1) -> torch.Tensor:
         """``n`` latents at the class-mean w of class ``c`` plus ``noise`` x its per-dimension std of Gaussian noise
         (so that the n differ); in the z space, ``[noise * N(0, I), embed(c)]``."""
         G = self.generator
@@ -213,7 +215,8 @@ class GANBackbone(Backbone):
 
     @torch.no_grad()
     def random_latents(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The latents of ``n`` random samples of class ``c``: z ~ N(0, I) through the mapping, expressed in the space."""
+        """The latents of ``n`` random samples of class ``c``: z ~ N(0, I) through the mapping, expressed in the
+        space."""
         G = self.generator
         z = torch.randn((n, G.config.z_dim), generator=generator).to(self.w_mean)
         labels = torch.full((n,), c, dtype=torch.long, device=self.w_mean.device)
@@ -222,7 +225,8 @@ class GANBackbone(Backbone):
         return self.from_w(G.mapping(z, labels))
 
     @torch.no_grad()
-    def sample_images(self, labels: torch.Tensor, generator: torch.Generator | None = None, batch: int = 500) -> torch.Tensor:
+    def sample_images(self, labels: torch.Tensor, generator: torch.Generator | None = None,
+                      batch: int = 500) -> torch.Tensor:
         """Random generated images in [0, 1] (not clamped) of the given classes."""
         labels = self._labels(labels, len(torch.as_tensor(labels).reshape(-1)))
         G = self.generator
@@ -233,7 +237,7 @@ class GANBackbone(Backbone):
             out.append((G(z, y) + 1) / 2)
         return torch.cat(out) if out else self.w_mean.new_zeros(0, *self.image_shape)
 
-    # -- GAN inversion --------------------------------------------------------------------------------------------------------
+    # -- GAN inversion -------------------------------------------------------------------------------------------------
     def _feature_fn(self, device, dtype):
         key = (str(device), dtype)
         if key not in self._features:
@@ -253,11 +257,13 @@ class GANBackbone(Backbone):
         labels = self._labels(labels, len(x))
         features = feature_net if feature_net is not None else self._feature_fn(ref.device, ref.dtype)
         batch = max(1, int(self.invert_batch))
-        bar = tqdm(total=math.ceil(len(x) / batch) * steps, desc=f"gan inversion ({self.latent_space})", dynamic_ncols=True, leave=False)
+        bar = tqdm(total=math.ceil(len(x) / batch) * steps, desc=f"gan inversion ({self.latent_space})",
+                   dynamic_ncols=True, leave=False)
         out, errors = [], []
         with torch.enable_grad():
             for i in range(0, len(x), batch):
-                z, err = self._invert(x[i : i + batch], None if labels is None else labels[i : i + batch], steps, features, bar)
+                z, err = self._invert(x[i : i + batch], None if labels is None else labels[i : i + batch], steps,
+                                      features, bar)
                 out.append(z)
                 errors.append(err)
         bar.close()
@@ -272,10 +278,12 @@ class GANBackbone(Backbone):
                           f"backbone.invert_steps or use a larger latent space (w+, f<k>)", stacklevel=2)
         return torch.cat(out)
 
-    def _invert(self, x: torch.Tensor, labels: torch.Tensor | None, steps: int, features, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    def _invert(self, x: torch.Tensor, labels: torch.Tensor | None, steps: int, features,
+                bar) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.start_latents(labels, len(x)).detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=self.invert_lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5
+                                                  * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
 
         def as_list(f):
             return list(f) if isinstance(f, (list, tuple)) else [f]
@@ -287,7 +295,8 @@ class GANBackbone(Backbone):
             rec = self.decode(z)
             loss = (rec - x).pow(2).flatten(1).mean(1)
             if self.invert_feature_weight:
-                dist = sum((f - t).pow(2).flatten(1).mean(1) / s for f, t, s in zip(as_list(features(rec)), targets, scales))
+                dist = sum((f - t).pow(2).flatten(1).mean(1) / s
+                           for f, t, s in zip(as_list(features(rec)), targets, scales))
                 loss = loss + self.invert_feature_weight * dist / len(targets)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # per-image losses summed: each latent follows its own image (Adam is per element)
@@ -299,7 +308,7 @@ class GANBackbone(Backbone):
             err = (self.decode(z) - x).pow(2).flatten(1).mean(1)
         return z, err
 
-    # -- files ------------------------------------------------------------------------------------------------------------------
+    # -- files ---------------------------------------------------------------------------------------------------------
     def save_pretrained(self, directory, extra: dict | None = None) -> None:
         self.generator.save_pretrained(str(directory))
         self.write_info(directory, {"kind": self.kind, "image_shape": list(self.image_shape),
@@ -310,14 +319,16 @@ class GANBackbone(Backbone):
         path = Path(source)
         cfg_file = path / "config.json"
         cfg = read_config(cfg_file, source, "a gan backbone is a directory written by recipes/train_gan.py")
-        missing = [f"mapping.{k}" for k in MAPPING_KEYS if k not in cfg] + [f"synthesis.{k}" for k in SYNTHESIS_KEYS if k not in cfg]
+        missing = [f"mapping.{k}" for k in MAPPING_KEYS if k not in cfg] + [f"synthesis.{k}" for k in SYNTHESIS_KEYS
+                                                                            if k not in cfg]
         if missing:
-            raise ValueError(f"{str(cfg_file)!r} lacks the generator structure ({', '.join(missing)} missing); it is not a "
-                             f"{GENERATOR_CLASS} config: re-create it with recipes/train_gan.py")
+            raise ValueError(f"{str(cfg_file)!r} lacks the generator structure ({', '.join(missing)} missing); "
+                             f"it is not a {GENERATOR_CLASS} config: re-create it with recipes/train_gan.py")
         if latent_space is not None:  # a cheap, early check of the name (the backbone checks it again)
             valid = latent_spaces(len(cfg["channels"]))
             if latent_space not in valid:
-                raise ValueError(f"unknown latent space {latent_space!r} for gan backbone {source!r}; valid: {', '.join(valid)}")
+                raise ValueError(f"unknown latent space {latent_space!r} for gan backbone {source!r}; valid: "
+                                 f"{', '.join(valid)}")
         if cfg.get("_class_name") not in (None, GENERATOR_CLASS):
             raise ValueError(f"{source!r} holds a {cfg.get('_class_name')!r}, not a {GENERATOR_CLASS}; "
                              "pass a directory written by recipes/train_gan.py")
@@ -326,5 +337,6 @@ class GANBackbone(Backbone):
         try:
             generator = ConditionalStyleGenerator.from_pretrained(str(path))
         except (OSError, ValueError, RuntimeError, TypeError) as e:
-            raise ValueError(f"could not load the GAN generator from {source!r} ({first_line(e)}); re-create it with recipes/train_gan.py") from None
+            raise ValueError(f"could not load the GAN generator from {source!r} ({first_line(e)}); re-create it with "
+                             "recipes/train_gan.py") from None
         return cls(generator, image_shape=image_shape, source=source, latent_space=latent_space)

@@ -72,8 +72,9 @@ class ConditionalStyleGenerator(ModelMixin, ConfigMixin):
         if not channels:
             raise ValueError("channels must name at least one synthesis block, e.g. (96, 48, 24)")
         if base_size * 2 ** (len(channels) - 1) != image_size:
-            raise ValueError(f"base_size {base_size} doubled {len(channels) - 1} times is {base_size * 2 ** (len(channels) - 1)}, "
-                             f"not image_size {image_size}; change base_size or the number of channels")
+            raise ValueError(f"base_size {base_size} doubled {len(channels) - 1} times is "
+                             f"{base_size * 2 ** (len(channels) - 1)}, not image_size {image_size}; change base_size "
+                             "or the number of channels")
         self.embed = nn.Embedding(num_classes, embed_dim)
         layers, d = [], z_dim + embed_dim
         for _ in range(mapping_layers):
@@ -81,7 +82,8 @@ class ConditionalStyleGenerator(ModelMixin, ConfigMixin):
             d = w_dim
         self.mapping_net = nn.ModuleList(layers)
         self.const = nn.Parameter(torch.empty(channels[0], base_size, base_size))
-        self.blocks = nn.ModuleList(SynthesisBlock(channels[max(i - 1, 0)], c, w_dim, upsample=i > 0) for i, c in enumerate(channels))
+        self.blocks = nn.ModuleList(SynthesisBlock(channels[max(i - 1, 0)], c, w_dim, upsample=i > 0)
+                                    for i, c in enumerate(channels))
         self.to_image = nn.Conv2d(channels[-1], image_channels, 1)
         if self.const.device.type != "meta":  # from_pretrained builds on the meta device, then loads the weights
             self.reset_parameters(torch.Generator().manual_seed(0))
@@ -133,9 +135,11 @@ class ConditionalStyleGenerator(ModelMixin, ConfigMixin):
         return self.map_input(self.mapping_input(z, labels))
 
     # -- synthesis -------------------------------------------------------------------------------------------------
-    def synthesis(self, ws: torch.Tensor, start: int = 0, x: torch.Tensor | None = None, stop: int | None = None) -> torch.Tensor:
+    def synthesis(self, ws: torch.Tensor, start: int = 0, x: torch.Tensor | None = None, stop: int
+                  | None = None) -> torch.Tensor:
         """Run blocks ``start`` .. ``stop - 1`` (default: to the end, then the image layer) with ``ws`` (N, blocks
-        run, w_dim); ``x`` enters block ``start`` (None: the learned constant). With ``stop`` the activation is returned."""
+        run, w_dim); ``x`` enters block ``start`` (None: the learned constant). With ``stop`` the activation is
+        returned."""
         end = self.num_blocks if stop is None else stop
         if ws.shape[1] != end - start:
             raise ValueError(f"synthesis of blocks {start}..{end - 1} needs {end - start} ws, got {ws.shape[1]}")

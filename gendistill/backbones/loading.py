@@ -1,5 +1,5 @@
-"""Loading a backbone by name: ``load_backbone("pixel" | DIR | hub id | shipped name, latent_space=None, options=None)``,
-the kind of a directory, the shipped assets and the load-time options each kind takes."""
+"""Loading a backbone by name: ``load_backbone("pixel" | DIR | hub id | shipped name, latent_space=None,
+options=None)``, the kind of a directory, the shipped assets and the load-time options each kind takes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ _CLASS_TO_KIND = {"AutoencoderKL": "vae", GENERATOR_CLASS: "gan"}
 
 def resolve_source(source: str, revision: str | None = None) -> str:
     """A shipped name (``fashion-mnist-vae``) becomes its directory under ``gendistill/assets/backbones``, a Hub id
-    (``owner/name``, ``owner/name@revision``) its snapshot folder in the Hub cache (downloaded if needed and allowed)."""
+    (``owner/name``, ``owner/name@revision``) its snapshot folder in the Hub cache (downloaded if needed and
+    allowed)."""
     from ..hub import is_hub_id, resolve_hub_source
 
     source = str(source)
@@ -69,7 +70,8 @@ def shipped_backbones() -> list[str]:
 
 
 def option_names() -> list[str]:
-    """Every load-time option some backbone kind takes (diffusion: decode_steps, invert_to, guidance_scale, prompt_template)."""
+    """Every load-time option some backbone kind takes (diffusion: decode_steps, invert_to, guidance_scale,
+    prompt_template)."""
     return sorted({name for kind in BACKBONES.names() for name in BACKBONES.get(kind).option_names})
 
 
@@ -106,6 +108,7 @@ def load_backbone(source: str = DEFAULT_BACKBONE, image_shape=None, latent_space
 
 
 def backbone_options(cfg) -> dict:
-    """The load-time options a config (a recipe's dataclass or argparse namespace) sets, by name; unset ones are None."""
+    """The load-time options a config (a recipe's dataclass or argparse namespace) sets, by name; unset ones are
+    None."""
     return {name: getattr(cfg, name, None) for name in option_names()}
 

@@ -62,7 +62,8 @@ class VAEBackbone(Backbone):
     def decoder_modules(self):
         return [m for m in (self.vae.post_quant_conv, self.vae.decoder) if m is not None]
 
-    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator
+               | None = None) -> torch.Tensor:
         """Posterior means (or samples with ``generator``); ``labels`` are ignored (the VAE is unconditional)."""
         x = _resize(_adapt_channels(x, self.vae.config.in_channels), self.work_size)
         dist = self.vae.encode(x.to(self.vae.dtype) * 2 - 1).latent_dist
@@ -87,14 +88,17 @@ class VAEBackbone(Backbone):
         if path.is_dir():
             if not (path / "config.json").exists() and (path / "vae" / "config.json").exists():
                 subfolder = "vae"  # a Stable Diffusion pipeline directory
-            cfg = read_config(path / (subfolder or "") / "config.json", source, "a VAE backbone is a diffusers AutoencoderKL directory")
+            cfg = read_config(path / (subfolder or "") / "config.json", source,
+                              "a VAE backbone is a diffusers AutoencoderKL directory")
             if cfg.get("_class_name") != "AutoencoderKL":
-                raise ValueError(f"{source!r} holds a {cfg.get('_class_name')!r}, not an AutoencoderKL; pass a VAE directory")
+                raise ValueError(f"{source!r} holds a {cfg.get('_class_name')!r}, not an AutoencoderKL; pass a "
+                                 "VAE directory")
             info_file = path / INFO_FILE
             if image_shape is None and info_file.exists():
                 image_shape = tuple(json.loads(info_file.read_text())["image_shape"])
         try:
             vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder)
         except (OSError, ValueError, RuntimeError) as e:
-            raise ValueError(f"could not load AutoencoderKL from {source!r} ({first_line(e)}); pass a local diffusers VAE directory") from None
+            raise ValueError(f"could not load AutoencoderKL from {source!r} ({first_line(e)}); pass a local diffusers "
+                             "VAE directory") from None
         return cls(vae, image_shape=image_shape, source=source)

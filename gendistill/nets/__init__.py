@@ -15,5 +15,5 @@ from .layers import FeatureNet
 from .registry import EXTERNAL, NETS, NetConfig, fresh_net, get_builder, get_net, init_weights, list_nets
 from .zoo import MLP
 
-__all__ = ["NETS", "EXTERNAL", "NetConfig", "FeatureNet", "ConvNet", "MLP", "get_net", "get_builder", "fresh_net", "init_weights",
-           "list_nets"]
+__all__ = ["NETS", "EXTERNAL", "NetConfig", "FeatureNet", "ConvNet", "MLP", "get_net", "get_builder", "fresh_net",
+           "init_weights", "list_nets"]

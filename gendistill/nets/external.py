@@ -38,8 +38,9 @@ def _first_conv_for(model: nn.Module, channels: int) -> None:
         for key, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels != channels:
-                    setattr(parent, key, nn.Conv2d(channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                                   child.dilation, child.groups, child.bias is not None, child.padding_mode))
+                    setattr(parent, key, nn.Conv2d(channels, child.out_channels, child.kernel_size, child.stride,
+                                                   child.padding, child.dilation, child.groups, child.bias is not None,
+                                                   child.padding_mode))
                 return
 
 
@@ -50,14 +51,16 @@ def _check_runs(net: nn.Module, name: str, in_shape) -> nn.Module:
         with torch.no_grad():
             net(torch.zeros(1, *in_shape))
     except (RuntimeError, ValueError, AssertionError, IndexError) as e:
-        raise ValueError(f"{name} does not run on inputs of shape {tuple(in_shape)} ({first_line(e)}); choose another model") from None
+        raise ValueError(f"{name} does not run on inputs of shape {tuple(in_shape)} ({first_line(e)}); choose "
+                         "another model") from None
     net.train(was)
     return net
 
 
 def _no_overrides(name: str, overrides: dict) -> None:
     if overrides:
-        raise ValueError(f"{name} is built by its library: network settings ({', '.join(sorted(overrides))}) do not apply")
+        raise ValueError(f"{name} is built by its library: network settings ({', '.join(sorted(overrides))}) "
+                         "do not apply")
 
 
 @EXTERNAL.register("tv")
@@ -69,7 +72,8 @@ def torchvision_model(model: str):
         name = f"tv:{model}"
         _no_overrides(name, overrides)
         if model not in torchvision.models.list_models():
-            raise ValueError(f"torchvision has no model {model!r}; see torchvision.models.list_models() (e.g. tv:resnet18)")
+            raise ValueError(f"torchvision has no model {model!r}; see torchvision.models.list_models() (e.g. "
+                             "tv:resnet18)")
         try:
             net = torchvision.models.get_model(model, weights=None, num_classes=num_classes)
         except (TypeError, ValueError) as e:
@@ -87,7 +91,8 @@ def timm_model(model: str):
         try:
             import timm
         except ImportError:
-            raise ValueError("timm is not installed (it is optional): pip install timm, or use tv:NAME (torchvision)") from None
+            raise ValueError("timm is not installed (it is optional): pip install timm, or use tv:NAME "
+                             "(torchvision)") from None
         name = f"timm:{model}"
         _no_overrides(name, overrides)
         try:

@@ -34,7 +34,8 @@ def _pool(kind: str) -> nn.Module:
 
 
 class FeatureNet(nn.Module):
-    """``features`` (flattened: the embedding DM matches) then one linear ``classifier``; every registered net is one."""
+    """``features`` (flattened: the embedding DM matches) then one linear ``classifier``; every registered net is
+    one."""
 
     def _set_head(self, features: nn.Module, feature_dim: int, num_classes: int) -> None:
         self.features, self.feature_dim = features, feature_dim

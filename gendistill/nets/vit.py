@@ -2,9 +2,9 @@
 ``ViTForImageClassification``), trained from scratch (never pretrained).
 
 Sizes follow :class:`NetConfig`: ``width`` is the hidden size (128 by default), ``depth`` the number of transformer
-layers (3), with ``width // 32`` attention heads (at least 1), an MLP of twice the width, GELU and no dropout. The patch size is the
-largest of 7, 4, 2, 1 that divides the input and leaves at least 36 patches: 4 on 28x28 and 32x32 images (49 and 64
-patches), 2 on 14x14 latents, 1 on a 4x7x7 latent. ``embed`` is the [CLS] token after the final layer norm, the
+layers (3), with ``width // 32`` attention heads (at least 1), an MLP of twice the width, GELU and no dropout. The patch
+size is the largest of 7, 4, 2, 1 that divides the input and leaves at least 36 patches: 4 on 28x28 and 32x32 images (49
+and 64 patches), 2 on 14x14 latents, 1 on a 4x7x7 latent. ``embed`` is the [CLS] token after the final layer norm, the
 feature the classifier reads. transformers is imported when the first ViT is built.
 """
 
@@ -38,7 +38,8 @@ class ViTNet(nn.Module):
             raise ValueError(f"vit takes square inputs, got {h}x{w}")
         for field in ("pool", "norm", "act"):
             if getattr(cfg, field) != getattr(NetConfig(), field):
-                raise ValueError(f"vit has its own {field} (layer norm, GELU, no pooling): leave {field} at its default or use the convnet")
+                raise ValueError(f"vit has its own {field} (layer norm, GELU, no pooling): leave {field} at its "
+                                 "default or use the convnet")
         self.config = ViTConfig(image_size=h, patch_size=patch_size(h, w), num_channels=c, hidden_size=cfg.width,
                                 num_hidden_layers=cfg.depth, num_attention_heads=max(1, cfg.width // 32),
                                 intermediate_size=2 * cfg.width, hidden_act="gelu",

@@ -1,4 +1,5 @@
-"""AlexNet, VGG-11, ResNet-18 and an MLP: AlexNet, VGG and ResNet in the small-input variants the dataset-distillation field evaluates across.
+"""AlexNet, VGG-11, ResNet-18 and an MLP: AlexNet, VGG and ResNet in the small-input variants the dataset-distillation
+field evaluates across.
 
 The maths follows the DC reference code (VICO-UoE/DatasetCondensation ``networks.py``, used by DC/DSA/DM/MTT for their
 cross-architecture tables); shapes are computed from the input instead of assumed to be 32x32:
@@ -141,7 +142,8 @@ class MLP(FeatureNet):
     def __init__(self, in_shape, num_classes: int, cfg: NetConfig):
         super().__init__()
         d = math.prod(in_shape)
-        self._set_head(nn.Sequential(nn.Flatten(), nn.Linear(d, 128), _act(cfg.act), nn.Linear(128, 128), _act(cfg.act)), 128, num_classes)
+        self._set_head(nn.Sequential(nn.Flatten(), nn.Linear(d, 128), _act(cfg.act), nn.Linear(128, 128),
+                                     _act(cfg.act)), 128, num_classes)
 
 
 @NETS.register("mlp")

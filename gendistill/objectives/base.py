@@ -49,7 +49,8 @@ class StepContext:
     soft_labels: torch.Tensor | None = None  # (N, K) soft labels when the set has them (learnable for DATM)
     classes: tuple[int, ...] | None = None  # the classes this process matches ("classes" objectives); None: all of them
     processes: int = 1  # how many processes share the step
-    local_generator: torch.Generator | None = None  # this process's own randomness ("replicas" objectives); None: ``generator``
+    # this process's own randomness ("replicas" objectives); None: ``generator``
+    local_generator: torch.Generator | None = None
 
     def matches(self, c: int) -> bool:
         """Whether this process matches class ``c``."""
@@ -92,7 +93,8 @@ class RealBatches:
     def draw(self) -> None:
         """Draw this step's batches now if no request has (keeps the generator in step on a process that asked none)."""
         if self._indices is None:
-            self._indices = [self.split.sample_class(k, self.count(k), self.generator) for k in range(self.split.num_classes)]
+            self._indices = [self.split.sample_class(k, self.count(k), self.generator)
+                             for k in range(self.split.num_classes)]
 
     def __call__(self, c: int) -> torch.Tensor:
         self.draw()
@@ -107,7 +109,8 @@ def real_count(real: Callable[[int], torch.Tensor], c: int) -> int:
 
 
 class Objective(Protocol):
-    def __call__(self, syn: torch.Tensor, syn_labels: torch.Tensor, real: Callable[[int], torch.Tensor], ctx: StepContext) -> torch.Tensor: ...
+    def __call__(self, syn: torch.Tensor, syn_labels: torch.Tensor, real: Callable[[int], torch.Tensor],
+                 ctx: StepContext) -> torch.Tensor: ...
 
 
 def get_objective(name: str, **kwargs) -> Objective:

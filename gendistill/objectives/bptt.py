@@ -14,8 +14,8 @@ and L's gradient reaches the synthetic samples (and α, and learned soft labels)
 functional over one flat parameter vector (``FlatNet``, as in trajectory matching).
 
 ``bptt``: N = ``inner_steps``, the gradient flows through every step (Wang et al.'s random-init variant).
-``ratbptt``: each step draws N uniformly from [``window``, ``inner_steps``]; the first N - ``window`` steps run without a
-graph and the gradient flows through the last ``window`` steps only (random truncation). With ``window`` >=
+``ratbptt``: each step draws N uniformly from [``window``, ``inner_steps``]; the first N - ``window`` steps run without
+a graph and the gradient flows through the last ``window`` steps only (random truncation). With ``window`` >=
 ``inner_steps`` it is BPTT exactly (tested).
 
 ``unroll="autograd"`` keeps the window's graph: memory grows with the window. Before the first step the objective
@@ -43,7 +43,8 @@ from .base import OBJECTIVES, StepContext
 from .trajectory import FlatNet, with_reverse_grads
 
 UNROLLS = ("autograd", "constant")
-ACTIVATION_COPIES = 2  # forward activations + what backward and the double-backward graph keep, per sample (measured: 95 MiB/step
+# forward activations + what backward and the double-backward graph keep, per sample (measured: 95 MiB/step
+ACTIVATION_COPIES = 2
 # for a width-32 ConvNet-3 on 100 images of 28x28, estimated 107)
 PARAM_COPIES = 3  # θ_i, g_i and the velocity v_i kept per unrolled step
 
@@ -100,7 +101,8 @@ class BPTT:
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents
     unroll: str = "autograd"  # autograd | constant
     lr_inner: float = 0.01  # inner lr when the set has no learnable lr
-    momentum: float = 0.9  # of the inner SGD: the evaluation protocol's, so the learned lr is the one evaluation uses (0: plain SGD)
+    # of the inner SGD: the evaluation protocol's, so the learned lr is the one evaluation uses (0: plain SGD)
+    momentum: float = 0.9
     memory_budget_gb: float | None = None  # None: 90% of the memory available when the run starts
     label_logits: bool = True  # learned soft labels in the context are logits (softmax gives the targets)
 
@@ -117,7 +119,8 @@ class BPTT:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
             raise ValueError(f"--memory-budget-gb must be > 0, got {self.memory_budget_gb}")
-        self._augments = {space: get_augment(self.augment if self.augment != "auto" else ("dsa" if space == "pixel" else "latent"))
+        self._augments = {space: get_augment(self.augment if self.augment != "auto"
+                                             else ("dsa" if space == "pixel" else "latent"))
                           for space in ("pixel", "latent")}
         self._flat: dict = {}
         self._checked: set = set()
@@ -128,10 +131,11 @@ class BPTT:
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _fresh(self, ctx: StepContext, dtype) -> tuple[FlatNet, torch.Tensor]:
-        module = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width, pool=self.pool)
+        module = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width,
+                           pool=self.pool)
         if any(True for _ in module.buffers()):
-            raise ValueError(f"--net {self.net} has buffers (BatchNorm running statistics), which a functional unroll does not "
-                             "carry; use a net without them (convnet with instancenorm, the default)")
+            raise ValueError(f"--net {self.net} has buffers (BatchNorm running statistics), which a functional "
+                             "unroll does not carry; use a net without them (convnet with instancenorm, the default)")
         key = (tuple(ctx.in_shape), ctx.num_classes, str(ctx.device))
         if key not in self._flat:
             self._flat[key] = FlatNet(module.to(ctx.device))
@@ -167,15 +171,17 @@ class BPTT:
             if self.unroll == "autograd":
                 need, fits = per_step * self.window_len, int(budget // per_step)
                 if need > budget:
-                    raise ValueError(f"an autograd unroll of {self.window_len} steps (batch {batch}) needs about {need / 2**30:.2f} GiB, more "
-                                     f"than the {budget / 2**30:.2f} GiB available; use --unroll constant (the same gradient in the memory "
-                                     f"of one step), a --window of at most {fits} (RaT-BPTT) or a smaller --batch-syn")
+                    raise ValueError(f"an autograd unroll of {self.window_len} steps (batch {batch}) needs about "
+                                     f"{need / 2**30:.2f} GiB, more than the {budget / 2**30:.2f} GiB available; use "
+                                     "--unroll constant (the same gradient in the memory of one step), a --window of "
+                                     f"at most {fits} (RaT-BPTT) or a smaller --batch-syn")
             else:
                 need = per_step + 4 * net.num_params * (2 * self.window_len + 1)
                 if need > budget:
-                    raise ValueError(f"even the constant-memory unroll needs about {need / 2**30:.2f} GiB (one step of batch {batch} and "
-                                     f"{2 * self.window_len} parameter vectors), more than the {budget / 2**30:.2f} GiB available; lower "
-                                     "--batch-syn, --window or the net's --width")
+                    raise ValueError(f"even the constant-memory unroll needs about {need / 2**30:.2f} GiB (one step of "
+                                     f"batch {batch} and {2 * self.window_len} parameter vectors), more than the "
+                                     f"{budget / 2**30:.2f} GiB available; lower --batch-syn, --window or the "
+                                     "net's --width")
         self._checked.add(key)
 
     @staticmethod
@@ -187,18 +193,20 @@ class BPTT:
     def _inputs(self, x, params, ctx):
         return self._augments[ctx.space].apply(ctx.transform(x), params)
 
-    # -- the step -------------------------------------------------------------------------------------------------------
+    # -- the step ------------------------------------------------------------------------------------------------------
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         net, theta0 = self._fresh(ctx, syn.dtype)
         length, steps = self.plan(len(syn), ctx)
         self.check_memory(net, ctx, min(self.batch_syn or len(syn), len(syn)))
         lr = ctx.syn_lr if ctx.syn_lr is not None else torch.tensor(self.lr_inner, device=ctx.device)
         if not math.isfinite(float(lr.detach())):
-            raise FloatingPointError(f"the learned lr is {float(lr.detach())} at step {ctx.step}; lower --lr-lr and restart from the last checkpoint")
+            raise FloatingPointError(f"the learned lr is {float(lr.detach())} at step {ctx.step}; lower --lr-lr and "
+                                     "restart from the last checkpoint")
         lr = lr.to(syn.dtype)
         reals = [real(c) for c in range(ctx.num_classes)]
         x_real = ctx.transform(torch.cat(reals)).to(syn.dtype)
-        y_real = torch.cat([torch.full((len(r),), c, dtype=torch.long, device=x_real.device) for c, r in enumerate(reals)])
+        y_real = torch.cat([torch.full((len(r),), c, dtype=torch.long, device=x_real.device)
+                            for c, r in enumerate(reals)])
         hard, soft = syn_labels, ctx.soft_labels
         self._logits = self.label_logits and isinstance(soft, nn.Parameter)  # learned label logits (else probabilities)
         # the truncated prefix: no graph
@@ -208,7 +216,8 @@ class BPTT:
             targets_d = self._targets(soft.detach() if soft is not None else None, hard, self._logits)
         velocity = torch.zeros_like(theta0)
         for idx, params in steps[:cut]:
-            velocity = self.momentum * velocity + self._grad(net, theta, self._inputs(syn.detach()[idx], params, ctx), targets_d[idx])
+            velocity = self.momentum * velocity + self._grad(net, theta, self._inputs(syn.detach()[idx], params, ctx),
+                                                             targets_d[idx])
             theta = theta - lr.detach() * velocity
         window = steps[cut:]
         if self.unroll == "autograd":

@@ -41,8 +41,8 @@ def block_features(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     output), flattened per sample; the last one is the embedding."""
     features = getattr(net, "features", None)
     if not isinstance(features, nn.Sequential):
-        raise ValueError(f"CAFE needs a net whose features are a plain sequence of layers (convnet, convnet-bn, mlp, alexnet, vgg11); "
-                         f"{type(net).__name__} is not; pick another --net")
+        raise ValueError("CAFE needs a net whose features are a plain sequence of layers (convnet, convnet-bn, mlp, "
+                         f"alexnet, vgg11); {type(net).__name__} is not; pick another --net")
     out, seen = [], 0
     for layer in features:
         if isinstance(layer, WEIGHT_LAYERS):
@@ -60,7 +60,8 @@ def parse_weights(text: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(t) for t in str(text).split(","))
     except ValueError:
-        raise ValueError(f"--layer-weights must be numbers separated by commas (one per block, the embedding last), got {text!r}") from None
+        raise ValueError("--layer-weights must be numbers separated by commas (one per block, the embedding last), "
+                         f"got {text!r}") from None
 
 
 @OBJECTIVES.register("cafe")
@@ -86,10 +87,12 @@ class CAFE:
         self._weights = parse_weights(self.layer_weights)
         for name, low in (("outer_loop", 1), ("inner_loop", 0), ("window", 2), ("batch_train", 1), ("acc_batch", 1)):
             if int(getattr(self, name)) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}; set --{name.replace('_', '-')} to {low} or more")
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}; set --{name.replace('_', '-')} "
+                                 f"to {low} or more")
         if not self.net_lr > 0:
             raise ValueError(f"--net-lr must be > 0, got {self.net_lr}")
-        self._augments = {space: get_augment(self.augment if self.augment != "auto" else ("dsa" if space == "pixel" else "latent"))
+        self._augments = {space: get_augment(self.augment if self.augment != "auto"
+                                             else ("dsa" if space == "pixel" else "latent"))
                           for space in ("pixel", "latent")}
         self.on_net = 0  # matching steps the current net has served
         self.nets_used = 0
@@ -98,7 +101,7 @@ class CAFE:
         self._opt: torch.optim.Optimizer | None = None
         self._pending: dict | None = None
 
-    # -- state ----------------------------------------------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"on_net": self.on_net, "nets_used": self.nets_used, "outer_acc": list(self.outer_acc),
                 "net": None if self._net is None else self._net.state_dict(),
@@ -122,7 +125,7 @@ class CAFE:
         last = history[-window:]
         return len(last) == window and max(last) - min(last) < tolerance
 
-    # -- the inner loop ---------------------------------------------------------------------------------------------------
+    # -- the inner loop ------------------------------------------------------------------------------------------------
     def _train_net(self, syn, labels, x_acc, y_acc, ctx: StepContext) -> int:
         net, augment, x_all = self._net, self._augments[ctx.space], ctx.transform(syn.detach())
         history: list[float] = []
@@ -141,7 +144,7 @@ class CAFE:
                 break
         return steps
 
-    # -- one matching step --------------------------------------------------------------------------------------------------
+    # -- one matching step ---------------------------------------------------------------------------------------------
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         reals = [real(c) for c in range(ctx.num_classes)]
         if self._pending is not None:
@@ -149,13 +152,15 @@ class CAFE:
             self._net.load_state_dict(self._pending["net"])
             self._opt.load_state_dict(self._pending["opt"])
             self._pending = None
-        if self._net is None or self.on_net >= self.outer_loop or self.settled(self.outer_acc, self.window, self.lambda_outer):
+        if self._net is None or self.on_net >= self.outer_loop or self.settled(self.outer_acc, self.window,
+                                                                               self.lambda_outer):
             self._build(ctx, ctx.generator, syn)  # a new outer iteration
             self.on_net, self.outer_acc = 0, []
             self.nets_used += 1
         else:
             x_acc = ctx.transform(torch.cat([r[: self.acc_batch] for r in reals])).to(syn.dtype)
-            y_acc = torch.cat([torch.full((min(len(r), self.acc_batch),), c, dtype=torch.long, device=x_acc.device) for c, r in enumerate(reals)])
+            y_acc = torch.cat([torch.full((min(len(r), self.acc_batch),), c, dtype=torch.long, device=x_acc.device)
+                               for c, r in enumerate(reals)])
             self._train_net(syn, syn_labels, x_acc, y_acc, ctx)
         net, augment = self._net.requires_grad_(False), self._augments[ctx.space]
         net.train()
@@ -164,7 +169,8 @@ class CAFE:
         for c in range(ctx.num_classes):
             x_syn, x_real = syn[syn_labels == c], reals[c]
             if len(x_syn) == 0:
-                raise ValueError(f"class {c} has no synthetic samples; CAFE's discrimination loss needs every class (raise --ipc)")
+                raise ValueError(f"class {c} has no synthetic samples; CAFE's discrimination loss needs every class "
+                                 "(raise --ipc)")
             params = augment.make_params(max(len(x_real), len(x_syn)), ctx.generator, ctx.device)
             with torch.no_grad():
                 f_real = block_features(net, augment.apply(ctx.transform(x_real).to(syn.dtype), params))
@@ -173,7 +179,8 @@ class CAFE:
             f_syn = block_features(net, augment.apply(ctx.transform(x_syn), params))
             weights = self._weights or (1.0,) * len(f_syn)
             if len(weights) != len(f_syn):
-                raise ValueError(f"--layer-weights has {len(weights)} values but the net has {len(f_syn)} blocks; give one per block")
+                raise ValueError(f"--layer-weights has {len(weights)} values but the net has {len(f_syn)} blocks; give "
+                                 "one per block")
             for w, fr, fs in zip(weights, f_real, f_syn):
                 if w:
                     loss = loss + w * ((fr.mean(0) - fs.mean(0)) ** 2).sum()

@@ -38,13 +38,18 @@ def mean_embedding_loss(emb_real: torch.Tensor, emb_syn: torch.Tensor) -> torch.
     return ((emb_real.mean(0) - emb_syn.mean(0)) ** 2).sum()
 
 
-def gaussian_mmd(emb_real: torch.Tensor, emb_syn: torch.Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
+def gaussian_mmd(emb_real: torch.Tensor, emb_syn: torch.Tensor,
+                 scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
     """Biased MMD^2 between two samples under sum_s exp(-d^2 / (s * median d^2 of the real sample))."""
     d_rr = torch.cdist(emb_real, emb_real).pow(2)
     d_ss = torch.cdist(emb_syn, emb_syn).pow(2)
     d_rs = torch.cdist(emb_real, emb_syn).pow(2)
     off_diagonal = d_rr[~torch.eye(len(emb_real), dtype=torch.bool, device=d_rr.device)]
-    base = off_diagonal.median().detach().clamp_min(1e-12) if off_diagonal.numel() else d_rs.detach().mean().clamp_min(1e-12)
+    base = (
+        off_diagonal.median().detach().clamp_min(1e-12)
+        if off_diagonal.numel()
+        else d_rs.detach().mean().clamp_min(1e-12)
+    )
 
     def k(d):
         return sum(torch.exp(-d / (s * base)) for s in scales)
@@ -81,7 +86,8 @@ class DistributionMatching:
     proxy_max_steps: int = setting(100, min=1)  # a net this trained is replaced by a fresh one
     proxy_lr: float = setting(0.01, above=0)
     proxy_batch: int = setting(32, min=1)  # real samples per class in a proxy training step
-    ce_weight: float = setting(0.0, min=0)  # IDM: + ce_weight * cross-entropy of the proxy net on the augmented synthetic set
+    # IDM: + ce_weight * cross-entropy of the proxy net on the augmented synthetic set
+    ce_weight: float = setting(0.0, min=0)
 
     def __post_init__(self):
         check_config(self)
@@ -97,7 +103,8 @@ class DistributionMatching:
 
     # -- the trained proxy queue (IDM) --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"queue": [{"net": e["net"].state_dict(), "opt": e["opt"].state_dict(), "steps": e["steps"]} for e in self._queue]}
+        return {"queue": [{"net": e["net"].state_dict(), "opt": e["opt"].state_dict(), "steps": e["steps"]}
+                          for e in self._queue]}
 
     def load_state_dict(self, state: dict) -> None:
         self._queue, self._pending = [], list(state.get("queue", []))
@@ -107,7 +114,8 @@ class DistributionMatching:
         net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, generator, **kw) if generator is not None else \
             get_net(self.net, ctx.in_shape, ctx.num_classes, **kw)
         net = net.to(ctx.device)
-        return {"net": net, "opt": torch.optim.SGD(net.parameters(), lr=self.proxy_lr, momentum=0.9, weight_decay=5e-4), "steps": 0}
+        return {"net": net, "opt": torch.optim.SGD(net.parameters(), lr=self.proxy_lr, momentum=0.9, weight_decay=5e-4),
+                "steps": 0}
 
     def _trained_net(self, reals: list[torch.Tensor], ctx: StepContext) -> torch.nn.Module:
         if self._pending is not None:
@@ -122,7 +130,8 @@ class DistributionMatching:
             self._queue.append(self._new_entry(ctx, ctx.generator))
         augment = self._augments[ctx.space]
         x = torch.cat([r[: self.proxy_batch] for r in reals])
-        y = torch.cat([torch.full((min(len(r), self.proxy_batch),), c, dtype=torch.long, device=x.device) for c, r in enumerate(reals)])
+        y = torch.cat([torch.full((min(len(r), self.proxy_batch),), c, dtype=torch.long, device=x.device)
+                       for c, r in enumerate(reals)])
         chosen = torch.randperm(len(self._queue), generator=ctx.generator)[: self.proxy_train].tolist()
         for i in chosen:
             entry = self._queue[i]
@@ -137,7 +146,7 @@ class DistributionMatching:
         pick = int(torch.randint(len(self._queue), (1,), generator=ctx.generator))
         return self._queue[pick]["net"].requires_grad_(False)
 
-    # -- one matching step ----------------------------------------------------------------------------------------------
+    # -- one matching step ---------------------------------------------------------------------------------------------
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         augment = self._augments[ctx.space]
         if self.proxy == "trained":  # the queue learns from every class, on every process alike
@@ -145,7 +154,8 @@ class DistributionMatching:
             net = self._trained_net([reals[c] for c in range(ctx.num_classes)], ctx)
         else:
             reals = {c: real(c) for c in range(ctx.num_classes) if ctx.matches(c)}
-            net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width, pool=self.pool).to(ctx.device)
+            net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, depth=self.depth, width=self.width,
+                            pool=self.pool).to(ctx.device)
             net.requires_grad_(False)
         loss = syn.new_zeros(())
         for c in range(ctx.num_classes):
@@ -161,7 +171,9 @@ class DistributionMatching:
         if self.ce_weight:
             params = augment.make_params(len(syn), ctx.generator, ctx.device)
             x = ctx.own_rows(syn, syn_labels)
-            loss = loss + ctx.shared_term(self.ce_weight * F.cross_entropy(net(augment.apply(ctx.transform(x), params)).float(), syn_labels))
+            loss = loss + ctx.shared_term(self.ce_weight * F.cross_entropy(net(augment.apply(ctx.transform(x),
+                                                                                             params)).float(),
+                                                                           syn_labels))
         return loss
 
 

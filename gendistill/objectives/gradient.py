@@ -80,7 +80,8 @@ DISTANCES: dict[str, Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], 
 ALIASES = {"ours": "layerwise"}  # the reference's name
 
 
-def gradient_distance(gw_real: Sequence[torch.Tensor], gw_syn: Sequence[torch.Tensor], metric: str = "layerwise") -> torch.Tensor:
+def gradient_distance(gw_real: Sequence[torch.Tensor], gw_syn: Sequence[torch.Tensor],
+                      metric: str = "layerwise") -> torch.Tensor:
     """D(real gradients, synthetic gradients), computed in float32, for lists of per-parameter gradients."""
     metric = ALIASES.get(metric, metric)
     if metric not in DISTANCES:
@@ -103,18 +104,21 @@ class GradientMatching:
     depth: int = setting(3, min=1)
     width: int = setting(128, min=1)
     augment: str = "auto"  # "auto": none for DC; for DSA its image ops on images, the latent variant on latents
-    dis_metric: str = setting("layerwise", choices=lambda: (*DISTANCES, *ALIASES))  # layerwise (the reference's "ours") | mse | cos
+    # layerwise (the reference's "ours") | mse | cos
+    dis_metric: str = setting("layerwise", choices=lambda: (*DISTANCES, *ALIASES))
     outer_loop: int = setting(10, min=1)  # matching steps per proxy net (the reference's value for IPC 10)
     inner_loop: int = setting(50, min=0)  # epochs of net training on the synthetic set between two matching steps
     net_lr: float = setting(0.01, above=0)  # SGD lr of the inner loop (the reference's lr_net)
     net_momentum: float = setting(0.0, min=0, max=1)  # the reference's current code: plain SGD
     batch_train: int = setting(256, min=1)  # minibatch of the inner loop; the set is one batch up to this size
-    bn_real: int = setting(16, min=1)  # real samples per class that set BatchNorm statistics before matching (BN nets only)
+    # real samples per class that set BatchNorm statistics before matching (BN nets only)
+    bn_real: int = setting(16, min=1)
 
     def __post_init__(self):
         check_config(self)
         self.dis_metric = ALIASES.get(self.dis_metric, self.dis_metric)
-        self._augments = {space: get_augment(resolve_augment(self.augment, space, self.siamese)) for space in ("pixel", "latent")}
+        self._augments = {space: get_augment(resolve_augment(self.augment, space, self.siamese))
+                          for space in ("pixel", "latent")}
         self.calls = 0
         self._net: nn.Module | None = None
         self._opt: torch.optim.Optimizer | None = None
@@ -125,7 +129,7 @@ class GradientMatching:
         """The inner loop trains on every synthetic sample (so every process needs the whole set decoded)."""
         return self.outer_loop > 1 and self.inner_loop > 0
 
-    # -- state ----------------------------------------------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"calls": self.calls, "net": None if self._net is None else self._net.state_dict(),
                 "opt": None if self._opt is None else self._opt.state_dict()}
@@ -135,7 +139,7 @@ class GradientMatching:
         self._net = self._opt = None
         self._pending = state if state.get("net") is not None else None
 
-    # -- the proxy net --------------------------------------------------------------------------------------------------
+    # -- the proxy net -------------------------------------------------------------------------------------------------
     def _build(self, ctx: StepContext, generator: torch.Generator | None) -> None:
         kw = dict(depth=self.depth, width=self.width)
         net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, generator, **kw) if generator is not None else \
@@ -173,7 +177,7 @@ class GradientMatching:
         for m in bns:
             m.eval()
 
-    # -- one matching step ----------------------------------------------------------------------------------------------
+    # -- one matching step ---------------------------------------------------------------------------------------------
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         if self._pending is not None:
             self._restore(ctx)
@@ -189,7 +193,8 @@ class GradientMatching:
             x_syn = syn[syn_labels == c]
             if len(x_syn) == 0:
                 continue
-            aug = batchwise_params(augment, max(real_count(real, c), len(x_syn)), ctx.generator, ctx.device)  # drawn for every class
+            # drawn for every class
+            aug = batchwise_params(augment, max(real_count(real, c), len(x_syn)), ctx.generator, ctx.device)
             if not ctx.matches(c):
                 continue  # another process matches this class
             x_real = real(c)
@@ -206,6 +211,7 @@ class GradientMatching:
 @OBJECTIVES.register("dsa")
 @dataclass
 class SiameseGradientMatching(GradientMatching):
-    """DSA: gradient matching with differentiable siamese augmentation (DSA's ops on images, geometric ones on latents)."""
+    """DSA: gradient matching with differentiable siamese augmentation (DSA's ops on images, geometric ones on
+    latents)."""
 
     siamese: ClassVar[bool] = True

@@ -49,19 +49,23 @@ class ITGAN:
             if ctx.space != "pixel":
                 raise ValueError("itgan's classification term needs images; use --match-space pixel")
             if self.classifier is None:
-                raise ValueError("itgan has no classifier; recipes/itgan.py trains one on the real data (or set --cls-weight 0)")
+                raise ValueError("itgan has no classifier; recipes/itgan.py trains one on the real data (or set "
+                                 "--cls-weight 0)")
             self.classifier.to(ctx.device)
             x = ctx.own_rows(syn, syn_labels)
-            loss = loss + ctx.shared_term(self.cls_weight * F.cross_entropy(self.classifier(ctx.transform(x)).float(), syn_labels))
+            loss = loss + ctx.shared_term(self.cls_weight * F.cross_entropy(self.classifier(ctx.transform(x)).float(),
+                                                                            syn_labels))
         return loss
 
     def latent_loss(self, latents: torch.Tensor, syn_labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         if not self.reg_weight:
             return latents.sum() * 0.0
         if self.anchors is None:
-            raise ValueError("itgan has no anchor latents (the inversions the set started from); recipes/itgan.py sets them")
+            raise ValueError("itgan has no anchor latents (the inversions the set started from); "
+                             "recipes/itgan.py sets them")
         if self.anchors.shape != latents.shape:
-            raise ValueError(f"itgan anchors have shape {tuple(self.anchors.shape)} but the set's latents {tuple(latents.shape)}")
+            raise ValueError(f"itgan anchors have shape {tuple(self.anchors.shape)} but the set's latents "
+                             f"{tuple(latents.shape)}")
         anchors = self.anchors.to(latents.device, latents.dtype)
         return self.reg_weight * (latents - anchors).pow(2).flatten(1).sum(1).mean()
 

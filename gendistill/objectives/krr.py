@@ -1,4 +1,5 @@
-"""Kernel ridge regression (meta-learning's closed-form inner loop): KIP (Nguyen et al. 2021) and FRePo (Zhou et al. 2022).
+"""Kernel ridge regression (meta-learning's closed-form inner loop): KIP (Nguyen et al. 2021) and FRePo (Zhou et al.
+2022).
 
 Both fit a kernel ridge regressor on the synthetic set and score it on a real batch::
 
@@ -56,20 +57,23 @@ def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def krr_predict(k_ts: torch.Tensor, k_ss: torch.Tensor, y_s: torch.Tensor, jitter: float) -> tuple[torch.Tensor, float]:
-    """``K_ts (K_ss + lam I)^-1 Y_s`` in float64 by Cholesky, lam = jitter * mean diagonal of K_ss; returns (pred, lam)."""
+    """``K_ts (K_ss + lam I)^-1 Y_s`` in float64 by Cholesky, lam = jitter * mean diagonal of K_ss; returns (pred,
+    lam)."""
     k_ss, k_ts, y_s = k_ss.double(), k_ts.double(), y_s.double()
     n = len(k_ss)
     if not bool(torch.isfinite(k_ss.detach()).all()):
-        raise FloatingPointError("the synthetic set's kernel matrix has non-finite entries; lower --lr or restart from the last checkpoint")
+        raise FloatingPointError("the synthetic set's kernel matrix has non-finite entries; lower --lr or restart from "
+                                 "the last checkpoint")
     lam = float(jitter) * k_ss.diagonal().mean().clamp_min(1e-30)  # in the graph: the loss is a function of X_s alone
     chol, info = torch.linalg.cholesky_ex(k_ss + lam * torch.eye(n, dtype=k_ss.dtype, device=k_ss.device))
     if int(info) > 0:
-        raise ValueError(f"the synthetic set's {n}x{n} kernel matrix is not positive definite at jitter {jitter:g} (Cholesky failed at "
-                         f"row {int(info)}); raise --jitter (e.g. to {max(jitter * 100, 1e-6):g})")
+        raise ValueError(f"the synthetic set's {n}x{n} kernel matrix is not positive definite at jitter {jitter:g} "
+                         f"(Cholesky failed at row {int(info)}); raise --jitter (e.g. to {max(jitter * 100, 1e-6):g})")
     return k_ts @ torch.cholesky_solve(y_s, chol), float(lam.detach())
 
 
-def krr_loss(phi_t: torch.Tensor, y_t: torch.Tensor, phi_s: torch.Tensor, y_s: torch.Tensor, jitter: float) -> tuple[torch.Tensor, float]:
+def krr_loss(phi_t: torch.Tensor, y_t: torch.Tensor, phi_s: torch.Tensor, y_s: torch.Tensor,
+             jitter: float) -> tuple[torch.Tensor, float]:
     """Mean squared error of the feature-kernel ridge regressor fit on (phi_s, y_s), on (phi_t, y_t)."""
     phi_s, phi_t = phi_s.double(), phi_t.double()
     pred, lam = krr_predict(phi_t @ phi_s.T, phi_s @ phi_s.T, y_s, jitter)
@@ -91,7 +95,8 @@ class _KRR:
     def __post_init__(self):
         if not self.jitter >= 0:
             raise ValueError(f"--jitter must be >= 0, got {self.jitter}")
-        self._augments = {space: get_augment(self.augment if self.augment != "auto" else ("dsa" if space == "pixel" else "latent"))
+        self._augments = {space: get_augment(self.augment if self.augment != "auto"
+                                             else ("dsa" if space == "pixel" else "latent"))
                           for space in ("pixel", "latent")}
         self.last_ridge = 0.0
 
@@ -122,7 +127,8 @@ class _KRR:
         with torch.no_grad():  # the real side is a constant
             phi_t = self.features(augment.apply(ctx.transform(x_real), params), ctx, real=True).detach()
         phi_s = self.features(augment.apply(ctx.transform(syn), params), ctx, real=False)
-        loss, self.last_ridge = krr_loss(phi_t, y_real, phi_s, self.targets(syn_labels, ctx).to(phi_s.device), self.jitter)
+        loss, self.last_ridge = krr_loss(phi_t, y_real, phi_s, self.targets(syn_labels, ctx).to(phi_s.device),
+                                         self.jitter)
         return loss if syn.dtype == torch.float64 else loss.float()
 
 
@@ -142,7 +148,8 @@ class KIP(_KRR):
 
     def prepare(self, syn, syn_labels, ctx: StepContext) -> None:
         count = self.num_models if self.kernel == "nngp" else 1
-        self._nets = [_like(fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, **self._net_kw()), syn).requires_grad_(False)
+        self._nets = [_like(fresh_net(self.net, ctx.in_shape, ctx.num_classes, ctx.generator, **self._net_kw()),
+                            syn).requires_grad_(False)
                       for _ in range(count)]
 
     def features(self, x, ctx, real):
@@ -181,22 +188,25 @@ class FRePo(_KRR):
         super().__post_init__()
         for name in ("pool_size", "max_online_steps"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}; set --{name.replace('_', '-')} to 1 or more")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}; set --{name.replace('_', '-')} "
+                                 "to 1 or more")
         if not self.online_lr > 0:
             raise ValueError(f"--online-lr must be > 0, got {self.online_lr}")
         self._pool: list[dict] = []  # {"net", "opt", "steps"}
         self._pending: list[dict] | None = None
         self._net: nn.Module | None = None
 
-    # -- state: nets, optimisers and counters (tensors and plain values only) ----------------------------------------------
+    # -- state: nets, optimisers and counters (tensors and plain values only) ------------------------------------------
     def state_dict(self) -> dict:
-        return {"pool": [{"net": e["net"].state_dict(), "opt": e["opt"].state_dict(), "steps": e["steps"]} for e in self._pool]}
+        return {"pool": [{"net": e["net"].state_dict(), "opt": e["opt"].state_dict(), "steps": e["steps"]}
+                         for e in self._pool]}
 
     def load_state_dict(self, state: dict) -> None:
         self._pool, self._pending = [], list(state.get("pool", []))
 
     def _entry(self, ctx: StepContext, generator: torch.Generator | None, like: torch.Tensor) -> dict:
-        net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, generator, **self._net_kw()) if generator is not None else \
+        net = fresh_net(self.net, ctx.in_shape, ctx.num_classes, generator,
+                        **self._net_kw()) if generator is not None else \
             get_net(self.net, ctx.in_shape, ctx.num_classes, **self._net_kw())
         net = _like(net, like)
         return {"net": net, "opt": torch.optim.SGD(net.parameters(), lr=self.online_lr, momentum=0.9), "steps": 0}
@@ -219,7 +229,8 @@ class FRePo(_KRR):
         net = entry["net"].requires_grad_(True).train()
         augment = self._augments[ctx.space]
         with torch.no_grad():
-            targets = (self.targets(syn_labels, ctx) + 1.0 / ctx.num_classes).to(syn.dtype)  # probabilities (or one-hot)
+            # probabilities (or one-hot)
+            targets = (self.targets(syn_labels, ctx) + 1.0 / ctx.num_classes).to(syn.dtype)
         x = augment.apply(ctx.transform(syn.detach()), augment.make_params(len(syn), ctx.generator, ctx.device))
         entry["opt"].zero_grad(set_to_none=True)
         F.cross_entropy(net(x), targets.to(x.device)).backward()

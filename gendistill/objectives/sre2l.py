@@ -4,7 +4,8 @@ With a teacher trained on the real data (the squeeze step, :mod:`gendistill.sre2
 optimised so that its (augmented) samples are classified as their class and, at the input of every BatchNorm layer,
 have the batch statistics the teacher saw in training::
 
-    L = CE(teacher(A(x_syn)), y_syn) + bn_weight * sum_l m_l (|| mu_l(x) - running_mean_l ||_2 + || var_l(x) - running_var_l ||_2)
+    L = CE(teacher(A(x_syn)), y_syn)
+        + bn_weight * sum_l m_l (|| mu_l(x) - running_mean_l ||_2 + || var_l(x) - running_var_l ||_2)
 
 where mu_l and var_l are the per-channel mean and biased variance over the batch and the spatial positions of what
 enters BN layer l, and m_l is ``first_bn_multiplier`` for the first layer and 1 for the others (the reference's
@@ -27,7 +28,8 @@ SRE2L_IMAGE_AUGMENT = DSAConfig(strategy="crop_scale_flip", mode="all")  # the r
 
 
 def sre2l_augment(name: str, space: str):
-    """``auto``: crop, scale and flip together on images (SRe2L's random resized crop and flip), the latent variant on latents."""
+    """``auto``: crop, scale and flip together on images (SRe2L's random resized crop and flip), the latent variant on
+    latents."""
     if name == "auto":
         return get_augment("dsa", SRE2L_IMAGE_AUGMENT) if space == "pixel" else get_augment("latent")
     return get_augment(name)
@@ -40,8 +42,8 @@ class BNStatistics:
     def __init__(self, module: nn.Module, first_multiplier: float = 1.0):
         self.layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.layers:
-            raise ValueError(f"the teacher ({type(module).__name__}) has no BatchNorm layers, which SRe2L's recover step matches; "
-                             "train it with --teacher-net convnet-bn (or resnet18bn)")
+            raise ValueError(f"the teacher ({type(module).__name__}) has no BatchNorm layers, which SRe2L's recover "
+                             "step matches; train it with --teacher-net convnet-bn (or resnet18bn)")
         self.first_multiplier = float(first_multiplier)
         self.terms: list[torch.Tensor] = []
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
@@ -50,7 +52,9 @@ class BNStatistics:
         x = inputs[0]
         dims = [0, *range(2, x.dim())]
         mean, var = x.mean(dims), x.var(dims, unbiased=False)
-        term = torch.linalg.vector_norm(mean - layer.running_mean.to(x.dtype)) + torch.linalg.vector_norm(var - layer.running_var.to(x.dtype))
+        term = torch.linalg.vector_norm(mean - layer.running_mean.to(x.dtype)) + torch.linalg.vector_norm(
+            var - layer.running_var.to(x.dtype)
+        )
         self.terms.append(term * (self.first_multiplier if not self.terms else 1.0))
 
     def pop(self) -> torch.Tensor:
@@ -77,7 +81,8 @@ class SRe2LRecover:
 
     def __post_init__(self):
         if self.teacher is None:
-            raise ValueError("SRe2L's recover step needs a teacher: pass --teacher DIR, or leave it out and recipes/sre2l.py trains one")
+            raise ValueError("SRe2L's recover step needs a teacher: pass --teacher DIR, or leave it out and "
+                             "recipes/sre2l.py trains one")
         if not self.bn_weight >= 0:
             raise ValueError(f"--bn-weight must be >= 0, got {self.bn_weight}")
         self.teacher.eval().requires_grad_(False)
@@ -87,8 +92,9 @@ class SRe2LRecover:
 
     def __call__(self, syn, syn_labels, real, ctx: StepContext) -> torch.Tensor:
         if self.teacher_space is not None and ctx.space != self.teacher_space:
-            raise ValueError(f"the teacher was trained in the {self.teacher_space} space but this run matches in the {ctx.space} space; "
-                             f"train a teacher for it (leave out --teacher) or use --match-space {self.teacher_space}")
+            raise ValueError(f"the teacher was trained in the {self.teacher_space} space but this run matches in the "
+                             f"{ctx.space} space; train a teacher for it (leave out --teacher) or use --match-space "
+                             f"{self.teacher_space}")
         teacher = self.teacher
         if next(teacher.parameters()).device != syn.device or next(teacher.parameters()).dtype != syn.dtype:
             teacher.to(syn.device, syn.dtype)

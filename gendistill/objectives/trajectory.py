@@ -1,8 +1,8 @@
 """Trajectory matching: MTT (Cazenavette et al. 2022), TESLA (Cui et al. 2023) and DATM (Guo et al. 2024).
 
-Each step draws an expert and a start epoch t (from ``ctx.rank_generator`` only), starts a student network at the expert's
-snapshot θ*_t, takes N = ``syn_steps`` SGD steps with the set's learnable lr α on minibatches of the synthetic set
-(``batch_syn`` samples, augmented), and compares with the expert M = ``expert_epochs`` epochs later::
+Each step draws an expert and a start epoch t (from ``ctx.rank_generator`` only), starts a student network at the
+expert's snapshot θ*_t, takes N = ``syn_steps`` SGD steps with the set's learnable lr α on minibatches of the synthetic
+set (``batch_syn`` samples, augmented), and compares with the expert M = ``expert_epochs`` epochs later::
 
     L = ||θ_N - θ*_{t+M}||² / ||θ*_t - θ*_{t+M}||²
 
@@ -92,28 +92,35 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 @dataclass
 class TrajectoryMatching:
     parallel: ClassVar[str] = "replicas"  # each process draws its own trajectory; the gradients are averaged
-    samples_real = False  # it matches expert trajectories and draws no real batch (so --real-sampler has nothing to change)
+    # it matches expert trajectories and draws no real batch (so --real-sampler has nothing to change)
+    samples_real = False
     experts: Experts | None = None
     syn_steps: int = setting(20, min=1)
     expert_epochs: int = setting(2, min=1)
     max_start_epoch: int = setting(5, min=1)
     min_start_epoch: int = setting(0, min=0)
-    max_start_epoch_final: int | None = setting(None, min=1)  # DATM: the upper bound of start epochs grows to this (None: fixed)
-    expansion_end_step: int = setting(0, min=0)  # DATM: distillation step at which the upper bound reaches max_start_epoch_final
+    # DATM: the upper bound of start epochs grows to this (None: fixed)
+    max_start_epoch_final: int | None = setting(None, min=1)
+    # DATM: distillation step at which the upper bound reaches max_start_epoch_final
+    expansion_end_step: int = setting(0, min=0)
     batch_syn: int | None = setting(None, min=1)  # None: the whole set in every student step
     augment: str = "auto"  # "auto": DSA on images, the latent variant on latents (as the experts were trained)
     lr_teacher: float = setting(0.01, above=0)  # student lr when the set has no learnable lr
-    unroll: str = setting("autograd", choices=UNROLLS)  # "autograd" (MTT: keep the unrolled graph) | "constant" (TESLA: constant memory)
+    # "autograd" (MTT: keep the unrolled graph) | "constant" (TESLA: constant memory)
+    unroll: str = setting("autograd", choices=UNROLLS)
     label_logits: bool = False  # soft labels in the context are logits (DATM) rather than probabilities
-    threshold: float = setting(math.inf, min=0, infinite=True)  # DATM: a step whose loss exceeds this gives zero gradients
+    # DATM: a step whose loss exceeds this gives zero gradients
+    threshold: float = setting(math.inf, min=0, infinite=True)
 
     def __post_init__(self):
         if self.experts is None:
-            raise ValueError("trajectory matching needs expert trajectories: pass --experts DIR (recipes/train_experts.py makes one)")
+            raise ValueError("trajectory matching needs expert trajectories: pass --experts DIR "
+                             "(recipes/train_experts.py makes one)")
         check_config(self)
         final = self.max_start_epoch_final if self.max_start_epoch_final is not None else self.max_start_epoch
         if final < self.max_start_epoch:
-            raise ValueError(f"max_start_epoch_final {final} is below max_start_epoch {self.max_start_epoch}; the window only grows")
+            raise ValueError(f"max_start_epoch_final {final} is below max_start_epoch {self.max_start_epoch}; the "
+                             "window only grows")
         self.experts.check_window(self.expert_epochs, final, self.min_start_epoch)
         space = self.experts.meta["space"]
         self._augment = get_augment(resolve_augment(self.augment, space))
@@ -123,14 +130,20 @@ class TrajectoryMatching:
     def _net(self, ctx: StepContext) -> FlatNet:
         key = (tuple(ctx.in_shape), ctx.num_classes, str(ctx.device))
         if key not in self._nets:
-            if list(ctx.in_shape) != list(self.experts.meta["in_shape"]) or ctx.num_classes != self.experts.meta["num_classes"]:
-                raise ValueError(f"the experts in {self.experts.directory} see inputs {tuple(self.experts.meta['in_shape'])} with "
-                                 f"{self.experts.meta['num_classes']} classes; this run matches {tuple(ctx.in_shape)} with {ctx.num_classes}")
+            if (
+                list(ctx.in_shape) != list(self.experts.meta["in_shape"])
+                or ctx.num_classes != self.experts.meta["num_classes"]
+            ):
+                raise ValueError(f"the experts in {self.experts.directory} see inputs "
+                                 f"{tuple(self.experts.meta['in_shape'])} with {self.experts.meta['num_classes']} "
+                                 f"classes; this run matches {tuple(ctx.in_shape)} with {ctx.num_classes}")
             # the module only provides the structure: its weights are replaced by the flat vector, so any seed will do
-            module = self.experts.net.build(ctx.in_shape, ctx.num_classes, torch.Generator().manual_seed(0)).to(ctx.device).train()
+            module = self.experts.net.build(ctx.in_shape, ctx.num_classes,
+                                            torch.Generator().manual_seed(0)).to(ctx.device).train()
             net = FlatNet(module)
             if net.num_params != self.experts.num_params:
-                raise ValueError(f"the experts have {self.experts.num_params} parameters, the network {net.num_params}; retrain the experts")
+                raise ValueError(f"the experts have {self.experts.num_params} parameters, the network "
+                                 f"{net.num_params}; retrain the experts")
             self._nets[key] = net
         return self._nets[key]
 
@@ -144,7 +157,8 @@ class TrajectoryMatching:
         return self.min_start_epoch, high
 
     def plan(self, n: int, ctx: StepContext) -> tuple[int, int, list]:
-        """Every random choice of one step, drawn in a fixed order from this process's generator: expert, start, batches."""
+        """Every random choice of one step, drawn in a fixed order from this process's generator: expert, start,
+        batches."""
         g = ctx.rank_generator
         expert = int(torch.randint(self.experts.num_experts, (1,), generator=g))
         low, high = self.window(ctx.step)
@@ -171,7 +185,8 @@ class TrajectoryMatching:
         net = self._net(ctx)
         lr = ctx.syn_lr if ctx.syn_lr is not None else torch.tensor(self.lr_teacher, device=ctx.device)
         if not math.isfinite(float(lr.detach())):
-            raise FloatingPointError(f"the learned lr is {float(lr.detach())} at step {ctx.step}; lower --lr-lr and restart from the last checkpoint")
+            raise FloatingPointError(f"the learned lr is {float(lr.detach())} at step {ctx.step}; lower --lr-lr and "
+                                     "restart from the last checkpoint")
         expert, start, steps = self.plan(len(syn), ctx)
         theta0 = self.experts.snapshot(expert, start).to(ctx.device)
         target = self.experts.snapshot(expert, start + self.expert_epochs).to(ctx.device)
@@ -264,10 +279,12 @@ class DATM(TrajectoryMatching):
 
 
 @torch.no_grad()
-def expert_logits(experts: Experts, x: torch.Tensor, epoch: int = -1, expert: int | None = None, batch: int = 256) -> torch.Tensor:
+def expert_logits(experts: Experts, x: torch.Tensor, epoch: int = -1, expert: int | None = None,
+                  batch: int = 256) -> torch.Tensor:
     """Logits (E, N, K) of every expert (or (1, N, K) of one) at ``epoch`` for match-space inputs ``x``."""
     meta = experts.meta
-    module = experts.net.build(tuple(meta["in_shape"]), meta["num_classes"], torch.Generator().manual_seed(0)).to(x.device).eval()
+    module = experts.net.build(tuple(meta["in_shape"]), meta["num_classes"],
+                               torch.Generator().manual_seed(0)).to(x.device).eval()
     net = FlatNet(module)
     which = range(experts.num_experts) if expert is None else [expert]
     out = []
@@ -316,7 +333,9 @@ def init_soft_labels(syn, experts: Experts, to_input, candidates=None, generator
                 rest = [int(j) for j in ids[p.argsort(descending=True)] if int(j) not in chosen]
                 fallback += len(rows) - len(chosen)
                 chosen += rest[: len(rows) - len(chosen)]
-            syn.latents.data[rows] = candidates.latents[torch.tensor(chosen, dtype=torch.long)].to(device, syn.latents.dtype)
+            syn.latents.data[rows] = candidates.latents[torch.tensor(chosen, dtype=torch.long)].to(
+                device, syn.latents.dtype
+            )
     logits = expert_logits(experts, to_input(syn.latents.detach()), epoch)  # (E, N, K)
     correct = (logits.argmax(2) == hard.to(logits.device)).float().unsqueeze(2)  # (E, N, 1)
     agree = correct.sum(0)

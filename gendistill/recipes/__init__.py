@@ -28,8 +28,8 @@ RECIPES: Registry = Registry("distillation method")
 for _name, _module, _config, _method in (
     ("dm", "dm", "LatentDMConfig", None),
     ("dc", "dc", "LatentDCConfig", "dc"), ("dsa", "dc", "LatentDCConfig", "dsa"),
-    ("mtt", "mtt", "LatentMTTConfig", "mtt"), ("tesla", "mtt", "LatentMTTConfig", "tesla"), ("datm", "mtt", "LatentMTTConfig", "datm"),
-    ("itgan", "itgan", "ITGANConfig", None),
+    ("mtt", "mtt", "LatentMTTConfig", "mtt"), ("tesla", "mtt", "LatentMTTConfig", "tesla"),
+    ("datm", "mtt", "LatentMTTConfig", "datm"), ("itgan", "itgan", "ITGANConfig", None),
 ):
     RECIPES.register(_name)(Recipe(_module, _config, _method))
 
@@ -58,7 +58,8 @@ def make_config(name: str, /, **settings):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - names)
     if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(unknown)} for method {name!r}; valid: {', '.join(sorted(names))}")
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} for method {name!r}; valid: "
+                         f"{', '.join(sorted(names))}")
     settings = {k: check_value(cls, k, v) for k, v in settings.items()}  # a wrong type or value is a one-line error now
     if recipe.method is not None:
         if settings.get("method", recipe.method) != recipe.method:

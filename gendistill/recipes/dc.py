@@ -29,7 +29,8 @@ METHODS = ("dc", "dsa")
 
 @dataclass
 class LatentDCConfig(with_objective(RecipeConfig, "dc")):
-    """The recipe's settings; DC's own (augment, dis_metric, net_lr, ...) come from the objective's dataclass (dsa has the same)."""
+    """The recipe's settings; DC's own (augment, dis_metric, net_lr, ...) come from the objective's dataclass (dsa has
+    the same)."""
 
     method: str = setting("dc", choices=METHODS)  # dc | dsa
     steps: int = 1000  # matching steps: 100 outer iterations at IPC 10 (the reference runs 1000)

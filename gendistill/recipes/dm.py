@@ -5,7 +5,8 @@
     gendistill distill dm --backbone pixel                  # classic pixel-space DM
     gendistill distill dm --resume                          # continue the run in --output
     gendistill distill dm --method cafe                     # CAFE: layer-wise alignment + discrimination, bi-level
-    gendistill distill dm --ipc-budget 10                   # storage-matched: as many latents as 10 float32 images/class hold
+    gendistill distill dm --ipc-budget 10                   # storage-matched: as many latents as 10 float32
+                                                            # images/class hold
     accelerate launch -m gendistill distill dm              # (or recipes/latent_dm.py) on every device / process
 
 The set is always latents; by default each step decodes them, matches the decoded images (with DSA) against real

@@ -34,7 +34,8 @@ class ITGANConfig(with_objective(RecipeConfig, "itgan", "dm")):
     steps: int = 500
     lr: float = 0.01  # Adam on the latents
     classifier_epochs: int = setting(2, min=1)  # of the real-data ConvNet
-    classifier: str | None = None  # safetensors of its weights: loaded if it exists, else trained and written (recipes/eval_gan.py's too)
+    # safetensors of its weights: loaded if it exists, else trained and written (recipes/eval_gan.py's too)
+    classifier: str | None = None
     batch_real: int = 64  # real images per class per step, as recipes/latent_dm.py (the DM term is the same)
     kernel: str = "gaussian"  # of the DM term: M3D's MMD, as recipes/latent_dm.py; "linear" is DM's mean gap
     eval_runs: int = 2
@@ -42,8 +43,10 @@ class ITGANConfig(with_objective(RecipeConfig, "itgan", "dm")):
 
 def setup(cfg: ITGANConfig, pieces, accelerator):
     """The real-data classifier and the anchors (the set's latents as initialised: the inversions)."""
-    with accelerator.main_process_first() if cfg.classifier else nullcontext():  # rank 0 trains and writes it; the others read it
-        classifier = reference_classifier(pieces.train, accelerator.device, cfg.classifier, epochs=cfg.classifier_epochs, seed=cfg.seed,
+    # rank 0 trains and writes it; the others read it
+    with accelerator.main_process_first() if cfg.classifier else nullcontext():
+        classifier = reference_classifier(pieces.train, accelerator.device, cfg.classifier,
+                                          epochs=cfg.classifier_epochs, seed=cfg.seed,
                                           progress=accelerator.is_local_main_process)
     return get_objective("itgan", classifier=classifier, anchors=pieces.syn.latents.detach().clone(),
                          **objective_kwargs(cfg, "itgan", "dm"))

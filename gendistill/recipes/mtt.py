@@ -9,8 +9,8 @@
 
 The defaults are the configuration measured best here (docs/results.md, section 2): GLaD-style decode-through
 (``--match-space pixel``: the VAE's latents are learned, the experts and the student are ConvNet-3 of width 32 on
-decoded images), Adam lr 0.01 on the latents from k-means centres. Experts trained on the latents themselves give trajectories that do not transfer to
-networks trained on the decoded images (71.9% at IPC 10, below random real images).
+decoded images), Adam lr 0.01 on the latents from k-means centres. Experts trained on the latents themselves give
+trajectories that do not transfer to networks trained on the decoded images (71.9% at IPC 10, below random real images).
 
 Learns the latents, the set's eval lr (saved as ``lr``, used by `gendistill eval`) and, for DATM, soft labels (saved
 as probabilities). Writes set.safetensors, grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
@@ -65,21 +65,23 @@ def setup(cfg, pieces, accelerator):
     space = effective_match_space(backbone.kind, cfg.match_space)
     net = NetSpec(cfg.net, cfg.depth, cfg.width)
     in_shape = backbone.image_shape if space == "pixel" else backbone.latent_shape
-    directory = cfg.experts or build_experts(None, space, backbone, train, net, ExpertConfig(cfg.num_experts, cfg.expert_train_epochs),
-                                             cfg.cache_dir, pieces.test, accelerator, log=accelerator.print)
+    directory = cfg.experts or build_experts(None, space, backbone, train, net,
+                                             ExpertConfig(cfg.num_experts, cfg.expert_train_epochs), cfg.cache_dir,
+                                             pieces.test, accelerator, log=accelerator.print)
     experts = load_experts(directory, expect=identity(space, backbone, train.meta(), net, in_shape, train.num_classes))
     objective = get_objective(cfg.method, experts=experts, **objective_kwargs(cfg, cfg.method, drop_none=True))
     syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
     t = experts.meta["training"]
-    syn.run_meta["experts"] = {"directory": str(directory), "space": space, "num_experts": t["num_experts"], "epochs": t["epochs"], "lr": t["lr"]}
+    syn.run_meta["experts"] = {"directory": str(directory), "space": space, "num_experts": t["num_experts"],
+                               "epochs": t["epochs"], "lr": t["lr"]}
     if cfg.method == "datm":
         # candidates must be latents: a backbone without a latent cache (gan) keeps the set's own initialisation
         candidates = pieces.real_latents if pieces.real_latents.space == "latent" else None
         with torch.no_grad():
             info = init_soft_labels(syn, experts, match_space_inputs(backbone, space, train.meta()), candidates,
                                     torch.Generator().manual_seed(cfg.seed), cfg.label_epoch)
-        accelerator.print(f"datm: soft labels from expert logits; {info['correct_by_any_expert']}/{info['samples']} samples correctly "
-                          f"classified, {info['fallback']} filled with the most confident")
+        accelerator.print(f"datm: soft labels from expert logits; {info['correct_by_any_expert']}/{info['samples']} "
+                          f"samples correctly classified, {info['fallback']} filled with the most confident")
     return objective
 
 

@@ -30,7 +30,8 @@ def get_trainer(kind: str) -> Trainer:
     return TRAINERS.get(kind)
 
 
-def train_backbone(kind: str, argv: list[str] | None = None, description: str | None = None, prog: str | None = None) -> int:
+def train_backbone(kind: str, argv: list[str] | None = None, description: str | None = None, prog: str
+                   | None = None) -> int:
     """Train a backbone of ``kind`` as ``argv`` says and write it to ``--output`` (diffusers layout); returns 0.
 
     Interrupted runs leave ``OUTPUT.ckpt`` (written after every epoch) and continue with ``--resume``. A non-empty
@@ -57,6 +58,7 @@ def train_backbone(kind: str, argv: list[str] | None = None, description: str | 
     with claim_backbone_output(args), resumable(ckpt):  # refuse a non-empty --output unless --overwrite; lock it
         backbone = trainer.train(train, cfg, device=Accelerator().device, checkpoint=ckpt, resume=args.resume, **extra)
         samples = args.samples_per_class if trainer.samples else 0
-        save_trained(backbone, train, cfg, args.output, trainer.recipe, samples_per_class=samples, seed=getattr(cfg, "seed", 0))
+        save_trained(backbone, train, cfg, args.output, trainer.recipe, samples_per_class=samples,
+                     seed=getattr(cfg, "seed", 0))
     print(f"saved {args.output} ({trainer.describe(backbone, cfg)})")
     return 0

@@ -66,7 +66,8 @@ class EpochCheckpoint:
         except ValueError as e:
             raise ValueError(f"{e}; delete it and start over") from None
         if state["config"] != self.config:
-            diff = sorted(k for k in set(self.config) | set(state["config"]) if self.config.get(k) != state["config"].get(k))
+            diff = sorted(k for k in set(self.config) | set(state["config"])
+                          if self.config.get(k) != state["config"].get(k))
             raise ValueError(f"{str(self.path)!r} was written with a different config ({', '.join(diff)}); "
                              "resume with the same flags or delete it to start over")
         try:
@@ -95,7 +96,8 @@ def _check_layout(state, parts: dict, path: Path) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"{str(path)!r} is not a readable training checkpoint (its state is not a mapping)")
     kinds = {"config": dict, "epoch": int, "step": int, "generator": torch.Tensor, "parts": dict}
-    wrong = sorted(k for k, kind in kinds.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool))
+    wrong = sorted(k for k, kind in kinds.items() if not isinstance(state.get(k), kind)
+                   or isinstance(state.get(k), bool))
     if wrong:
         raise ValueError(f"{str(path)!r} is not a readable training checkpoint (missing or mistyped "
                          f"{', '.join(wrong)})")
@@ -117,7 +119,8 @@ def resumable(path: str | Path):
         raise
 
 
-def save_trained(backbone, train, cfg, output: str | Path, recipe: str, samples_per_class: int = 0, seed: int = 0) -> None:
+def save_trained(backbone, train, cfg, output: str | Path, recipe: str, samples_per_class: int = 0,
+                 seed: int = 0) -> None:
     """Write a freshly trained backbone to ``output`` atomically (diffusers layout, gendistill.json with the dataset,
     recipe and config), with ``samples.png`` (``samples_per_class`` per class, one row per class) for generators;
     then remove the trainer's epoch checkpoint, which the saved directory supersedes."""
@@ -128,7 +131,8 @@ def save_trained(backbone, train, cfg, output: str | Path, recipe: str, samples_
         labels = torch.arange(train.num_classes).repeat_interleave(samples_per_class)
         images = backbone.sample_images(labels, torch.Generator().manual_seed(seed)).clamp(0, 1)
     with atomic_dir(output) as tmp:
-        backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": recipe, "config": dataclasses.asdict(cfg)})
+        backbone.save_pretrained(tmp, extra={"dataset": train.meta(), "recipe": recipe,
+                                             "config": dataclasses.asdict(cfg)})
         if images is not None:
             save_png(image_grid(images, labels, train.num_classes), tmp / "samples.png")
     checkpoint_path(output).unlink(missing_ok=True)

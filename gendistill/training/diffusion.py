@@ -46,7 +46,8 @@ class DiffusionConfig(Checked):
     lr: float = setting(1e-3, above=0)
     warmup_steps: int = setting(200, min=0)
     weight_decay: float = setting(0.0, min=0)
-    class_dropout: float = setting(0.1, min=0, max=1)  # probability of training on the null class (classifier-free guidance)
+    # probability of training on the null class (classifier-free guidance)
+    class_dropout: float = setting(0.1, min=0, max=1)
     ema: float = setting(0.999, min=0, max=1)  # of the UNet's weights; the EMA UNet is the one saved
     seed: int = setting(0, min=0)
 
@@ -85,8 +86,8 @@ def build_scheduler(cfg: DiffusionConfig):
                          set_alpha_to_one=True, timestep_spacing="trailing")
 
 
-def diffusion_loss(unet: nn.Module, z0: torch.Tensor, labels: torch.Tensor, alpha_bars: torch.Tensor, cfg: DiffusionConfig,
-                   generator: torch.Generator, null_class: int) -> torch.Tensor:
+def diffusion_loss(unet: nn.Module, z0: torch.Tensor, labels: torch.Tensor, alpha_bars: torch.Tensor,
+                   cfg: DiffusionConfig, generator: torch.Generator, null_class: int) -> torch.Tensor:
     """DDPM's simple loss: the MSE between the noise and the UNet's prediction of it at uniform random timesteps, with
     each label replaced by ``null_class`` with probability ``cfg.class_dropout``."""
     n, device = len(z0), z0.device
@@ -120,7 +121,8 @@ def train_diffusion(train: ImageDataset, cfg: DiffusionConfig, device: torch.dev
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     per_epoch = len(real.labels) // cfg.batch_size
     if per_epoch < 1:
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(real.labels)} training latents; lower it")
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(real.labels)} training "
+                         "latents; lower it")
     total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
     ckpt = EpochCheckpoint(checkpoint, cfg, {"unet": unet, "ema": ema, "opt": opt, "warmup": warmup}, gen, resume)
     first, step = ckpt.load()
@@ -159,4 +161,5 @@ def _describe(backbone: DiffusionBackbone, cfg: DiffusionConfig) -> str:
             f"VAE {cfg.vae} sha256 {backbone.vae.weights_sha256()[:16]}")
 
 
-TRAINERS.register("diffusion")(Trainer(DiffusionConfig, train_diffusion, "recipes/train_diffusion.py", _describe, samples=True, cache=True))
+TRAINERS.register("diffusion")(Trainer(DiffusionConfig, train_diffusion, "recipes/train_diffusion.py", _describe,
+                                       samples=True, cache=True))

@@ -5,10 +5,10 @@ standard-deviation feature (StyleGAN), Adam with beta1 = 0 for both nets, one D 
 generator pass), and an exponential moving average of the generator's weights (the saved generator).
 
 Against mode collapse (a first generator trained without these made nearly one image per class): the mapping MLP learns
-at ``mapping_lr_mult`` times the generator's lr (StyleGAN's 0.01), so it cannot learn to ignore z; the discriminator sees
-each fake batch's spread (minibatch std); and the generator's loss has a mode-seeking term (MSGAN, Mao et al. 2019):
-fakes come in pairs of the same class, and ``ms_weight / (|G(z1) - G(z2)| / |z1 - z2| + eps)`` is added (at weight 1 it
-outweighed the adversarial loss and saturated the images, hence 0.1).
+at ``mapping_lr_mult`` times the generator's lr (StyleGAN's 0.01), so it cannot learn to ignore z; the discriminator
+sees each fake batch's spread (minibatch std); and the generator's loss has a mode-seeking term (MSGAN, Mao et al.
+2019): fakes come in pairs of the same class, and ``ms_weight / (|G(z1) - G(z2)| / |z1 - z2| + eps)`` is added (at
+weight 1 it outweighed the adversarial loss and saturated the images, hence 0.1).
 
 For class consistency (after one epoch with the projection term alone, no row of samples looked like its class): the
 discriminator also has an auxiliary classifier head (AC-GAN, Odena et al. 2017) trained with cross-entropy on the real
@@ -115,7 +115,8 @@ class ProjectionDiscriminator(nn.Module):
         return (score, self.classify(h)) if logits else score
 
 
-def build_generator(image_shape, num_classes: int, cfg: GANConfig, generator: torch.Generator) -> ConditionalStyleGenerator:
+def build_generator(image_shape, num_classes: int, cfg: GANConfig,
+                    generator: torch.Generator) -> ConditionalStyleGenerator:
     c, h, w = image_shape
     if h != w:
         raise ValueError(f"the GAN makes square images; the dataset's are {h}x{w}")
@@ -134,8 +135,9 @@ def build_discriminator(image_shape, num_classes: int, cfg: GANConfig, seed: int
 
 def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = "cpu", log=print, progress: bool = True,
               checkpoint=None, resume: bool = False) -> GANBackbone:
-    """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of hinge-loss GAN on ``train``; the EMA generator as a backbone.
-    ``checkpoint``: a file for the per-epoch training state (``EpochCheckpoint``); ``resume`` continues from it."""
+    """Train ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps) of hinge-loss GAN on ``train``; the EMA generator as a
+    backbone. ``checkpoint``: a file for the per-epoch training state (``EpochCheckpoint``); ``resume`` continues from
+    it."""
     gen = torch.Generator().manual_seed(cfg.seed)
     G = build_generator(train.image_shape, train.num_classes, cfg, gen).to(device).train()
     D = build_discriminator(train.image_shape, train.num_classes, cfg, cfg.seed + 1).to(device).train()
@@ -149,7 +151,8 @@ def train_gan(train: ImageDataset, cfg: GANConfig, device: torch.device | str = 
     if per_epoch < 1:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images; lower it")
     total = cfg.epochs * per_epoch if cfg.max_steps <= 0 else min(cfg.max_steps, cfg.epochs * per_epoch)
-    ckpt = EpochCheckpoint(checkpoint, cfg, {"G": G, "D": D, "G_ema": G_ema, "opt_g": opt_g, "opt_d": opt_d}, gen, resume)
+    ckpt = EpochCheckpoint(checkpoint, cfg, {"G": G, "D": D, "G_ema": G_ema, "opt_g": opt_g, "opt_d": opt_d}, gen,
+                           resume)
     first, step = ckpt.load()
     bar = tqdm(total=total, initial=step, desc="train gan", dynamic_ncols=True, disable=not progress)
     start = time.time()

@@ -79,7 +79,8 @@ def train_autoencoder(train: ImageDataset, cfg: AutoencoderConfig, device: torch
     vae.eval()
     with torch.no_grad():
         idx = torch.randperm(len(train), generator=gen)[:2048]
-        z = torch.cat([vae.encode(train.float_images(idx[i : i + 256]).to(device) * 2 - 1).latent_dist.mean for i in range(0, len(idx), 256)])
+        z = torch.cat([vae.encode(train.float_images(idx[i : i + 256]).to(device) * 2 - 1).latent_dist.mean
+                       for i in range(0, len(idx), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     log(f"trained autoencoder in {time.time() - start:.0f}s; scaling_factor={vae.config.scaling_factor:.4f}; "
         f"config {asdict(cfg)}")
