@@ -7,9 +7,11 @@ a fixed number of SGD iterations, a test subset; ``--protocol standard`` for the
   k-means centres, ``dm/fashion-mnist_ipc10_vae-latent.yaml``) at ``--distill-steps`` steps (screening: 200 of the
   config's 500), at every IPC. Its images are VAE decodings: the VAE's fidelity bounds it.
 - best coreset: real images (pixel backbone) chosen by ``gendistill select`` with each of ``--coresets``
-  (default kmeans and herding; ``--coresets kmeans,herding,kcenter,forgetting`` for more); per IPC the best is the curve.
+  (default kmeans and herding; ``--coresets kmeans,herding,kcenter,forgetting`` for more); per IPC the best is the
+  curve.
 - random: random real images (pixel backbone), ``--draws`` draws at IPC <= 10 and one draw above.
-- random latents (dashed, a reference): random real images' VAE latents, decoded (the storage class of the distilled set).
+- random latents (dashed, a reference): random real images' VAE latents, decoded (the storage class of the distilled
+set).
 
 Work is ordered by priority (every curve at small IPC before any at large IPC; the reference curve last), each result
 is written to ``OUT/crossover.json`` when it finishes and a rerun skips what is done, so the study can be stopped and
@@ -51,14 +53,15 @@ def measure(kind: str, key: str, ipc: int, args, data: Data, cfg: Screening, log
     train = data.train
     if kind == "random":
         d = int(key.rsplit("draw", 1)[1])
-        idx = torch.cat([train.sample_class(c, ipc, torch.Generator().manual_seed(7000 + 100 * d + c)) for c in range(10)])
+        idx = torch.cat([train.sample_class(c, ipc, torch.Generator().manual_seed(7000 + 100 * d + c))
+                         for c in range(10)])
         return {**screen(train.float_images(idx), train.labels[idx], data, cfg), "draw": d}
     if kind.startswith("coreset:"):
         method = kind.split(":", 1)[1]
         path = out / f"coreset-{method}-ipc{ipc}.safetensors"
         if not path.exists():
-            run([sys.executable, "-m", "gendistill.cli", "select", "--method", method, "--ipc", ipc, "--backbone", "pixel",
-                 "--out", path], log)
+            run([sys.executable, "-m", "gendistill.cli", "select", "--method", method, "--ipc", ipc, "--backbone",
+                 "pixel", "--out", path], log)
         return {**screen(*set_images(path), data, cfg), "set": str(path)}
     if kind == "distilled":
         path = latent_dm(out / f"dm-ipc{ipc}", ipc, args.distill_steps, log)
@@ -101,16 +104,18 @@ def report(res: Results, ipcs, coresets, out: Path) -> str:
         lead = {"distilled": dist, "coreset": cores.get(best) if best else None, "random": rand}
         lead = {k: v for k, v in lead.items() if v is not None}
         winner = max(lead, key=lead.get) if len(lead) == 3 else "-"
-        table.append(f"| {ipc} | {cell(dist)} | {cell(cores.get(best) if best else None)} ({best or '-'}) | {core_cells} | "
-                     f"{cell(rand)}{f' ({n_rand} draws)' if n_rand > 1 else ''} | {cell(lat)} | {winner} |")
-    head = ("| IPC | distilled (LatentDD) | best coreset (method) | coresets | random real | random VAE latents | highest |\n"
-            "| --- | --- | --- | --- | --- | --- | --- |")
+        table.append(f"| {ipc} | {cell(dist)} | {cell(cores.get(best) if best else None)} ({best or '-'}) | "
+                     f"{core_cells} | {cell(rand)}{f' ({n_rand} draws)' if n_rand > 1 else ''} | {cell(lat)} "
+                     f"| {winner} |")
+    head = ("| IPC | distilled (LatentDD) | best coreset (method) | coresets | random real | random VAE latents "
+            "| highest |\n| --- | --- | --- | --- | --- | --- | --- |")
     text = f"{res.data['settings']['label']}\n\n{head}\n" + "\n".join(table) + "\n"
     (out / "crossover.md").write_text(text)
     plotted = {k: v for k, v in series.items() if v}
     if plotted:
         save_png(line_plot(plotted, title=f"Fashion-MNIST: accuracy (%) vs IPC, {res.data['settings']['label'][:70]}",
-                           xlabel="images per class", ylabel="test acc. %", logx=True, dashed=(CURVES[3],)), out / "crossover.png")
+                           xlabel="images per class", ylabel="test acc. %", logx=True, dashed=(CURVES[3],)), out
+                 / "crossover.png")
     return text
 
 
@@ -131,7 +136,8 @@ def main(argv=None) -> int:
     ipcs = [int(v) for v in args.ipcs.split(",")]
     coresets = [m for m in args.coresets.split(",") if m]
     cfg = Screening(protocol=args.protocol, iters=args.iters, nets=args.nets)
-    res = Results(out / "crossover.json", settings_of(cfg, distill_steps=args.distill_steps, coresets=coresets, ipcs=ipcs))
+    res = Results(out / "crossover.json", settings_of(cfg, distill_steps=args.distill_steps, coresets=coresets,
+                                                      ipcs=ipcs))
     log = logger(out / "crossover.log")
     if not args.report_only:
         log(f"crossover: {cfg.label()}; distillation {args.distill_steps} steps")

@@ -44,20 +44,23 @@ def main(argv=None) -> None:
     decoded = reconstruct(backbone, raw)
     recon_seconds = time.time() - start
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs)
-    result = {"backbone": args.backbone, "latent_shape": list(backbone.latent_shape), "images": n, "settings": asdict(cfg),
-              "reconstruct_seconds": round(recon_seconds, 1)}
+    result = {"backbone": args.backbone, "latent_shape": list(backbone.latent_shape), "images": n,
+              "settings": asdict(cfg), "reconstruct_seconds": round(recon_seconds, 1)}
     for name, images in (("decoded", decoded), ("raw", raw))[: 1 if args.no_raw else 2]:
         accs, t0 = [], time.time()
         for run in range(args.runs):
             g = torch.Generator().manual_seed(run)
             accs.append(train_and_test(images, labels, test, cfg, g, torch.device("cpu"), test.mean, test.std))
-        result[name] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "seconds": round(time.time() - t0, 1)}
+        result[name] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
+                        "seconds": round(time.time() - t0, 1)}
         print(f"{name:8s} {n} training images, {args.epochs} epochs x {args.runs} runs: test accuracy "
-              f"{100 * result[name]['mean']:.2f} +- {100 * result[name]['std']:.2f} % ({result[name]['seconds']:.0f} s)", flush=True)
+              f"{100 * result[name]['mean']:.2f} +- {100 * result[name]['std']:.2f} % "
+              f"({result[name]['seconds']:.0f} s)", flush=True)
     if args.no_raw:
         return write_json(result, args.out) if args.out else None
-    print(f"decoder ceiling ({args.backbone}, latents {tuple(backbone.latent_shape)}): {100 * result['decoded']['mean']:.2f} % decoded "
-          f"vs {100 * result['raw']['mean']:.2f} % raw ({100 * (result['raw']['mean'] - result['decoded']['mean']):.2f} points)")
+    print(f"decoder ceiling ({args.backbone}, latents {tuple(backbone.latent_shape)}): "
+          f"{100 * result['decoded']['mean']:.2f} % decoded vs {100 * result['raw']['mean']:.2f} % raw "
+          f"({100 * (result['raw']['mean'] - result['decoded']['mean']):.2f} points)")
     if args.out:
         write_json(result, args.out)
 

@@ -7,7 +7,8 @@ its final set; DM splits the classes over the processes, so the two sets should 
 ``--device cuda``: both runs on the GPU(s), the 2 processes sharing one GPU if there is one (with ``--backend gloo``,
 the default there: NCCL refuses two ranks on one GPU); benchmarks/gpu_check.sh runs it so.
 
-    python benchmarks/dm_multiprocess.py [--match-space pixel|latent] [--ipc 10] [--batch-real 64] [--steps 10] [--device cuda]
+    python benchmarks/dm_multiprocess.py [--match-space pixel|latent] [--ipc 10] [--batch-real 64] [--steps 10]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -42,15 +43,18 @@ def child(args) -> None:
     full = get_dataset("fashion-mnist", "train")
     gen = torch.Generator().manual_seed(0)
     idx = torch.cat([full.sample_class(c, max(args.batch_real, args.ipc), gen) for c in range(full.num_classes)])
-    train = ImageDataset(full.name, "train", full.images[idx].clone(), full.labels[idx].clone(), full.classes, full.mean, full.std)
+    train = ImageDataset(full.name, "train", full.images[idx].clone(), full.labels[idx].clone(), full.classes,
+                         full.mean, full.std)
     meta = train.meta()
     vae = load_backbone(args.backbone, image_shape=train.image_shape).to(accelerator.device)
     latents = LatentSplit(encode_images(vae, train), train.labels.clone(), train.num_classes)
-    real = LatentSplit(train.float_images(), train.labels.clone(), train.num_classes) if args.match_space == "pixel" else latents
+    real = LatentSplit(train.float_images(), train.labels.clone(),
+                       train.num_classes) if args.match_space == "pixel" else latents
     times, syn = [], None
     for steps in (args.warmup, args.warmup + args.steps):
         syn = SyntheticSet.initialise("real", latents, args.ipc, vae, meta, torch.Generator().manual_seed(0))
-        cfg = DistillConfig(steps=steps, batch_real=args.batch_real, match_space=args.match_space, lr=0.01, log_every=10**9)
+        cfg = DistillConfig(steps=steps, batch_real=args.batch_real, match_space=args.match_space, lr=0.01,
+                            log_every=10**9)
         accelerator.wait_for_everyone()
         start = time.perf_counter()
         distill(syn, get_objective("dm", kernel="gaussian"), vae, real, cfg, accelerator, meta)
@@ -108,8 +112,9 @@ def main() -> None:
         a, b = (load_file(str(Path(tmp) / str(n) / "set.safetensors"))["latents"] for n in (1, 2))
         diff = (a - b).abs().max().item()
     one, two = runs[1]["seconds_per_step"], runs[2]["seconds_per_step"]
-    print(f"DM ({args.match_space} match space, {args.backbone}), ipc {args.ipc}, real batch {args.batch_real}/class, {args.steps} timed steps, "
-          f"1 thread per process, {os.cpu_count()} CPUs, device {runs[2].get('device')} (torch {torch.__version__})")
+    print(f"DM ({args.match_space} match space, {args.backbone}), ipc {args.ipc}, real batch {args.batch_real}/class, "
+          f"{args.steps} timed steps, 1 thread per process, {os.cpu_count()} CPUs, device {runs[2].get('device')} "
+          f"(torch {torch.__version__})")
     print(f"1 process: {one * 1000:.1f} ms/step; 2 processes: {two * 1000:.1f} ms/step")
     print(f"2-process step time / 1-process: {two / one:.2f} x")
     print(f"2-process vs 1-process set: max abs difference {diff:.3g}")

@@ -24,7 +24,8 @@ from gendistill.synthetic import SyntheticSet
 
 def per_class_subset(train: ImageDataset, n: int, gen: torch.Generator) -> ImageDataset:
     idx = torch.cat([train.sample_class(c, n, gen) for c in range(train.num_classes)])
-    return ImageDataset(train.name, "train", train.images[idx].clone(), train.labels[idx].clone(), train.classes, train.mean, train.std)
+    return ImageDataset(train.name, "train", train.images[idx].clone(), train.labels[idx].clone(), train.classes,
+                        train.mean, train.std)
 
 
 def seconds_per_step(backbone, real: LatentSplit, real_latents: LatentSplit, args, accelerator, meta) -> float:
@@ -48,7 +49,8 @@ def main() -> None:
     p.add_argument("--backbone", default="fashion-mnist-vae")
     args = p.parse_args()
     accelerator = make_accelerator("no")
-    train = per_class_subset(get_dataset("fashion-mnist", "train"), max(args.batch_real, args.ipc), torch.Generator().manual_seed(0))
+    train = per_class_subset(get_dataset("fashion-mnist", "train"), max(args.batch_real, args.ipc),
+                             torch.Generator().manual_seed(0))
     meta = train.meta()
     images = LatentSplit(train.float_images(), train.labels.clone(), train.num_classes)
 

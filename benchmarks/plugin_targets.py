@@ -53,7 +53,8 @@ def dream_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
     if not res.has(f"{tag}/start-0"):  # step 0 for both: the set the runs start from (the same draw)
         path = out / f"{tag}-study-start.safetensors"
         if not path.exists():
-            run([sys.executable, "-m", "gendistill.cli", "init", "--ipc", 10, "--init", args.dream_init, "--seed", 0, "--out", path], log)
+            run([sys.executable, "-m", "gendistill.cli", "init", "--ipc", 10, "--init", args.dream_init, "--seed", 0,
+                 "--out", path], log)
         res.put(f"{tag}/start-0", {**screen(*set_images(path), data, cfg), "steps": 0})
         log(f"{tag}/start-0: {100 * res.get(f'{tag}/start-0')['mean']:.2f}")
     for sampler in ("uniform", "dream"):
@@ -64,9 +65,11 @@ def dream_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
                 continue
             done = (run_dir / "set.safetensors").exists()
             extra = ["--resume"] if done else ["--overwrite"]
-            run([sys.executable, "recipes/latent_dm.py", "--config", "recipes/configs/dm/fashion-mnist_ipc10_vae-latent-real.yaml",
-                 "--init", args.dream_init, "--steps", n, "--eval-runs", 0, "--real-sampler", sampler, "--output", run_dir, *extra], log)
-            res.put(key, {**screen(*set_images(run_dir / "set.safetensors"), data, cfg), "steps": n, "sampler": sampler})
+            run([sys.executable, "recipes/latent_dm.py", "--config",
+                 "recipes/configs/dm/fashion-mnist_ipc10_vae-latent-real.yaml", "--init", args.dream_init, "--steps", n,
+                 "--eval-runs", 0, "--real-sampler", sampler, "--output", run_dir, *extra], log)
+            res.put(key, {**screen(*set_images(run_dir / "set.safetensors"), data, cfg), "steps": n,
+                          "sampler": sampler})
             log(f"{key}: {100 * res.get(key)['mean']:.2f}")
 
 
@@ -80,13 +83,15 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--distill-steps", type=int, default=200, help="LatentDD steps of the IPC-10 set that is pruned")
     p.add_argument("--dream-steps", default="40,80,120,200")
-    p.add_argument("--dream-init", default="real", help="the DREAM runs' --init (real: random real latents; noise: where steps matter more)")
+    p.add_argument("--dream-init", default="real",
+                   help="the DREAM runs' --init (real: random real latents; noise: where steps matter more)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = Screening(protocol=args.protocol, iters=args.iters, nets=args.nets)
     log = logger(out / "plugin_targets.log")
-    res = Results(out / "plugin_targets.json", settings_of(cfg, distill_steps=args.distill_steps, dream_steps=args.dream_steps,
+    res = Results(out / "plugin_targets.json", settings_of(cfg, distill_steps=args.distill_steps,
+                                                           dream_steps=args.dream_steps,
                                                             draws=args.draws))
     log(f"evaluation: {cfg.label()}")
     data = Data()

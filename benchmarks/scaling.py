@@ -144,7 +144,8 @@ def measure(size: int, method: str, args) -> dict:
         latents = LatentSplit(encode_images(backbone, train, device=device), train.labels.clone(), train.num_classes)
         real, init_from, space = (latents, latents, "latent") if method == "latent" else (images, latents, "pixel")
     syn = SyntheticSet.initialise("real", init_from, args.ipc, backbone, meta, torch.Generator().manual_seed(0))
-    cfg = DistillConfig(steps=args.warmup + args.steps, batch_real=args.batch_real, match_space=space, log_every=1, syn_batch=args.syn_batch)
+    cfg = DistillConfig(steps=args.warmup + args.steps, batch_real=args.batch_real, match_space=space, log_every=1,
+                        syn_batch=args.syn_batch)
     if device.type == "cuda":  # the loop's log() is where a step ends: make it wait for the device
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -158,9 +159,10 @@ def measure(size: int, method: str, args) -> dict:
     wall, cpu = ((stamps[-1][i] - first[i]) / args.steps for i in (0, 1))
     per_step = wall if device.type == "cuda" else cpu
     peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else rss.extra
-    return {"size": size, "method": method, "seconds_per_step": per_step, "clock": "wall" if device.type == "cuda" else "cpu",
-            "wall_seconds_per_step": wall, "cpu_seconds_per_step": cpu, "peak_bytes": int(peak), "ipc": args.ipc, "syn_batch": args.syn_batch,
-            "latent_shape": list(backbone.latent_shape), "device": str(device), "threads": torch.get_num_threads()}
+    return {"size": size, "method": method, "seconds_per_step": per_step, "clock": "wall" if device.type == "cuda"
+            else "cpu", "wall_seconds_per_step": wall, "cpu_seconds_per_step": cpu, "peak_bytes": int(peak),
+            "ipc": args.ipc, "syn_batch": args.syn_batch, "latent_shape": list(backbone.latent_shape),
+            "device": str(device), "threads": torch.get_num_threads()}
 
 
 def main(argv=None) -> None:
@@ -173,7 +175,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto", choices=["auto", "cpu"])
-    p.add_argument("--one", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)  # child process: one measurement
+    # child process: one measurement
+    p.add_argument("--one", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="also write all measurements to this file")
     args = p.parse_args(argv)
     if args.one:
@@ -184,12 +187,15 @@ def main(argv=None) -> None:
             p.error(f"size {size} is not a multiple of 4 (the VAE's downsampling factor)")
     passed = [a for a in (argv if argv is not None else sys.argv[1:])]
     results = []
-    print(f"DM step cost, IPC {args.ipc}, real batch {args.batch_real}/class, syn batch {args.syn_batch or 'all'}/class, {args.steps} "
-          f"timed steps after {args.warmup} warm-up, ConvNet-3 width 128; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"DM step cost, IPC {args.ipc}, real batch {args.batch_real}/class, syn batch "
+          f"{args.syn_batch or 'all'}/class, {args.steps} timed steps after {args.warmup} warm-up, ConvNet-3 width "
+          f"128; torch threads {torch.get_num_threads()}",
+          flush=True)
     for size in args.sizes:
         row = {}
         for method in args.methods:
-            out = subprocess.run([sys.executable, __file__, *passed, "--one", str(size), method], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, *passed, "--one", str(size), method], capture_output=True,
+                                 text=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not lines:
                 raise SystemExit(f"size {size} {method} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -201,7 +207,8 @@ def main(argv=None) -> None:
                   f"(latents {tuple(r['latent_shape'])})", flush=True)
         if "pixel" in row and "latent" in row:
             ratio = row["pixel"]["seconds_per_step"] / row["latent"]["seconds_per_step"]
-            dt = (f" (decode-through {row['pixel']['seconds_per_step'] / row['decode-through']['seconds_per_step']:.2f} x)"
+            dt = (" (decode-through "
+                  f"{row['pixel']['seconds_per_step'] / row['decode-through']['seconds_per_step']:.2f} x)"
                   if "decode-through" in row else "")
             print(f"size {size}: latent/pixel speed ratio {ratio:.1f} x{dt}", flush=True)
     if args.json:

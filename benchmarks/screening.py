@@ -44,8 +44,8 @@ class Screening:
     def label(self) -> str:
         if self.protocol == "standard":
             return f"standard protocol: ConvNet-3 w128, {self.epochs} epochs, {self.nets} net(s), the whole test split"
-        return (f"SCREENING: ConvNet-3 w{self.width}, {self.iters} SGD iterations (batch {self.batch}), DSA, {self.nets} net(s), "
-                f"test on {10 * self.test_per_class} test images ({self.test_per_class}/class)")
+        return (f"SCREENING: ConvNet-3 w{self.width}, {self.iters} SGD iterations (batch {self.batch}), DSA, "
+                f"{self.nets} net(s), test on {10 * self.test_per_class} test images ({self.test_per_class}/class)")
 
 
 class Data:
@@ -61,8 +61,8 @@ def screen(images: torch.Tensor, labels: torch.Tensor, data: Data, cfg: Screenin
     start = time.time()
     if cfg.protocol == "standard":
         r = evaluate(images, labels, data.test, EvalConfig(epochs=cfg.epochs, runs=cfg.nets, seed=seed), progress=False)
-        return {"accs": r["archs"]["convnet"]["accs"], "mean": r["mean"], "std": r["std"], "seconds": round(time.time() - start, 1),
-                "label": cfg.label()}
+        return {"accs": r["archs"]["convnet"]["accs"], "mean": r["mean"], "std": r["std"],
+                "seconds": round(time.time() - start, 1), "label": cfg.label()}
     test = data.test if cfg.test_per_class >= 1000 else subset(data.test, torch.cat(
         [data.test.class_indices(c)[: cfg.test_per_class] for c in range(10)]), "test")
     per_epoch = math.ceil(len(images) / cfg.batch)
@@ -70,7 +70,8 @@ def screen(images: torch.Tensor, labels: torch.Tensor, data: Data, cfg: Screenin
     accs = []
     for n in range(cfg.nets):
         net, _ = train_net(images, labels, tuple(images.shape[1:]), 10, data.train.mean, data.train.std,
-                           NetTraining(width=cfg.width, epochs=epochs, batch=cfg.batch, augment="dsa", seed=seed * 1000 + n),
+                           NetTraining(width=cfg.width, epochs=epochs, batch=cfg.batch, augment="dsa", seed=seed * 1000
+                                       + n),
                            progress=False)
         accs.append(test_accuracy(net, test, data.train.mean, data.train.std, torch.device("cpu")))
     return {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "epochs": epochs,
@@ -80,7 +81,8 @@ def screen(images: torch.Tensor, labels: torch.Tensor, data: Data, cfg: Screenin
 def set_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A set file's decoded images in [0, 1] and its labels (the backbone recorded in the file, hash checked)."""
     syn = SyntheticSet.load(path)
-    backbone = find_backbone(syn.backbone_meta, syn.dataset_meta, near=path)  # shipped, Hub, or a known folder, by name + hash
+    # shipped, Hub, or a known folder, by name + hash
+    backbone = find_backbone(syn.backbone_meta, syn.dataset_meta, near=path)
     syn.check_backbone(backbone)
     return syn.decode(backbone).cpu(), syn.labels.detach().cpu()
 
@@ -99,8 +101,9 @@ def latent_dm(out: Path, ipc: int, steps: int, log, *extra) -> Path:
     """LatentDD: M3D's MMD on the shipped VAE's latents from k-means centres (dm/fashion-mnist_ipc10_vae-latent.yaml)
     at another IPC / step count; ``out/set.safetensors`` (made once, reused when it exists)."""
     if not (out / "set.safetensors").exists():
-        run([sys.executable, "recipes/latent_dm.py", "--config", "recipes/configs/dm/fashion-mnist_ipc10_vae-latent.yaml",
-             "--ipc", ipc, "--steps", steps, "--eval-runs", 0, "--output", out, "--overwrite", *extra], log)
+        run([sys.executable, "recipes/latent_dm.py", "--config",
+             "recipes/configs/dm/fashion-mnist_ipc10_vae-latent.yaml", "--ipc", ipc, "--steps", steps, "--eval-runs", 0,
+             "--output", out, "--overwrite", *extra], log)
     return out / "set.safetensors"
 
 

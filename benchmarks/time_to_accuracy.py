@@ -10,10 +10,14 @@ machine is) and the loop's wall clock (``TrainState.seconds``, ``--clock wall``:
 own or a GPU). The target is the pixel run's final accuracy; the script prints the distillation time each
 run needs to reach it and ``time-to-accuracy ratio R x`` = pixel time / latent time (above 1: latent is faster).
 
-    python benchmarks/time_to_accuracy.py                                   # 200 steps each, eval every 50, 50 epochs x 1 net
-    python benchmarks/time_to_accuracy.py --steps 40 --eval-every 20 --eval-epochs 20 --batch-real 16   # small
-    python benchmarks/time_to_accuracy.py --latent --latent-steps 150 --syn-batch 5   # any latent_dm.py flag after --latent
-    python benchmarks/time_to_accuracy.py --latent --ipc-budget 10 --syn-batch 10     # storage-matched latent set vs pixel IPC 10
+    # 200 steps each, eval every 50, 50 epochs x 1 net
+    python benchmarks/time_to_accuracy.py
+    # small
+    python benchmarks/time_to_accuracy.py --steps 40 --eval-every 20 --eval-epochs 20 --batch-real 16
+    # any latent_dm.py flag after --latent
+    python benchmarks/time_to_accuracy.py --latent --latent-steps 150 --syn-batch 5
+    # storage-matched latent set vs pixel IPC 10
+    python benchmarks/time_to_accuracy.py --latent --ipc-budget 10 --syn-batch 10
 """
 
 from __future__ import annotations
@@ -66,8 +70,10 @@ def curve(name: str, argv: list[str], args, workdir: Path) -> dict:
         seconds = cpu if args.clock == "cpu" else wall
         images = pieces.syn.decode(pieces.backbone).cpu()
         t0 = time.time()
-        acc = evaluate(images, pieces.syn.labels.cpu(), pieces.test, ecfg, device=accelerator.device, progress=False)["mean"]
-        points.append({"step": upto, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2), "accuracy": acc})
+        acc = evaluate(images, pieces.syn.labels.cpu(), pieces.test, ecfg, device=accelerator.device,
+                       progress=False)["mean"]
+        points.append({"step": upto, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                       "wall_seconds": round(wall, 2), "accuracy": acc})
         print(f"{name:6s} step {upto:5d}  distil {cpu:8.1f} s cpu {wall:8.1f} s wall  "
               f"accuracy {100 * acc:6.2f} %  (eval {time.time() - t0:.0f} s)", flush=True)
     return {"argv": argv, "config": dataclasses.asdict(cfg), "points": points}
@@ -100,17 +106,20 @@ def main(argv=None) -> None:
         p.error("--steps and --eval-every must be at least 1")
     common = ["--steps", str(args.steps), "--batch-real", str(args.batch_real)]
     size = ["--ipc", str(args.ipc)]
-    latent_size = [] if "--ipc-budget" in latent_extra else size  # a storage-matched latent set against pixel DM at --ipc
+    # a storage-matched latent set against pixel DM at --ipc
+    latent_size = [] if "--ipc-budget" in latent_extra else size
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         pixel = curve("pixel", ["--config", args.pixel_config, *size, *common], args, Path(tmp))
         latent = curve("latent", [*latent_size, *common, *latent_extra], args, Path(tmp))
     target = pixel["points"][-1]["accuracy"]
     t_pixel, t_latent = time_to(pixel["points"], target), time_to(latent["points"], target)
     best = max(p["accuracy"] for p in latent["points"])
-    print(f"target: the pixel run's final accuracy {100 * target:.2f} % ({args.eval_epochs} epochs x {args.eval_runs} nets)")
+    print(f"target: the pixel run's final accuracy {100 * target:.2f} % ({args.eval_epochs} epochs x "
+          f"{args.eval_runs} nets)")
     print(f"pixel DM reaches it after {t_pixel:.1f} s ({args.clock}) of distillation")
     if t_latent is None:
-        print(f"latent recipe does not reach it in {args.steps} steps ({latent['points'][-1]['seconds']:.1f} s; best {100 * best:.2f} %)")
+        print(f"latent recipe does not reach it in {args.steps} steps ({latent['points'][-1]['seconds']:.1f} s; best "
+              f"{100 * best:.2f} %)")
         print("time-to-accuracy ratio n/a x (target not reached)")
     elif t_latent == 0:
         print("latent recipe reaches it at its initialisation (0 s of distillation)")
@@ -119,8 +128,8 @@ def main(argv=None) -> None:
         print(f"latent recipe reaches it after {t_latent:.1f} s ({args.clock}) of distillation")
         print(f"time-to-accuracy ratio {t_pixel / max(t_latent, 1e-9):.1f} x")
     if args.out:
-        write_json({"pixel": pixel, "latent": latent, "target": target, "pixel_seconds": t_pixel, "latent_seconds": t_latent,
-                    "settings": vars(args), "latent_extra": latent_extra}, args.out)
+        write_json({"pixel": pixel, "latent": latent, "target": target, "pixel_seconds": t_pixel,
+                    "latent_seconds": t_latent, "settings": vars(args), "latent_extra": latent_extra}, args.out)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ def make_experts(directory: Path, in_shape, num_classes: int, width: int, depth:
     from gendistill.io import save_safetensors, write_json
 
     net = NetSpec("convnet", depth, width)
-    ident = identity("latent", load_backbone("pixel", image_shape=(1, 28, 28)), {"name": "random"}, net, in_shape, num_classes)
-    meta = describe(ident, param_layout(net.build(in_shape, num_classes, torch.Generator().manual_seed(0))), ExpertConfig(num_experts=1, epochs=3))
+    ident = identity("latent", load_backbone("pixel", image_shape=(1, 28, 28)), {"name": "random"}, net, in_shape,
+                     num_classes)
+    meta = describe(ident, param_layout(net.build(in_shape, num_classes, torch.Generator().manual_seed(0))),
+                    ExpertConfig(num_experts=1, epochs=3))
     write_json(meta, directory / "experts.json")
     g = torch.Generator().manual_seed(1)
     base = flatten_params(net.build(in_shape, num_classes, g))
@@ -54,7 +56,8 @@ def child(args) -> None:
     device = torch.device(args.device)
     in_shape = tuple(int(s) for s in args.shape.split(","))
     n = args.ipc * args.classes
-    obj = get_objective(args.method, experts=load_experts(args.experts), syn_steps=args.syn_steps, expert_epochs=1, max_start_epoch=2)
+    obj = get_objective(args.method, experts=load_experts(args.experts), syn_steps=args.syn_steps, expert_epochs=1,
+                        max_start_epoch=2)
     g = torch.Generator().manual_seed(0)
     syn = torch.randn(n, *in_shape, generator=g).to(device).requires_grad_(True)
     labels = torch.arange(args.classes).repeat_interleave(args.ipc).to(device)
@@ -91,14 +94,16 @@ def child(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="4,7,7", help="input shape C,H,W (4,7,7: the shipped VAE's latents; 1,28,28: images)")
+    p.add_argument("--shape", default="4,7,7", help="input shape C,H,W (4,7,7: the shipped VAE's latents; "
+                                                    "1,28,28: images)")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80])
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per run (1 is fastest for these small convolutions)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per run (1 is fastest for these small convolutions)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default="mtt", help=argparse.SUPPRESS)
     p.add_argument("--syn-steps", type=int, default=10, help=argparse.SUPPRESS)
@@ -109,24 +114,25 @@ def main() -> None:
 
     in_shape = tuple(int(s) for s in args.shape.split(","))
     what = "peak RSS" if args.device == "cpu" else "max allocated"
-    print(f"one distillation step, IPC {args.ipc} x {args.classes} classes, inputs {in_shape}, ConvNet-{args.depth} width {args.width}, "
-          f"device {args.device}; memory in MiB ({what})")
+    print(f"one distillation step, IPC {args.ipc} x {args.classes} classes, inputs {in_shape}, ConvNet-{args.depth} "
+          f"width {args.width}, device {args.device}; memory in MiB ({what})")
     print(f"{'method':<7} {'syn_steps':>9} {'peak':>9} {'step':>9} {'seconds':>8}")
     peaks: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         make_experts(Path(tmp), in_shape, args.classes, args.width, args.depth)
         for method in ("mtt", "tesla"):
             for steps in args.steps:
-                cmd = [sys.executable, __file__, "--child", "--method", method, "--syn-steps", str(steps), "--experts", tmp,
-                       "--shape", args.shape, "--ipc", str(args.ipc), "--classes", str(args.classes), "--device", args.device,
-                       "--threads", str(args.threads)]
+                cmd = [sys.executable, __file__, "--child", "--method", method, "--syn-steps", str(steps), "--experts",
+                       tmp, "--shape", args.shape, "--ipc", str(args.ipc), "--classes", str(args.classes), "--device",
+                       args.device, "--threads", str(args.threads)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.exit(f"error: {method} with {steps} steps failed: "
                              f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 peaks[method, steps] = r["peak"]
-                print(f"{method:<7} {steps:>9} {r['peak']:>9.1f} {r['peak'] - r['before']:>9.1f} {r['seconds']:>8.2f}", flush=True)
+                print(f"{method:<7} {steps:>9} {r['peak']:>9.1f} {r['peak'] - r['before']:>9.1f} {r['seconds']:>8.2f}",
+                      flush=True)
     lo, hi = min(args.steps), max(args.steps)
     for method in ("mtt", "tesla"):
         print(f"{method} {hi}/{lo} memory ratio: {peaks[method, hi] / peaks[method, lo]:.2f}")

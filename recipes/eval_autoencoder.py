@@ -42,8 +42,9 @@ def main(argv=None) -> int:
     labels = test.labels[:n]
     acc_real = (classify(net, real, test.mean, test.std, device) == labels).float().mean().item()
     acc_recon = (classify(net, recon, test.mean, test.std, device) == labels).float().mean().item()
-    result = {"backbone": cfg.backbone, "sha256": backbone.weights_sha256(), "latent_shape": list(backbone.latent_shape),
-              "psnr_db": round(db, 2), "classifier_acc_real": round(acc_real, 4), "classifier_acc_recon": round(acc_recon, 4),
+    result = {"backbone": cfg.backbone, "sha256": backbone.weights_sha256(),
+              "latent_shape": list(backbone.latent_shape), "psnr_db": round(db, 2),
+              "classifier_acc_real": round(acc_real, 4), "classifier_acc_recon": round(acc_recon, 4),
               "gap_points": round(100 * (acc_real - acc_recon), 2), "test_images": n, "config": asdict(cfg)}
     if cfg.out:
         write_json(result, cfg.out)

@@ -31,7 +31,8 @@ from gendistill.io import write_json
 class EvalGANConfig(DataConfig, Checked):
     backbone: str = "fashion-mnist-gan"
     per_class: int = setting(1000, min=1)  # generated images per class
-    classifier: str | None = None  # safetensors of the classifier's weights: loaded if it exists, else trained and written
+    # safetensors of the classifier's weights: loaded if it exists, else trained and written
+    classifier: str | None = None
     classifier_epochs: int = setting(2, min=1)
     invert: int = setting(100, min=0)  # test images to invert (w+ unless --latent-space); 0: skip
     latent_space: str | None = None
@@ -61,10 +62,11 @@ def main(argv=None) -> int:
     spread_gen = within_class_spread(images.cpu(), labels)
     spread_real = within_class_spread(test.float_images(), test.labels)
     spread_ratio = sum(g / r for g, r in zip(spread_gen, spread_real)) / len(spread_real)
-    result = {"backbone": cfg.backbone, "sha256": backbone.weights_sha256(), "classifier_acc_real_test": round(acc_real, 4),
-              "classifier_acc_generated": round(hit.mean().item(), 4), "classifier_acc_generated_per_class": per_class,
-              "within_class_spread_generated": [round(v, 4) for v in spread_gen], "within_class_spread_real": [round(v, 4) for v in spread_real],
-              "spread_ratio": round(spread_ratio, 4),
+    result = {"backbone": cfg.backbone, "sha256": backbone.weights_sha256(),
+              "classifier_acc_real_test": round(acc_real, 4), "classifier_acc_generated": round(hit.mean().item(), 4),
+              "classifier_acc_generated_per_class": per_class,
+              "within_class_spread_generated": [round(v, 4) for v in spread_gen],
+              "within_class_spread_real": [round(v, 4) for v in spread_real], "spread_ratio": round(spread_ratio, 4),
               "classes": list(train.classes), "generated_per_class": cfg.per_class, "config": asdict(cfg)}
     if cfg.invert > 0:
         g = torch.Generator().manual_seed(cfg.seed)
@@ -74,15 +76,20 @@ def main(argv=None) -> int:
         with torch.no_grad():
             recon = backbone.decode(z).float().clamp(0, 1).cpu()
         acc_inv = (classify(net, recon, test.mean, test.std, device) == test.labels[idx]).float().mean().item()
-        result["inversion"] = {"latent_space": backbone.latent_space, "images": len(idx), "steps": getattr(backbone, "invert_steps", None),
-                               "options": backbone.options(), "psnr_db": round(psnr(recon, real), 2), "classifier_acc": round(acc_inv, 4)}
+        result["inversion"] = {"latent_space": backbone.latent_space, "images": len(idx),
+                               "steps": getattr(backbone, "invert_steps", None), "options": backbone.options(),
+                               "psnr_db": round(psnr(recon, real), 2), "classifier_acc": round(acc_inv, 4)}
     if cfg.out:
         write_json(result, cfg.out)
     print(json.dumps(result))
-    inv = f"; inversion ({backbone.latent_space or backbone.kind}) PSNR {result['inversion']['psnr_db']:.2f} dB" if "inversion" in result else ""
+    inv = (
+        f"; inversion ({backbone.latent_space or backbone.kind}) PSNR {result['inversion']['psnr_db']:.2f} dB"
+        if "inversion" in result
+        else ""
+    )
     print(f"class consistency: classifier accuracy {100 * hit.mean().item():.2f}% on generated images (per class "
-          f"{min(per_class) * 100:.1f}-{max(per_class) * 100:.1f}%) vs {100 * acc_real:.2f}% on real test images; within-class spread "
-          f"{spread_ratio:.2f} x the real images'{inv}")
+          f"{min(per_class) * 100:.1f}-{max(per_class) * 100:.1f}%) vs {100 * acc_real:.2f}% on real test images; "
+          f"within-class spread {spread_ratio:.2f} x the real images'{inv}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """IT-GAN: the recipe lives in the library, gendistill/recipes/itgan.py (`gendistill distill itgan --help`).
 
-    accelerate launch recipes/itgan.py [--key value ...]      # the same as: accelerate launch -m gendistill distill itgan
+    accelerate launch recipes/itgan.py [--key value ...]  # the same as: accelerate launch -m gendistill distill itgan
 """
 
 from __future__ import annotations

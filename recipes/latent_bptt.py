@@ -2,7 +2,7 @@
 
     accelerate launch recipes/latent_bptt.py                                 # BPTT, 20 unrolled steps, through the VAE
     accelerate launch recipes/latent_bptt.py --method ratbptt                # random length in [10, 40], last 10 steps
-    accelerate launch recipes/latent_bptt.py --unroll constant --inner-steps 100   # the exact gradient in constant memory
+    accelerate launch recipes/latent_bptt.py --unroll constant --inner-steps 100  # the exact gradient, constant memory
     accelerate launch recipes/latent_bptt.py --backbone pixel                # classic pixel-space BPTT
     accelerate launch recipes/latent_bptt.py --resume                        # continue the run in --output
 
@@ -41,7 +41,8 @@ class LatentBPTTConfig(RecipeConfig):
     lr: float = 0.01  # of the latents (Adam)
     batch_real: int = 32  # real samples per class that score the trained net
     lr_lr: float = 1e-4  # of the learned inner / eval lr
-    syn_lr_init: float = 0.03  # the learned lr's start (with the inner momentum 0.9: 0.03 trains a pixel ConvNet best in 10-20 steps)
+    # the learned lr's start (with the inner momentum 0.9: 0.03 trains a pixel ConvNet best in 10-20 steps)
+    syn_lr_init: float = 0.03
     inner_steps: int | None = None  # None: the method's default (bptt 20, ratbptt 40)
     window: int | None = None  # None: bptt all steps, ratbptt 10
     batch_syn: int | None = None  # None: the whole set in every inner step
@@ -53,7 +54,8 @@ class LatentBPTTConfig(RecipeConfig):
 
 def setup(cfg, pieces, accelerator):
     knobs = {k: getattr(cfg, k) for k in OBJECTIVE_KEYS if getattr(cfg, k) is not None}
-    objective = get_objective(cfg.method, net=cfg.net, depth=cfg.depth, width=cfg.width, momentum=cfg.inner_momentum, **knobs)
+    objective = get_objective(cfg.method, net=cfg.net, depth=cfg.depth, width=cfg.width, momentum=cfg.inner_momentum,
+                              **knobs)
     pieces.syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
     return objective
 

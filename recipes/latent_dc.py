@@ -1,6 +1,7 @@
-"""gradient matching (DC / DSA): the recipe lives in the library, gendistill/recipes/dc.py (`gendistill distill dc --help`).
+"""gradient matching (DC / DSA): the recipe lives in the library, gendistill/recipes/dc.py (`gendistill distill dc
+--help`).
 
-    accelerate launch recipes/latent_dc.py [--key value ...]      # the same as: accelerate launch -m gendistill distill dc
+    accelerate launch recipes/latent_dc.py [--key value ...]  # the same as: accelerate launch -m gendistill distill dc
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""distribution matching (DM + LatentDD): the recipe lives in the library, gendistill/recipes/dm.py (`gendistill distill dm --help`).
+"""distribution matching (DM + LatentDD): the recipe lives in the library, gendistill/recipes/dm.py (`gendistill distill
+dm --help`).
 
-    accelerate launch recipes/latent_dm.py [--key value ...]      # the same as: accelerate launch -m gendistill distill dm
+    accelerate launch recipes/latent_dm.py [--key value ...]  # the same as: accelerate launch -m gendistill distill dm
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def setup(cfg, pieces, accelerator):
     if cfg.method == "kip":
         objective = get_objective("kip", kernel=cfg.kernel, num_models=cfg.num_models, **common)
     else:
-        objective = get_objective("frepo", pool_size=cfg.pool_size, max_online_steps=cfg.max_online_steps, online_lr=cfg.online_lr, **common)
+        objective = get_objective("frepo", pool_size=cfg.pool_size, max_online_steps=cfg.max_online_steps,
+                                  online_lr=cfg.online_lr, **common)
     syn = pieces.syn
     if cfg.learn_labels:
         syn.labels = torch.nn.Parameter(F.one_hot(syn.labels, syn.num_classes).float() * cfg.label_init)
@@ -67,8 +68,9 @@ def setup(cfg, pieces, accelerator):
 
 def finish(cfg, objective, pieces):
     finish_soft_labels(pieces.syn)
-    pieces.syn.run_meta["krr"] = {"jitter": cfg.jitter, "last_ridge": objective.last_ridge, "solve": "cholesky, float64",
-                                  "kernel": cfg.kernel if cfg.method == "kip" else "frepo-features"}
+    pieces.syn.run_meta["krr"] = {"jitter": cfg.jitter, "last_ridge": objective.last_ridge,
+                                  "solve": "cholesky, float64", "kernel": cfg.kernel if cfg.method == "kip"
+                                  else "frepo-features"}
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
-"""trajectory matching (MTT / TESLA / DATM): the recipe lives in the library, gendistill/recipes/mtt.py (`gendistill distill mtt --help`).
+"""trajectory matching (MTT / TESLA / DATM): the recipe lives in the library, gendistill/recipes/mtt.py (`gendistill
+distill mtt --help`).
 
-    accelerate launch recipes/latent_mtt.py [--key value ...]      # the same as: accelerate launch -m gendistill distill mtt
+    # the same as: accelerate launch -m gendistill distill mtt
+    accelerate launch recipes/latent_mtt.py [--key value ...]
 """
 
 from __future__ import annotations

@@ -66,14 +66,19 @@ def _teacher_data(cfg, pieces, space, accelerator):
         if cfg.teacher_data == "decoded" and backbone.kind != "pixel":
             z = pieces.real_latents
             with torch.no_grad():
-                images = torch.cat([backbone.decode(z.latents[i : i + 256].to(accelerator.device)).float().clamp(0, 1).cpu()
-                                    for i in range(0, len(z.labels), 256)])
+                images = torch.cat(
+                    [
+                        backbone.decode(z.latents[i : i + 256].to(accelerator.device)).float().clamp(0, 1).cpu()
+                        for i in range(0, len(z.labels), 256)
+                    ]
+                )
             return LatentSplit(images, z.labels, z.num_classes, "pixel")
         return pieces.real if pieces.real.space == "pixel" else image_split(pieces.train)
 
     def test():
         if space == "latent":
-            return cached_latents(backbone, pieces.test, cfg.cache_dir, device=accelerator.device, log=accelerator.print)
+            return cached_latents(backbone, pieces.test, cfg.cache_dir, device=accelerator.device,
+                                  log=accelerator.print)
         return image_split(pieces.test)
 
     return train, test
@@ -84,19 +89,20 @@ def setup(cfg, pieces, accelerator, made):
     meta = pieces.train.meta()
     transform = (lambda x: normalize(x, meta["mean"], meta["std"])) if space == "pixel" else (lambda x: x)
     in_shape = pieces.backbone.image_shape if space == "pixel" else pieces.backbone.latent_shape
-    tcfg = TeacherConfig(net=cfg.teacher_net, depth=cfg.teacher_depth, width=cfg.teacher_width, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
-                         data=cfg.teacher_data, seed=cfg.seed)
+    tcfg = TeacherConfig(net=cfg.teacher_net, depth=cfg.teacher_depth, width=cfg.teacher_width,
+                         epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, data=cfg.teacher_data, seed=cfg.seed)
     directory = Path(cfg.teacher or Path(cfg.output) / "teacher")
     train, test = _teacher_data(cfg, pieces, space, accelerator)
     with accelerator.main_process_first():  # one process trains it, the others load it
-        teacher, tmeta = ensure_teacher(directory, cfg.teacher is not None, tcfg, space, in_shape, pieces.train.num_classes, meta,
-                                        pieces.backbone, train, test, transform, sre2l_augment("auto", space), accelerator.device,
-                                        log=accelerator.print)
-    pieces.syn.run_meta["teacher"] = {"directory": str(directory), "sha256": tmeta["sha256"], "net": tmeta["net"], "width": tmeta["width"],
-                                      "space": space, "data": tmeta["training"]["data"], "test_accuracy": tmeta.get("test_accuracy")}
+        teacher, tmeta = ensure_teacher(directory, cfg.teacher is not None, tcfg, space, in_shape,
+                                        pieces.train.num_classes, meta, pieces.backbone, train, test, transform,
+                                        sre2l_augment("auto", space), accelerator.device, log=accelerator.print)
+    pieces.syn.run_meta["teacher"] = {"directory": str(directory), "sha256": tmeta["sha256"], "net": tmeta["net"],
+                                      "width": tmeta["width"], "space": space, "data": tmeta["training"]["data"],
+                                      "test_accuracy": tmeta.get("test_accuracy")}
     made.update(teacher=teacher, space=space)
-    return get_objective("sre2l", teacher=teacher, teacher_space=space, bn_weight=cfg.bn_weight, first_bn_multiplier=cfg.first_bn_multiplier,
-                         augment=cfg.augment)
+    return get_objective("sre2l", teacher=teacher, teacher_space=space, bn_weight=cfg.bn_weight,
+                         first_bn_multiplier=cfg.first_bn_multiplier, augment=cfg.augment)
 
 
 def finish(cfg, pieces, made):
@@ -105,14 +111,15 @@ def finish(cfg, pieces, made):
     with torch.no_grad():
         inputs = to_input(syn.latents.detach())
     teacher.to(inputs.device)
-    labels = relabel(inputs, teacher, sre2l_augment(cfg.augment, made["space"]), cfg.relabel_views, cfg.relabel_temperature,
-                     torch.Generator().manual_seed(cfg.seed))
+    labels = relabel(inputs, teacher, sre2l_augment(cfg.augment, made["space"]), cfg.relabel_views,
+                     cfg.relabel_temperature, torch.Generator().manual_seed(cfg.seed))
     hard = syn.hard_labels.clone()
     del syn.labels
     syn.register_buffer("labels", labels.to(syn.latents.device))
-    syn.run_meta["relabel"] = {"views": cfg.relabel_views, "temperature": cfg.relabel_temperature, "augment": cfg.augment,
-                               "argmax_matches_class": int((labels.argmax(1).cpu() == hard.cpu()).sum()), "samples": len(hard),
-                               "label_bytes": labels.numel() * 4}
+    syn.run_meta["relabel"] = {"views": cfg.relabel_views, "temperature": cfg.relabel_temperature,
+                               "augment": cfg.augment,
+                               "argmax_matches_class": int((labels.argmax(1).cpu() == hard.cpu()).sum()),
+                               "samples": len(hard), "label_bytes": labels.numel() * 4}
 
 
 def main(argv=None) -> int:

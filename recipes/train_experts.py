@@ -37,7 +37,8 @@ class TrainExpertsConfig(DataConfig, Checked):
     depth: int = 3
     width: int = 128
     num_experts: int = 5
-    epochs: int = 8  # 5 x 8 on Fashion-MNIST latents: 40 epochs x 27.5 s (one epoch measured, 1 thread, shared cores) = ~18 min
+    # 5 x 8 on Fashion-MNIST latents: 40 epochs x 27.5 s (one epoch measured, 1 thread, shared cores) = ~18 min
+    epochs: int = 8
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
     accelerator = make_accelerator(None)
     train = load_split(cfg, "train")
     test = load_split(cfg, "test") if cfg.test else None
-    backbone = load_backbone(cfg.backbone if cfg.space == "latent" else "pixel", image_shape=train.image_shape).to(accelerator.device)
+    backbone = load_backbone(cfg.backbone if cfg.space == "latent" else "pixel",
+                             image_shape=train.image_shape).to(accelerator.device)
     ecfg = cfg.expert_config()
     out = build_experts(cfg.output, cfg.space, backbone, train, cfg.net_spec(), ecfg, cfg.cache_dir, test,
                         accelerator, log=accelerator.print, shard=shard)

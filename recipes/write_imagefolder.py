@@ -29,10 +29,12 @@ def main(argv=None) -> int:
     p.add_argument("--train-per-class", type=checked_type(int, min=0), default=1000, help="0: every image")
     p.add_argument("--test-per-class", type=checked_type(int, min=0), default=0, help="0: every image")
     p.add_argument("--seed", type=checked_type(int, min=0), default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once the new folder is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (only once the new folder is complete)")
     args = p.parse_args(argv)
     gen = torch.Generator().manual_seed(args.seed)
-    with claim_output(args.out, overwrite=args.overwrite, inputs=[("--data-dir", args.data_dir)], flag="--out"), atomic_dir(args.out) as tmp:
+    with claim_output(args.out, overwrite=args.overwrite, inputs=[("--data-dir", args.data_dir)],
+                      flag="--out"), atomic_dir(args.out) as tmp:
         for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):
             data = load_split(args, split)
             for c, name in enumerate(data.classes):
@@ -44,7 +46,8 @@ def main(argv=None) -> int:
                 for i in idx.tolist():
                     a = data.images[i].permute(1, 2, 0).numpy()
                     Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(folder / f"{i:05d}.png")
-    print(f"wrote {args.out}/train and {args.out}/test ({args.dataset}, {args.train_per_class or 'all'} train images per class)")
+    print(f"wrote {args.out}/train and {args.out}/test ({args.dataset}, {args.train_per_class or 'all'} train "
+          "images per class)")
     return 0
 
 
