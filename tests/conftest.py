@@ -117,7 +117,8 @@ def tiny_vae(in_channels: int = 1, sample_size: int = 28, seed: int = 0, scaling
         return AutoencoderKL(**kwargs).eval()
 
 
-def save_tiny_vae(directory: Path, in_channels=1, sample_size=28, seed=0, image_shape=(1, 28, 28), scaling_factor=None) -> Path:
+def save_tiny_vae(directory: Path, in_channels=1, sample_size=28, seed=0, image_shape=(1, 28, 28),
+                  scaling_factor=None) -> Path:
     from gendistill.backbones import VAEBackbone
 
     vae = tiny_vae(in_channels, sample_size, seed, scaling_factor)
@@ -156,8 +157,10 @@ def launch(args, env_extra=None, num_processes: int = 1, timeout: float = 300) -
     else:
         mode = ["--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(_free_port())]
         env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1", "--dynamo_backend", "no", *map(str, args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1", "--dynamo_backend", "no",
+           *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -66,7 +66,8 @@ def run_job(argv: list[str]) -> int:
         state = real_distill(syn, objective, *a, **k)
         if args.dump:
             Path(args.dump).mkdir(parents=True, exist_ok=True)
-            save_file({"latents": syn.latents.detach().cpu().contiguous()}, str(Path(args.dump) / f"rank{os.environ.get('RANK', '0')}.safetensors"))
+            save_file({"latents": syn.latents.detach().cpu().contiguous()},
+                      str(Path(args.dump) / f"rank{os.environ.get('RANK', '0')}.safetensors"))
         return state
 
     pipeline.distill = distill

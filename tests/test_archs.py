@@ -81,8 +81,8 @@ def test_timm_model():
 def test_evaluate_across_vit_and_torchvision(tiny_idx_dir):
     train, test = (get_dataset("fashion-mnist", s, str(tiny_idx_dir)) for s in ("train", "test"))
     idx = torch.cat([train.class_indices(c)[:2] for c in range(10)])
-    r = evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1), archs=["vit", "tv:resnet18"],
-                 progress=False)
+    r = evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1),
+                 archs=["vit", "tv:resnet18"], progress=False)
     assert set(r["archs"]) == {"vit", "tv:resnet18"} and all(0 <= a["mean"] <= 1 for a in r["archs"].values())
 
 

@@ -157,7 +157,8 @@ def test_image_ops_match_formulas():
     assert ((y == 0).all(1).sum((1, 2)) <= 16).all() and (y == 0).any()
 
     identity = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]).expand(2, 2, 3)
-    torch.testing.assert_close(image_augment(DSAConfig(strategy="scale")).apply(x, {"ops": "scale", "scale": identity}), x)
+    torch.testing.assert_close(image_augment(DSAConfig(strategy="scale")).apply(x, {"ops": "scale", "scale": identity}),
+                               x)
 
 
 @pytest.mark.parametrize("name", ["dsa", "latent"])

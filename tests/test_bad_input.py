@@ -47,7 +47,8 @@ def snapshot(*roots: Path) -> dict[str, str]:
 
 
 def shown(err: str) -> list[str]:
-    """stderr's lines as a terminal shows them: a progress bar redrawn with carriage returns (and cleared) is not a line."""
+    """stderr's lines as a terminal shows them: a progress bar redrawn with carriage returns (and cleared) is not a
+    line."""
     return [s for s in (line.split("\r")[-1].strip() for line in err.splitlines()) if s]
 
 
@@ -60,7 +61,8 @@ def assert_refused(code: int, err: str, fragment: str, before: dict, roots, afte
     assert len(lines) == 1 or (after_work and lines), err
     assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
     lines = lines[-1:]
-    if not os.environ.get("GENDISTILL_BAD_INPUT_ANY_MESSAGE"):  # set to count clean refusals of code with other messages
+    # set to count clean refusals of code with other messages
+    if not os.environ.get("GENDISTILL_BAD_INPUT_ANY_MESSAGE"):
         assert fragment in lines[0], (fragment, lines[0])
     after = snapshot(*roots)
     changed = sorted(k for k in before if before[k] != after.get(k))
@@ -178,7 +180,8 @@ def _truncated(path: Path) -> bytes:
 SET_CASES = {
     "empty-file": (_raw(b""), "not a readable safetensors file"),
     "truncated": ("truncate", "not a readable safetensors file"),
-    "random-bytes": (_raw(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()), "not a readable safetensors file"),
+    "random-bytes": (_raw(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()),
+                     "not a readable safetensors file"),
     "json-text": (_raw(b'{"latents": [1, 2, 3]}'), "not a readable safetensors file"),
     "header-length-huge": (_raw(struct.pack("<Q", 10**12) + b"{}"), "not a readable safetensors file"),
     "header-not-json": (_raw(struct.pack("<Q", 8) + b"notjson!"), "not a readable safetensors file"),
@@ -189,55 +192,86 @@ SET_CASES = {
     "dataset-a-string": (_record("dataset", lambda d: "fashion-mnist"), "gendistill.dataset must be a JSON object"),
     "backbone-a-list": (_record("backbone", lambda b: []), "gendistill.backbone must be a JSON object"),
     "run-a-number": (_record("run", lambda r: 3), "gendistill.run must be a JSON object"),
-    "num-classes-a-string": (_field("dataset", "num_classes", "10"), "gendistill.dataset.num_classes must be a positive integer"),
-    "num-classes-zero": (_field("dataset", "num_classes", 0), "gendistill.dataset.num_classes must be a positive integer"),
-    "num-classes-negative": (_field("dataset", "num_classes", -3), "gendistill.dataset.num_classes must be a positive integer"),
-    "num-classes-bool": (_field("dataset", "num_classes", True), "gendistill.dataset.num_classes must be a positive integer"),
-    "num-classes-float": (_field("dataset", "num_classes", 10.0), "gendistill.dataset.num_classes must be a positive integer"),
-    "num-classes-null": (_field("dataset", "num_classes", None), "gendistill.dataset.num_classes must be a positive integer"),
-    "image-shape-2d": (_field("dataset", "image_shape", [28, 28]), "gendistill.dataset.image_shape must be a list of 3"),
-    "image-shape-string": (_field("dataset", "image_shape", "1x28x28"), "gendistill.dataset.image_shape must be a list of 3"),
-    "image-shape-zero": (_field("dataset", "image_shape", [1, 0, 28]), "gendistill.dataset.image_shape must be a list of 3"),
-    "classes-too-few": (_record("dataset", lambda d: {**d, "classes": d["classes"][:5]}), "names 5 classes but num_classes is 10"),
-    "classes-not-strings": (_record("dataset", lambda d: {**d, "classes": list(range(10))}), "gendistill.dataset.classes must be a list of strings"),
+    "num-classes-a-string": (_field("dataset", "num_classes", "10"),
+                             "gendistill.dataset.num_classes must be a positive integer"),
+    "num-classes-zero": (_field("dataset", "num_classes", 0),
+                         "gendistill.dataset.num_classes must be a positive integer"),
+    "num-classes-negative": (_field("dataset", "num_classes", -3),
+                             "gendistill.dataset.num_classes must be a positive integer"),
+    "num-classes-bool": (_field("dataset", "num_classes", True),
+                         "gendistill.dataset.num_classes must be a positive integer"),
+    "num-classes-float": (_field("dataset", "num_classes", 10.0),
+                          "gendistill.dataset.num_classes must be a positive integer"),
+    "num-classes-null": (_field("dataset", "num_classes", None),
+                         "gendistill.dataset.num_classes must be a positive integer"),
+    "image-shape-2d": (_field("dataset", "image_shape", [28, 28]),
+                       "gendistill.dataset.image_shape must be a list of 3"),
+    "image-shape-string": (_field("dataset", "image_shape", "1x28x28"),
+                           "gendistill.dataset.image_shape must be a list of 3"),
+    "image-shape-zero": (_field("dataset", "image_shape", [1, 0, 28]),
+                         "gendistill.dataset.image_shape must be a list of 3"),
+    "classes-too-few": (_record("dataset", lambda d: {**d, "classes": d["classes"][:5]}),
+                        "names 5 classes but num_classes is 10"),
+    "classes-not-strings": (_record("dataset", lambda d: {**d, "classes": list(range(10))}),
+                            "gendistill.dataset.classes must be a list of strings"),
     "mean-wrong-length": (_field("dataset", "mean", [0.1, 0.2, 0.3]), "has 3 values for 1-channel images"),
     "mean-a-string": (_field("dataset", "mean", "0.5"), "gendistill.dataset.mean must be a list of finite numbers"),
     "std-zero": (_field("dataset", "std", [0.0]), "gendistill.dataset.std must be a list of positive numbers"),
     "latent-shape-negative": (_field("backbone", "latent_shape", [-2, 14, 14]),
                               "gendistill.backbone.latent_shape must be a list of positive integers"),
-    "latent-shape-a-string": (_field("backbone", "latent_shape", "2x14x14"), "gendistill.backbone.latent_shape must be a list of positive integers"),
-    "backbone-source-a-number": (_field("backbone", "source", 5), "gendistill.backbone.source must be a non-empty string"),
-    "backbone-source-empty": (_field("backbone", "source", ""), "gendistill.backbone.source must be a non-empty string"),
-    "backbone-options-a-list": (_field("backbone", "options", [1]), "gendistill.backbone.options must be an object or null"),
-    "backbone-latent-space-a-number": (_field("backbone", "latent_space", 1), "gendistill.backbone.latent_space must be a string or null"),
+    "latent-shape-a-string": (_field("backbone", "latent_shape", "2x14x14"),
+                              "gendistill.backbone.latent_shape must be a list of positive integers"),
+    "backbone-source-a-number": (_field("backbone", "source", 5),
+                                 "gendistill.backbone.source must be a non-empty string"),
+    "backbone-source-empty": (_field("backbone", "source", ""),
+                              "gendistill.backbone.source must be a non-empty string"),
+    "backbone-options-a-list": (_field("backbone", "options", [1]),
+                                "gendistill.backbone.options must be an object or null"),
+    "backbone-latent-space-a-number": (_field("backbone", "latent_space", 1),
+                                       "gendistill.backbone.latent_space must be a string or null"),
     "run-ipc-a-string": (_field("run", "ipc", "2"), "gendistill.run.ipc must be a positive integer"),
     "run-steps-negative": (_field("run", "steps", -3), "gendistill.run.steps must be a non-negative integer"),
     "run-config-a-list": (_field("run", "config", []), "gendistill.run.config must be an object"),
-    "labels-out-of-range": (_tensor("labels", lambda t: _with(t, "labels", 0, 10)), "holds class ids from 0 to 10, outside [0, 10)"),
+    "labels-out-of-range": (_tensor("labels", lambda t: _with(t, "labels", 0, 10)),
+                            "holds class ids from 0 to 10, outside [0, 10)"),
     "labels-far-out-of-range": (_tensor("labels", lambda t: _with(t, "labels", 3, 2**40)), "outside [0, 10)"),
-    "labels-negative": (_tensor("labels", lambda t: _with(t, "labels", 0, -1)), "holds class ids from -1 to 9, outside [0, 10)"),
-    "labels-float": (_tensor("labels", lambda t: t["labels"].float()), "of hard labels must be integer class ids, got float32"),
+    "labels-negative": (_tensor("labels", lambda t: _with(t, "labels", 0, -1)),
+                        "holds class ids from -1 to 9, outside [0, 10)"),
+    "labels-float": (_tensor("labels", lambda t: t["labels"].float()),
+                     "of hard labels must be integer class ids, got float32"),
     "labels-bool": (_tensor("labels", lambda t: t["labels"] > 4), "of hard labels must be integer class ids, got bool"),
     "labels-3d": (_tensor("labels", lambda t: t["labels"].reshape(-1, 1, 1)), "but labels of shape"),
     "labels-one-short": (_tensor("labels", lambda t: t["labels"][:-1]), "but labels of shape"),
     "labels-missing": (_tensor("labels", lambda t: None), "has no 'labels' tensor"),
-    "soft-labels-wrong-columns": (_tensor("labels", lambda t: _soft(t, lambda s: s[:, :7])), "has 7 soft-label columns for 10 classes"),
+    "soft-labels-wrong-columns": (_tensor("labels", lambda t: _soft(t, lambda s: s[:, :7])),
+                                  "has 7 soft-label columns for 10 classes"),
     "soft-labels-nan": (_tensor("labels", lambda t: _soft(t, lambda s: _with({"s": s}, "s", 0, float("nan")))),
                         "tensor 'labels' holds 1 NaN or infinite values"),
     "soft-labels-negative": (_tensor("labels", lambda t: _soft(t, lambda s: s - 0.5)), "holds negative values"),
-    "soft-labels-integer": (_tensor("labels", lambda t: _soft(t, lambda s: (s * 100).long())), "of soft labels (N, classes) must be floating point"),
+    "soft-labels-integer": (_tensor("labels", lambda t: _soft(t, lambda s: (s * 100).long())),
+                            "of soft labels (N, classes) must be floating point"),
     "latents-missing": (_tensor("latents", lambda t: None), "has no 'latents' tensor"),
-    "latents-nan": (_tensor("latents", lambda t: _with(t, "latents", 5, float("nan"))), "tensor 'latents' holds 1 NaN or infinite values"),
-    "latents-inf": (_tensor("latents", lambda t: _with(t, "latents", 7, float("inf"))), "tensor 'latents' holds 1 NaN or infinite values"),
-    "latents-all-nan": (_tensor("latents", lambda t: torch.full_like(t["latents"], float("nan"))), "tensor 'latents' holds"),
-    "latents-integer": (_tensor("latents", lambda t: t["latents"].long()), "tensor 'latents' is stored as int64, which gendistill does not read"),
-    "latents-int8-without-scales": (_tensor("latents", lambda t: t["latents"].to(torch.int8)), "holds int8 latents but no 'latents_scale'"),
-    "latents-int8-nan-scale": (lambda t, m: ({**t, "latents": t["latents"].to(torch.int8), "latents_scale": torch.full((2,), float("nan")),
-                                               "latents_zero_point": torch.zeros(2, dtype=torch.int32)}, m), "tensor 'latents' holds"),
-    "latents-1d": (_tensor("latents", lambda t: t["latents"].flatten()[: len(t["labels"])]), "tensor 'latents' must be floating point (N, ...)"),
+    "latents-nan": (_tensor("latents", lambda t: _with(t, "latents", 5, float("nan"))),
+                    "tensor 'latents' holds 1 NaN or infinite values"),
+    "latents-inf": (_tensor("latents", lambda t: _with(t, "latents", 7, float("inf"))),
+                    "tensor 'latents' holds 1 NaN or infinite values"),
+    "latents-all-nan": (_tensor("latents", lambda t: torch.full_like(t["latents"], float("nan"))),
+                        "tensor 'latents' holds"),
+    "latents-integer": (_tensor("latents", lambda t: t["latents"].long()),
+                        "tensor 'latents' is stored as int64, which gendistill does not read"),
+    "latents-int8-without-scales": (_tensor("latents", lambda t: t["latents"].to(torch.int8)),
+                                    "holds int8 latents but no 'latents_scale'"),
+    "latents-int8-nan-scale": (lambda t, m: ({**t, "latents": t["latents"].to(torch.int8),
+                                              "latents_scale": torch.full((2,), float("nan")),
+                                               "latents_zero_point": torch.zeros(2, dtype=torch.int32)}, m),
+                               "tensor 'latents' holds"),
+    "latents-1d": (_tensor("latents", lambda t: t["latents"].flatten()[: len(t["labels"])]),
+                   "tensor 'latents' must be floating point (N, ...)"),
     "latents-empty": (lambda t, m: ({"latents": t["latents"][:0], "labels": t["labels"][:0]}, m), "with N >= 1"),
-    "latents-wrong-shape": (_tensor("latents", lambda t: t["latents"][:, :, :7, :7].contiguous()), "recorded backbone latent shape"),
-    "lr-a-vector": (_tensor("lr", lambda t: torch.tensor([0.1, 0.2])), "tensor 'lr' must be a single floating-point number"),
+    "latents-wrong-shape": (_tensor("latents", lambda t: t["latents"][:, :, :7, :7].contiguous()),
+                            "recorded backbone latent shape"),
+    "lr-a-vector": (_tensor("lr", lambda t: torch.tensor([0.1, 0.2])),
+                    "tensor 'lr' must be a single floating-point number"),
     "lr-an-integer": (_tensor("lr", lambda t: torch.tensor(1)), "tensor 'lr' must be a single floating-point number"),
 }
 
@@ -283,12 +317,15 @@ def test_set_file(capsys, tmp_path, inputs, roots, case, command):
 
 IMAGES_CASES = {
     "images-missing": (_tensor("images", lambda t: None), "has no 'images' tensor"),
-    "images-nan": (_tensor("images", lambda t: _with(t, "images", 3, float("nan"))), "tensor 'images' holds 1 NaN or infinite values"),
+    "images-nan": (_tensor("images", lambda t: _with(t, "images", 3, float("nan"))),
+                   "tensor 'images' holds 1 NaN or infinite values"),
     "images-above-one": (_tensor("images", lambda t: _with(t, "images", 3, 1.5)), "must hold values in [0, 1]"),
     "images-negative": (_tensor("images", lambda t: _with(t, "images", 3, -0.25)), "must hold values in [0, 1]"),
     "images-3d": (_tensor("images", lambda t: t["images"][:, 0]), "tensor 'images' must be (N, C, H, W)"),
-    "images-integer": (_tensor("images", lambda t: (t["images"] * 255).to(torch.uint8)), "tensor 'images' must be floating point"),
-    "images-vs-dataset-record": (_tensor("images", lambda t: t["images"][:, :, :14, :14].contiguous()), "but the dataset record says"),
+    "images-integer": (_tensor("images", lambda t: (t["images"] * 255).to(torch.uint8)),
+                       "tensor 'images' must be floating point"),
+    "images-vs-dataset-record": (_tensor("images", lambda t: t["images"][:, :, :14, :14].contiguous()),
+                                 "but the dataset record says"),
     "images-labels-out-of-range": (_tensor("labels", lambda t: _with(t, "labels", 0, 12)), "outside [0, 10)"),
 }
 IMAGES_PAIRS = [(c, cmd) for c in IMAGES_CASES for cmd in ("eval", "info")]
@@ -312,10 +349,11 @@ def test_decoded_file_is_not_a_set(capsys, tmp_path, inputs, roots, command):
 
 # ----------------------------------------------------------------------------------------------- experts directories
 
-EXPERTS = {"format": "1", "kind": "gendistill.experts", "space": "latent", "backbone": {"kind": "vae", "sha256": "0" * 64},
-           "dataset": {"name": "fashion-mnist", "num_classes": 10}, "net": {"name": "convnet", "depth": 3, "width": 8},
-           "in_shape": [2, 14, 14], "num_classes": 10, "num_params": 100, "layout": [],
-           "training": {"num_experts": 2, "epochs": 3, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "batch": 256,
+EXPERTS = {"format": "1", "kind": "gendistill.experts", "space": "latent",
+           "backbone": {"kind": "vae", "sha256": "0" * 64}, "dataset": {"name": "fashion-mnist", "num_classes": 10},
+           "net": {"name": "convnet", "depth": 3, "width": 8}, "in_shape": [2, 14, 14], "num_classes": 10,
+           "num_params": 100, "layout": [], "training": {"num_experts": 2, "epochs": 3, "lr": 0.01, "momentum": 0.0,
+                                                         "weight_decay": 0.0, "batch": 256,
                         "augment": "latent", "seed": 0}}
 EXPERTS_CASES = {
     "not-json": ("{", "is not valid JSON"),
@@ -330,8 +368,10 @@ EXPERTS_CASES = {
     "in-shape-empty": ({**EXPERTS, "in_shape": []}, "in_shape must be a list of positive integers"),
     "net-depth-zero": ({**EXPERTS, "net": {**EXPERTS["net"], "depth": 0}}, "--depth must be at least 1, got 0"),
     "net-unknown-key": ({**EXPERTS, "net": {**EXPERTS["net"], "heads": 4}}, "net or training settings are not valid"),
-    "training-epochs-a-string": ({**EXPERTS, "training": {**EXPERTS["training"], "epochs": "3"}}, "--epochs must be an integer, got '3'"),
-    "training-without-num-experts": ({**EXPERTS, "training": {"epochs": 3}}, "training must be an object with num_experts and epochs"),
+    "training-epochs-a-string": ({**EXPERTS, "training": {**EXPERTS["training"], "epochs": "3"}},
+                                 "--epochs must be an integer, got '3'"),
+    "training-without-num-experts": ({**EXPERTS, "training": {"epochs": 3}},
+                                     "training must be an object with num_experts and epochs"),
 }
 
 
@@ -350,7 +390,8 @@ def test_experts_description(capsys, tmp_path, roots, case):
     assert_refused(code, err, fragment, before, roots)
 
 
-# ----------------------------------------------------------------------------------------------- paths of the wrong kind
+# ----------------------------------------------------------------------------------------------- paths of the wrong
+# kind
 
 
 def _paths(tmp: Path) -> dict:
@@ -378,18 +419,24 @@ PATH_CASES = [
     (["sample", "{set}", "--out", "{tmp}/g.png", "--backbone", "{text}"], "unknown backbone"),
     (["init", "--ipc", "1", "--backbone", "{missing}", "--out", "{tmp}/s.safetensors"], "unknown backbone"),
     (["init", "--ipc", "1", "--backbone", "{folder}", "--out", "{tmp}/s.safetensors"], "is not a backbone directory"),
-    (["init", "--ipc", "1", "--data-dir", "{text}", "--out", "{tmp}/s.safetensors"], "Fashion-MNIST idx files not found"),
-    (["init", "--ipc", "1", "--data-dir", "{missing}", "--out", "{tmp}/s.safetensors"], "Fashion-MNIST idx files not found"),
-    (["init", "--dataset", "imagefolder", "--data-dir", "{text}", "--backbone", "pixel", "--ipc", "1", "--out", "{tmp}/s.safetensors"],
+    (["init", "--ipc", "1", "--data-dir", "{text}", "--out", "{tmp}/s.safetensors"],
+     "Fashion-MNIST idx files not found"),
+    (["init", "--ipc", "1", "--data-dir", "{missing}", "--out", "{tmp}/s.safetensors"],
+     "Fashion-MNIST idx files not found"),
+    (["init", "--dataset", "imagefolder", "--data-dir", "{text}", "--backbone", "pixel", "--ipc", "1", "--out",
+      "{tmp}/s.safetensors"],
      "does not exist"),
-    (["init", "--dataset", "imagefolder", "--backbone", "pixel", "--ipc", "1", "--out", "{tmp}/s.safetensors"], "needs --data-dir"),
-    (["eval", "{images}", "--dataset", "imagefolder", "--data-dir", "{folder}", "--out", "{tmp}/r.json"], "does not exist"),
+    (["init", "--dataset", "imagefolder", "--backbone", "pixel", "--ipc", "1", "--out", "{tmp}/s.safetensors"],
+     "needs --data-dir"),
+    (["eval", "{images}", "--dataset", "imagefolder", "--data-dir", "{folder}", "--out", "{tmp}/r.json"],
+     "does not exist"),
 ]
 
 
 @pytest.mark.parametrize("argv,fragment", PATH_CASES, ids=[f"{a[0]}-{i}" for i, (a, _) in enumerate(PATH_CASES)])
 def test_paths(capsys, tmp_path, inputs, roots, argv, fragment):
-    paths = {**_paths(tmp_path), "tmp": tmp_path, "set": inputs / "set.safetensors", "images": inputs / "images.safetensors"}
+    paths = {**_paths(tmp_path), "tmp": tmp_path, "set": inputs / "set.safetensors", "images": inputs
+             / "images.safetensors"}
     argv = [a.format(**paths) for a in argv]
     before = snapshot(*roots)
     code, err = run_cli(capsys, argv)
@@ -414,12 +461,17 @@ CLI_FLAG_CASES = [
     (["init", "--dataset", "nope", "--out", "{tmp}/s.safetensors"], "argument --dataset: invalid choice: 'nope'"),
     (["init", "--init", "nope", "--out", "{tmp}/s.safetensors"], "argument --init: invalid choice: 'nope'"),
     (["init", "--backbone", "nope", "--out", "{tmp}/s.safetensors"], "unknown backbone 'nope'"),
-    (["init", "--guidance-scale", "nan", "--out", "{tmp}/s.safetensors"], "argument --guidance-scale: must be a finite number"),
-    (["init", "--guidance-scale", "2", "--ipc", "1", "--out", "{tmp}/s.safetensors"], "--guidance-scale applies to diffusion backbones"),
-    (["init", "--latent-space", "w+", "--ipc", "1", "--out", "{tmp}/s.safetensors"], "--latent-space 'w+' applies to gan backbones"),
-    (["init", "--decode-steps", "x", "--out", "{tmp}/s.safetensors"], "argument --decode-steps: invalid int value: 'x'"),
+    (["init", "--guidance-scale", "nan", "--out", "{tmp}/s.safetensors"],
+     "argument --guidance-scale: must be a finite number"),
+    (["init", "--guidance-scale", "2", "--ipc", "1", "--out", "{tmp}/s.safetensors"],
+     "--guidance-scale applies to diffusion backbones"),
+    (["init", "--latent-space", "w+", "--ipc", "1", "--out", "{tmp}/s.safetensors"],
+     "--latent-space 'w+' applies to gan backbones"),
+    (["init", "--decode-steps", "x", "--out", "{tmp}/s.safetensors"],
+     "argument --decode-steps: invalid int value: 'x'"),
     (["sample", "{set}"], "the following arguments are required: --out"),
-    (["sample", "{set}", "--out", "{tmp}/g.png", "--per-class", "0"], "argument --per-class: must be at least 1, got 0"),
+    (["sample", "{set}", "--out", "{tmp}/g.png", "--per-class", "0"],
+     "argument --per-class: must be at least 1, got 0"),
     (["sample", "{set}", "--out", "{tmp}/g.png", "--scale", "-2"], "argument --scale: must be at least 1, got -2"),
     (["sample", "{set}", "--out", "{tmp}/g.png", "--scale", "two"], "argument --scale: invalid int value: 'two'"),
     (["export", "{set}", "--out", "{tmp}/o", "--format", "zip"], "argument --format: invalid choice: 'zip'"),
@@ -436,21 +488,25 @@ CLI_FLAG_CASES = [
     (["train-backbone", "--output", "{tmp}/b", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     (["train-backbone", "--output", "{tmp}/b", "--epochs", "-2"], "argument --epochs: must be at least 1, got -2"),
     (["train-backbone", "--output", "{tmp}/b", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
-    (["train-backbone", "--output", "{tmp}/b", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["train-backbone", "--output", "{tmp}/b", "--batch-size", "0"],
+     "argument --batch-size: must be at least 1, got 0"),
     (["train-backbone", "--output", "{tmp}/b", "--lr", "0"], "argument --lr: must be greater than 0, got 0.0"),
     (["train-backbone", "--output", "{tmp}/b", "--lr", "-0.001"], "argument --lr: must be greater than 0"),
-    (["train-backbone", "--output", "{tmp}/b", "--lr", "-1e-3"], "argument --lr: expected one argument"),  # argparse: an option
+    # argparse: an option
+    (["train-backbone", "--output", "{tmp}/b", "--lr", "-1e-3"], "argument --lr: expected one argument"),
     (["train-backbone", "--output", "{tmp}/b", "--lr", "nan"], "argument --lr: must be a finite number, got nan"),
     (["train-backbone", "--output", "{tmp}/b", "--lr", "1e39"], "argument --lr: must be within float32 range"),
     (["train-backbone", "--output", "{tmp}/b", "--kl-weight", "-1"], "argument --kl-weight: must be at least 0"),
-    (["train-backbone", "--output", "{tmp}/b", "--block-out-channels", "16", "0"], "argument --block-out-channels: must be at least 1, got 0"),
+    (["train-backbone", "--output", "{tmp}/b", "--block-out-channels", "16", "0"],
+     "argument --block-out-channels: must be at least 1, got 0"),
     (["train-backbone", "--output", "{tmp}/b", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["train-backbone", "--output", "{tmp}/b", "--dataset", "nope"], "argument --dataset: invalid choice: 'nope'"),
     (["train-backbone", "--output", "{tmp}/b", "--epoch", "3"], "unrecognized arguments: --epoch 3"),
 ]
 
 
-@pytest.mark.parametrize("argv,fragment", CLI_FLAG_CASES, ids=[f"{(a or ['none'])[0]}-{i}" for i, (a, _) in enumerate(CLI_FLAG_CASES)])
+@pytest.mark.parametrize("argv,fragment", CLI_FLAG_CASES, ids=[f"{(a or ['none'])[0]}-{i}"
+                                                               for i, (a, _) in enumerate(CLI_FLAG_CASES)])
 def test_cli_flags(capsys, tmp_path, inputs, roots, argv, fragment):
     paths = {"tmp": tmp_path, "set": inputs / "set.safetensors", "images": inputs / "images.safetensors"}
     argv = [a.format(**paths) for a in argv]
@@ -505,17 +561,20 @@ RECIPE_FLAG_CASES = [
     ("latent_mtt", ["--syn-steps", "0"], "argument --syn-steps: must be at least 1, got 0"),
     ("latent_mtt", ["--momentum", "1.5"], "--momentum must be at most 1, got 1.5"),
     ("latent_mtt", ["--lr-lr", "-1"], "--lr-lr must be greater than 0, got -1.0"),
-    pytest.param("latent_mtt", ["--experts", "{tmp}/no-experts"], "does not exist",  # found after the set is initialised
+    # found after the set is initialised
+    pytest.param("latent_mtt", ["--experts", "{tmp}/no-experts"], "does not exist",
                  marks=pytest.mark.slow),  # with the shipped VAE
     ("itgan", ["--cls-weight", "-1"], "argument --cls-weight: must be at least 0, got -1.0"),
     ("itgan", ["--reg-weight", "-0.5"], "argument --reg-weight: must be at least 0"),
     ("itgan", ["--classifier-epochs", "0"], "argument --classifier-epochs: must be at least 1, got 0"),
-    ("train_experts", ["--output", "{tmp}/e", "--space", "image"], "argument --space: must be one of latent, pixel, got 'image'"),
+    ("train_experts", ["--output", "{tmp}/e", "--space", "image"],
+     "argument --space: must be one of latent, pixel, got 'image'"),
     ("train_experts", ["--output", "{tmp}/e", "--num-experts", "0"], "--num-experts must be at least 1, got 0"),
     ("train_experts", ["--output", "{tmp}/e", "--epochs", "0"], "--epochs must be at least 1, got 0"),
     ("train_experts", ["--output", "{tmp}/e", "--momentum", "2"], "--momentum must be at most 1, got 2.0"),
     ("train_experts", ["--output", "{tmp}/e", "--batch", "0"], "--batch must be at least 1, got 0"),
-    ("train_experts", ["--output", "{tmp}/e", "--net", "nope-net"], "argument --net: is not valid: unknown network 'nope-net'"),
+    ("train_experts", ["--output", "{tmp}/e", "--net", "nope-net"],
+     "argument --net: is not valid: unknown network 'nope-net'"),
     ("train_experts", ["--output", "{tmp}/e", "--width", "0"], "--width must be at least 1, got 0"),
     ("train_experts", ["--output", "{tmp}/e", "--shard", "3/2"], "--shard '3/2' must be i/n with 0 <= i < n"),
     ("train_experts", [], "--output DIR is required"),
@@ -525,16 +584,21 @@ RECIPE_FLAG_CASES = [
     ("eval_autoencoder", ["--limit", "-1"], "argument --limit: must be at least 0, got -1"),
     ("eval_autoencoder", ["--classifier-epochs", "0"], "argument --classifier-epochs: must be at least 1, got 0"),
     ("eval_autoencoder", ["--backbone", "nope"], "unknown backbone 'nope'"),
-    ("train_autoencoder", ["--output", "{tmp}/b", "--latent-channels", "0"], "argument --latent-channels: must be at least 1, got 0"),
+    ("train_autoencoder", ["--output", "{tmp}/b", "--latent-channels", "0"],
+     "argument --latent-channels: must be at least 1, got 0"),
     ("train_gan", ["--output", "{tmp}/b", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     ("train_gan", ["--output", "{tmp}/b", "--channels", "32", "-1"], "argument --channels: must be at least 1, got -1"),
     ("train_gan", ["--output", "{tmp}/b", "--beta2", "2"], "argument --beta2: must be at most 1, got 2.0"),
     ("train_gan", ["--output", "{tmp}/b", "--mbstd-group", "-1"], "argument --mbstd-group: must be at least 0, got -1"),
-    ("train_diffusion", ["--output", "{tmp}/b", "--attention", "0", "2", "1"], "argument --attention: must be one of 0, 1, got 2"),
-    ("train_diffusion", ["--output", "{tmp}/b", "--class-dropout", "1.5"], "argument --class-dropout: must be at most 1, got 1.5"),
-    ("train_diffusion", ["--output", "{tmp}/b", "--num-train-timesteps", "1"], "argument --num-train-timesteps: must be at least 2, got 1"),
+    ("train_diffusion", ["--output", "{tmp}/b", "--attention", "0", "2", "1"],
+     "argument --attention: must be one of 0, 1, got 2"),
+    ("train_diffusion", ["--output", "{tmp}/b", "--class-dropout", "1.5"],
+     "argument --class-dropout: must be at most 1, got 1.5"),
+    ("train_diffusion", ["--output", "{tmp}/b", "--num-train-timesteps", "1"],
+     "argument --num-train-timesteps: must be at least 2, got 1"),
     ("train_diffusion", ["--output", "{tmp}/b", "--ema", "-0.1"], "argument --ema: must be at least 0, got -0.1"),
-    ("write_imagefolder", ["--out", "{tmp}/f", "--train-per-class", "-1"], "argument --train-per-class: must be at least 0, got -1"),
+    ("write_imagefolder", ["--out", "{tmp}/f", "--train-per-class", "-1"],
+     "argument --train-per-class: must be at least 0, got -1"),
     ("write_imagefolder", ["--out", "{tmp}/f", "--dataset", "nope"], "argument --dataset: invalid choice: 'nope'"),
     ("write_imagefolder", [], "the following arguments are required: --out"),
 ]
@@ -542,12 +606,14 @@ RECIPE_FLAG_CASES = [
 
 def _recipe_argv(recipe: str, extra: list[str], tmp: Path) -> list[str]:
     """Safe base flags (tiny, no evaluation, into the test's folder) then the case's, which win."""
-    base = ["--output", str(tmp / "out"), "--steps", "1", "--eval-runs", "0", "--ipc", "1"] if recipe in DISTILL_RECIPES else []
+    base = ["--output", str(tmp / "out"), "--steps", "1", "--eval-runs", "0", "--ipc",
+            "1"] if recipe in DISTILL_RECIPES else []
     return base + [a.format(tmp=tmp) for a in extra]
 
 
 @pytest.mark.parametrize("recipe,argv,fragment", SHARED_RECIPE_PAIRS + RECIPE_FLAG_CASES,
-                         ids=[f"{(c.values if hasattr(c, 'values') else c)[0]}-{i}" for i, c in enumerate(SHARED_RECIPE_PAIRS + RECIPE_FLAG_CASES)])
+                         ids=[f"{(c.values if hasattr(c, 'values') else c)[0]}-{i}"
+                              for i, c in enumerate(SHARED_RECIPE_PAIRS + RECIPE_FLAG_CASES)])
 def test_recipe_flags(capsys, tmp_path, roots, recipe, argv, fragment):
     before = snapshot(*roots)
     code, err = run_recipe(capsys, recipe, _recipe_argv(recipe, argv, tmp_path))
@@ -653,21 +719,43 @@ def _tiff(array, mode) -> bytes:
 
 GOOD_PNG = _png_bytes(np.full((8, 8), 100, dtype=np.uint8))
 IMAGE_CASES = {
-    "bomb-40000x40000": (lambda root: (root / "train/cat/bomb.png").write_bytes(png_header_claiming(40000, 40000)), "could be decompression bomb"),
-    "bomb-just-over-the-limit": (lambda root: (root / "train/cat/bomb.png").write_bytes(png_header_claiming(10000, 10000)),
-                                 "could be decompression bomb"),
-    "bomb-in-test-split": (lambda root: (root / "test/dog/bomb.png").write_bytes(png_header_claiming(30000, 30000)), "could be decompression bomb"),
-    "truncated-png": (lambda root: (root / "train/cat/t.png").write_bytes(GOOD_PNG[: len(GOOD_PNG) // 2]), "is not a readable image"),
+    "bomb-40000x40000": (
+        lambda root: (root / "train/cat/bomb.png").write_bytes(png_header_claiming(40000, 40000)),
+        "could be decompression bomb",
+    ),
+    "bomb-just-over-the-limit": (
+        lambda root: (root / "train/cat/bomb.png").write_bytes(png_header_claiming(10000, 10000)),
+        "could be decompression bomb",
+    ),
+    "bomb-in-test-split": (
+        lambda root: (root / "test/dog/bomb.png").write_bytes(png_header_claiming(30000, 30000)),
+        "could be decompression bomb",
+    ),
+    "truncated-png": (
+        lambda root: (root / "train/cat/t.png").write_bytes(GOOD_PNG[: len(GOOD_PNG) // 2]),
+        "is not a readable image",
+    ),
     "empty-png": (lambda root: (root / "train/cat/e.png").write_bytes(b""), "is not a readable image"),
     "text-named-png": (lambda root: (root / "train/cat/t.png").write_text("not an image"), "is not a readable image"),
     "folder-named-png": (lambda root: (root / "train/cat/d.png").mkdir(), "is not a readable image"),
-    "bad-crc": (lambda root: (root / "train/cat/c.png").write_bytes(GOOD_PNG[:29] + b"\x00\x00\x00\x00" + GOOD_PNG[33:]), "is not a readable image"),
+    "bad-crc": (
+        lambda root: (root / "train/cat/c.png").write_bytes(GOOD_PNG[:29] + b"\x00\x00\x00\x00" + GOOD_PNG[33:]),
+        "is not a readable image",
+    ),
     "truncated-jpeg": (lambda root: _write_truncated_jpeg(root / "train/cat/j.jpg"), "is not a readable image"),
-    "float-tiff": (lambda root: (root / "train/cat/f.tif").write_bytes(_tiff(np.full((8, 8), 0.5, dtype=np.float32), "F")), "a floating-point image"),
-    "int32-tiff-out-of-16-bit": (lambda root: (root / "train/cat/i.tif").write_bytes(_tiff(np.full((8, 8), 100000, dtype=np.int32), "I")),
-                                 "only 8- and 16-bit images are read"),
+    "float-tiff": (
+        lambda root: (root / "train/cat/f.tif").write_bytes(_tiff(np.full((8, 8), 0.5, dtype=np.float32), "F")),
+        "a floating-point image",
+    ),
+    "int32-tiff-out-of-16-bit": (
+        lambda root: (root / "train/cat/i.tif").write_bytes(_tiff(np.full((8, 8), 100000, dtype=np.int32), "I")),
+        "only 8- and 16-bit images are read",
+    ),
     "test-split-missing": (lambda root: _rmtree(root / "test"), "does not exist"),
-    "class-folders-differ": (lambda root: (root / "test" / "dog").rename(root / "test" / "bird"), "must hold the same class folders"),
+    "class-folders-differ": (
+        lambda root: (root / "test" / "dog").rename(root / "test" / "bird"),
+        "must hold the same class folders",
+    ),
     "no-images": (lambda root: [p.unlink() for p in (root / "train").rglob("*.png")], "no images found"),
 }
 
@@ -693,10 +781,11 @@ def test_image_folder(capsys, tmp_path, roots, case):
     make(root)
     before = snapshot(*roots)
     split = "test" if case in ("bomb-in-test-split", "test-split-missing", "class-folders-differ") else "train"
-    argv = ["init", "--dataset", "imagefolder", "--data-dir", root, "--backbone", "pixel", "--ipc", 1, "--out", tmp_path / "s.safetensors"]
+    argv = ["init", "--dataset", "imagefolder", "--data-dir", root, "--backbone", "pixel", "--ipc", 1, "--out", tmp_path
+            / "s.safetensors"]
     if split == "test":  # init reads the train split only; eval reads the test split
-        argv = ["eval", str(_pixel_set(tmp_path, root)), "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1, "--runs", 1,
-                "--out", tmp_path / "r.json"]
+        argv = ["eval", str(_pixel_set(tmp_path, root)), "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1,
+                "--runs", 1, "--out", tmp_path / "r.json"]
         before = snapshot(*roots)
     code, err = run_cli(capsys, argv)
     assert_refused(code, err, fragment, before, roots)
@@ -711,7 +800,8 @@ def _pixel_set(tmp: Path, root: Path) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------------------- outputs (docs/safety.md)
+# ----------------------------------------------------------------------------------------------- outputs
+# (docs/safety.md)
 
 
 def _outputs(tmp: Path, inputs: Path) -> dict:
@@ -733,22 +823,26 @@ OUTPUT_CASES = [
     ("cli", ["sample", "{set}", "--out", "{set}"], "is the input FILE"),
     ("cli", ["eval", "{set}", "--out", "{set}"], "is the input FILE"),
     ("cli", ["export", "{set}", "--format", "imagefolder", "--out", "{mine}"], "is not empty"),
-    ("cli", ["export", "{set}", "--format", "imagefolder", "--out", "{mine}", "--overwrite"], "is not an earlier export"),
+    ("cli", ["export", "{set}", "--format", "imagefolder", "--out", "{mine}", "--overwrite"],
+     "is not an earlier export"),
     ("cli", ["train-backbone", "--output", "{mine}", "--epochs", "1"], "is not empty"),
     ("cli", ["train-backbone", "--output", "{file}", "--epochs", "1"], "is a file, not a folder"),
     ("latent_dm", ["--output", "{mine}", *DISTIL], "is not empty"),
     ("latent_dm", ["--output", "{run}", *DISTIL], "holds an interrupted run (checkpoint step_0000002)"),
     ("latent_dm", ["--output", "{file}", *DISTIL], "is a file, not a folder"),
     ("latent_dm", ["--output", "{mine}", "--resume", "--overwrite", *DISTIL], "pass only one of them"),
-    ("latent_dm", ["--output", "{data}", "--dataset", "imagefolder", "--data-dir", "{data}", "--backbone", "pixel", *DISTIL],
+    ("latent_dm", ["--output", "{data}", "--dataset", "imagefolder", "--data-dir", "{data}", "--backbone", "pixel",
+                   *DISTIL],
      "is the input --data-dir"),
     ("latent_dc", ["--output", "{mine}", *DISTIL], "is not empty"),
     ("write_imagefolder", ["--out", "{mine}"], "is not empty"),
-    ("write_imagefolder", ["--out", "{data}", "--dataset", "imagefolder", "--data-dir", "{data}", "--overwrite"], "is the input --data-dir"),
+    ("write_imagefolder", ["--out", "{data}", "--dataset", "imagefolder", "--data-dir", "{data}", "--overwrite"],
+     "is the input --data-dir"),
 ]
 
 
-@pytest.mark.parametrize("where,argv,fragment", OUTPUT_CASES, ids=[f"{w}-{i}" for i, (w, _, _) in enumerate(OUTPUT_CASES)])
+@pytest.mark.parametrize("where,argv,fragment", OUTPUT_CASES,
+                         ids=[f"{w}-{i}" for i, (w, _, _) in enumerate(OUTPUT_CASES)])
 def test_outputs(capsys, tmp_path, inputs, roots, where, argv, fragment):
     paths = _outputs(tmp_path, inputs)
     argv = [a.format(**paths) for a in argv]
@@ -779,7 +873,8 @@ def test_locked_output(capsys, tmp_path, roots, where, argv):
         assert_refused(code, err, f"is in use by another run (pid {os.getpid()}", before, roots)
 
 
-# ----------------------------------------------------------------------------------------------- what the backbone makes
+# ----------------------------------------------------------------------------------------------- what the backbone
+# makes
 
 
 def test_backbone_that_encodes_to_nan(capsys, tmp_path, roots):
@@ -844,14 +939,16 @@ def test_disk_full_while_writing_json(capsys, tmp_path, inputs, roots, monkeypat
 
 def _spawn(args, cwd=ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
 
 
 @pytest.mark.slow  # spawns a process
 @pytest.mark.parametrize("args,fragment", [
     (["-m", "gendistill.cli", "info", "{tmp}/missing.safetensors"], "does not exist"),
     (["recipes/latent_dm.py", "--steps", "-3", "--output", "{tmp}/out"], "--steps must be at least 0, got -3"),
-    (["recipes/train_autoencoder.py", "--output", "{tmp}/b", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["recipes/train_autoencoder.py", "--output", "{tmp}/b", "--epochs", "0"],
+     "argument --epochs: must be at least 1, got 0"),
 ], ids=["cli", "latent_dm", "train_autoencoder"])
 def test_subprocess(tmp_path, roots, args, fragment):
     before = snapshot(*roots)
@@ -864,7 +961,8 @@ def test_under_accelerate_launch_quiet(tmp_path, roots):
     """``accelerate launch -q``: the launcher exits 1 (its own code for a failed process) and prints nothing of its own,
     so stderr is the recipe's one line; without ``-q`` it adds its CalledProcessError traceback (docs/recipes.md)."""
     before = snapshot(*roots)
-    r = _spawn(["-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1", "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--dynamo_backend", "no",
-                "--mixed_precision", "no", "recipes/latent_dm.py", "--lr", "0", "--output", tmp_path / "out"])
+    r = _spawn(["-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                "--num_cpu_threads_per_process", "1", "--dynamo_backend", "no", "--mixed_precision", "no",
+                "recipes/latent_dm.py", "--lr", "0", "--output", tmp_path / "out"])
     assert r.returncode == 1, r.stderr
     assert_refused(2, r.stderr, "--lr must be greater than 0, got 0.0", before, roots)

@@ -50,7 +50,8 @@ def test_miss_encodes_and_writes(tmp_path, vae, train):
     split = cached_latents(vae, train, root=tmp_path, log=log)
     d = cache_dir(vae, train, tmp_path)
     assert d.parent == tmp_path and d.name == f"fashion-mnist-train-{vae.weights_sha256()[:16]}"
-    assert sorted(p.name for p in d.iterdir()) == sorted([f"class_{c:04d}.safetensors" for c in range(10)] + ["meta.json"])
+    assert sorted(p.name for p in d.iterdir()) == sorted([f"class_{c:04d}.safetensors" for c in range(10)]
+                                                         + ["meta.json"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
     meta = json.loads((d / "meta.json").read_text())
     assert meta["backbone_sha256"] == vae.weights_sha256()
@@ -242,6 +243,7 @@ def test_backbone_encoding_to_nan_is_refused_and_nothing_is_cached(tmp_path, vae
         return z
 
     monkeypatch.setattr(vae, "encode", nan_for_one)
-    with pytest.raises(ValueError, match=r"encodes 1 of the 200 fashion-mnist/train images \(first: #3\) to NaN or infinite latents"):
+    with pytest.raises(ValueError, match=r"encodes 1 of the 200 fashion-mnist/train images \(first: #3\) to NaN or "
+                                         r"infinite latents"):
         cached_latents(vae, train, root=tmp_path, log=Log())
     assert not cache_dir(vae, train, tmp_path).exists()

@@ -112,7 +112,8 @@ def test_init_is_deterministic(capsys, tmp_path, tiny_vae_dir, set_file):
 @pytest.mark.parametrize("init", ["mean", "noise", "kmeans"])
 def test_init_methods(capsys, tmp_path, tiny_vae_dir, init):
     out_file = tmp_path / f"{init}.safetensors"
-    assert_ok(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc", 1, "--init", init, "--seed", 3, "--out", out_file))
+    assert_ok(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc", 1, "--init", init, "--seed", 3, "--out",
+                  out_file))
     assert load_file(str(out_file))["latents"].shape == (10, 2, 14, 14)
 
 
@@ -235,7 +236,8 @@ def test_table_reads_the_set_and_every_eval_beside_it(capsys, tmp_path, set_file
     run.mkdir()
     shutil.copy(set_file, run / "set.safetensors")
     assert_ok(cli(capsys, "eval", run / "set.safetensors", "--epochs", 2, "--runs", 2))  # -> run/set.eval.json
-    assert_ok(cli(capsys, "eval", run / "set.safetensors", "--epochs", 1, "--runs", 1, "--arch", "mlp", "--out", run / "mlp.eval.json"))
+    assert_ok(cli(capsys, "eval", run / "set.safetensors", "--epochs", 1, "--runs", 1, "--arch", "mlp", "--out", run
+                  / "mlp.eval.json"))
     out = assert_ok(cli(capsys, "table", run, "--json"))
     row = json.loads(out)[0]
     assert row["ipc"] == IPC and row["bytes"] == (run / "set.safetensors").stat().st_size and row["backbone"] == "vae"
@@ -268,7 +270,8 @@ def test_table_names_the_matching_net_and_calls_a_pixel_backbones_space_pixel(ca
     backbone = {**json.loads(meta["gendistill.backbone"]), "kind": "pixel"}
     record = json.loads(meta["gendistill.run"])
     record["config"] = {**record.get("config", {}), "net": "convnet", "depth": 3, "width": 32, "match_space": "latent"}
-    _rewrite(set_file, run / "set.safetensors", metadata={"gendistill.backbone": json.dumps(backbone), "gendistill.run": json.dumps(record)})
+    _rewrite(set_file, run / "set.safetensors", metadata={"gendistill.backbone": json.dumps(backbone),
+                                                          "gendistill.run": json.dumps(record)})
     row = json.loads(assert_ok(cli(capsys, "table", run, "--json")))[0]
     assert row["match_space"] == "pixel" and row["match_net"] == "convnet-3 w32"
     assert "| convnet-3 w32 |" in assert_ok(cli(capsys, "table", run))
@@ -415,7 +418,8 @@ def test_init_backbone_not_autoencoder(capsys, tmp_path, unet_dir):
 
 def test_unknown_backbone(capsys, tmp_path, set_file):
     out = tmp_path / "s.safetensors"
-    assert_user_error(cli(capsys, "init", "--backbone", "no-such-backbone", "--ipc", 1, "--out", out), "unknown backbone")
+    assert_user_error(cli(capsys, "init", "--backbone", "no-such-backbone", "--ipc", 1, "--out", out),
+                      "unknown backbone")
     assert not out.exists()
     assert_user_error(cli(capsys, "sample", set_file, "--backbone", "no-such-backbone", "--out", tmp_path / "g.png"),
                       "unknown backbone")
@@ -475,5 +479,6 @@ def test_decoded_file_without_images(capsys, tmp_path, images_file):
     path = tmp_path / "broken.safetensors"
     t = load_file(str(images_file))
     save_file({"labels": t["labels"]}, str(path), metadata=_metadata(images_file))
-    assert_user_error(cli(capsys, "eval", path, "--epochs", 1, "--runs", 1, "--out", tmp_path / "r.json"), "has no 'images' tensor")
+    assert_user_error(cli(capsys, "eval", path, "--epochs", 1, "--runs", 1, "--out", tmp_path / "r.json"),
+                      "has no 'images' tensor")
     assert not (tmp_path / "r.json").exists()

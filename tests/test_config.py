@@ -57,8 +57,9 @@ def test_the_demo_recipe_builds_the_objective_it_built_before():
     mod = load_recipe(ROOT / "recipes" / "latent_dm.py")
     cfg = parse_config(mod.LatentDMConfig, [])
     built = get_objective("dm", **objective_kwargs(cfg, "dm"))
-    by_hand = get_objective("dm", net="convnet", depth=3, width=128, pool="avgpooling", augment="auto", kernel="gaussian",
-                            proxy="fresh", proxy_nets=10, proxy_train=2, proxy_max_steps=100, ce_weight=0.0)
+    by_hand = get_objective("dm", net="convnet", depth=3, width=128, pool="avgpooling", augment="auto",
+                            kernel="gaussian", proxy="fresh", proxy_nets=10, proxy_train=2, proxy_max_steps=100,
+                            ce_weight=0.0)
     assert dataclasses.asdict(built) == dataclasses.asdict(by_hand)
 
 
@@ -71,7 +72,8 @@ def test_with_objective_adds_only_missing_plain_settings():
     assert "experts" not in {f.name for f in dataclasses.fields(with_objective(RecipeConfig, "mtt"))}
 
 
-@pytest.mark.parametrize("recipe", ["latent_dm", "latent_dc", "latent_mtt", "itgan", "train_experts", "eval_gan", "eval_autoencoder"])
+@pytest.mark.parametrize("recipe", ["latent_dm", "latent_dc", "latent_mtt", "itgan", "train_experts", "eval_gan",
+                                    "eval_autoencoder"])
 def test_every_recipe_config_is_a_data_config(recipe):
     mod = load_recipe(ROOT / "recipes" / f"{recipe}.py")
     # a recipe file either defines its config or re-exports it from the library's gendistill.recipes

@@ -1,4 +1,5 @@
-"""Config limits: declared once per field (``setting``), checked whenever a config is built, from flags, YAML or code."""
+"""Config limits: declared once per field (``setting``), checked whenever a config is built, from flags, YAML or
+code."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def test_limits_are_inherited_by_a_redeclared_field():
 def test_building_checks_and_normalises():
     c = Base(lr=1, sizes=[3, 4])
     assert c.lr == 1.0 and isinstance(c.lr, float) and c.sizes == (3, 4)
-    for kwargs, message in [({"steps": "10"}, "must be an integer, got '10'"), ({"steps": True}, "must be an integer, got True"),
-                            ({"lr": 0}, "must be greater than 0"), ({"lr": float("inf")}, "must be a finite number"),
-                            ({"mode": "c"}, "must be one of a, b, got 'c'"), ({"sizes": (1, 0)}, "has an element that must be at least 1"),
+    for kwargs, message in [({"steps": "10"}, "must be an integer, got '10'"),
+                            ({"steps": True}, "must be an integer, got True"), ({"lr": 0}, "must be greater than 0"),
+                            ({"lr": float("inf")}, "must be a finite number"),
+                            ({"mode": "c"}, "must be one of a, b, got 'c'"),
+                            ({"sizes": (1, 0)}, "has an element that must be at least 1"),
                             ({"name": 5}, "must be a string"), ({"flag": "yes"}, "must be true or false")]:
         with pytest.raises(ValueError, match=message):
             Base(**kwargs)

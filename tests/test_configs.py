@@ -17,7 +17,8 @@ CONFIGS = ROOT / "recipes" / "configs"
 # method folder -> the recipe that runs it
 RECIPES = {"dm": "latent_dm", "dc": "latent_dc", "dsa": "latent_dc", "mtt": "latent_mtt", "tesla": "latent_mtt",
            "datm": "latent_mtt", "itgan": "itgan", "experts": "train_experts",
-           "kip": "latent_krr", "frepo": "latent_krr", "bptt": "latent_bptt", "ratbptt": "latent_bptt", "sre2l": "sre2l"}
+           "kip": "latent_krr", "frepo": "latent_krr", "bptt": "latent_bptt", "ratbptt": "latent_bptt",
+           "sre2l": "sre2l"}
 NAME = re.compile(r"^(?P<dataset>[a-z0-9-]+)_(?P<size>ipc(?P<ipc>\d+)|[a-z0-9]+)_(?P<variant>[a-z0-9.+-]+)\.yaml$")
 ALL = sorted(CONFIGS.rglob("*.yaml"))
 
@@ -142,7 +143,12 @@ def test_a_bad_config_is_one_line_at_the_command_line(tmp_path, capsys):
     bad.write_text("lr: fast\n")
     assert run_guarded(lambda argv: parse_config(Cfg, argv), ["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "bad.yaml" in err[0] and "lr in --config" in err[0] and "must be a number, got 'fast'" in err[0]
+    assert (
+        len(err) == 1
+        and "bad.yaml" in err[0]
+        and "lr in --config" in err[0]
+        and "must be a number, got 'fast'" in err[0]
+    )
     good = tmp_path / "good.yaml"
     good.write_text("lr: 0.5\n")
     assert parse_config(Cfg, ["--config", str(good), "--lr", "0.25"]).lr == 0.25  # a flag overrides the file

@@ -26,14 +26,17 @@ def test_tasks_put_every_curve_at_small_ipc_first():
 
 def test_report_table_and_plot(tmp_path):
     res = Results(tmp_path / "c.json", settings_of(Screening(iters=10)))
-    rows = {"distilled/ipc1": 0.60, "coreset/kmeans/ipc1": 0.55, "coreset/herding/ipc1": 0.50, "random/ipc1/draw0": 0.40,
-            "random/ipc1/draw1": 0.50, "distilled/ipc10": 0.70, "coreset/kmeans/ipc10": 0.72, "coreset/herding/ipc10": 0.74,
-            "random/ipc10/draw0": 0.71, "latent-random/ipc1": 0.45}
+    rows = {"distilled/ipc1": 0.60, "coreset/kmeans/ipc1": 0.55, "coreset/herding/ipc1": 0.50,
+            "random/ipc1/draw0": 0.40, "random/ipc1/draw1": 0.50, "distilled/ipc10": 0.70, "coreset/kmeans/ipc10": 0.72,
+            "coreset/herding/ipc10": 0.74, "random/ipc10/draw0": 0.71, "latent-random/ipc1": 0.45}
     for k, v in rows.items():
         res.put(k, {"mean": v})
     text = crossover.report(res, [1, 10, 50], ["kmeans", "herding"], tmp_path)
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()}
-    assert "| 60.00 | 55.00 (kmeans) | kmeans 55.00, herding 50.00 | 45.00 (2 draws) | 45.00 | distilled |" in lines["1"]
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")
+             and line[2].isdigit()}
+    assert (
+        "| 60.00 | 55.00 (kmeans) | kmeans 55.00, herding 50.00 | 45.00 (2 draws) | 45.00 | distilled |" in lines["1"]
+    )
     assert "| 70.00 | 74.00 (herding) |" in lines["10"] and lines["10"].endswith("| coreset |")
     assert lines["50"].count("-") >= 5  # nothing measured yet: dashes, no winner
     assert "SCREENING" in text and (tmp_path / "crossover.md").read_text() == text

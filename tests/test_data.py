@@ -209,7 +209,8 @@ def test_image_dataset_validation():
     with pytest.raises(ValueError, match="uint8"):
         ImageDataset("x", "train", torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64), ["a"], (0.5,), (0.5,))
     with pytest.raises(ValueError, match="labels"):
-        ImageDataset("x", "train", torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), ["a"], (0.5,), (0.5,))
+        ImageDataset("x", "train", torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), ["a"],
+                     (0.5,), (0.5,))
 
 
 # -------------------------------------------------------------------------------------------- imagefolder

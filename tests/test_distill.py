@@ -22,7 +22,8 @@ RECIPE = ROOT / "recipes" / "latent_dm.py"
 
 def run_recipe(tmp_path, *args, name="run"):
     out = tmp_path / name
-    argv = ["--output", str(out), "--ipc", "2", "--batch-real", "4", "--eval-runs", "0", "--depth", "2", "--width", "8", *map(str, args)]
+    argv = ["--output", str(out), "--ipc", "2", "--batch-real", "4", "--eval-runs", "0", "--depth", "2", "--width", "8",
+            *map(str, args)]
     assert load_recipe(RECIPE).main(argv) == 0
     return out
 
@@ -93,7 +94,8 @@ def test_trained_proxy_queue_learns_the_real_data_and_round_trips_its_state():
                          proxy_max_steps=50, proxy_lr=0.05, proxy_batch=16, ce_weight=0.5)
     copy.load_state_dict(deepcopy(obj.state_dict()))  # a checkpoint is a copy on disk
     g_copy = torch.Generator().set_state(g.get_state())
-    assert torch.equal(obj(syn, labels, real.__getitem__, ctx(5, g)), copy(syn, labels, real.__getitem__, ctx(5, g_copy)))
+    assert torch.equal(obj(syn, labels, real.__getitem__, ctx(5, g)),
+                       copy(syn, labels, real.__getitem__, ctx(5, g_copy)))
 
 
 def test_unknown_kernel_or_proxy_is_a_clear_error():
@@ -133,7 +135,8 @@ def test_distillation_changes_the_set_and_lowers_loss(tmp_path, tiny_vae_dir):
     assert not torch.allclose(final.latents, init.latents)
 
 
-@pytest.mark.parametrize("extra", [(), ("--proxy", "trained", "--proxy-nets", 3, "--proxy-max-steps", 2, "--kernel", "gaussian")],
+@pytest.mark.parametrize("extra", [(), ("--proxy", "trained", "--proxy-nets", 3, "--proxy-max-steps", 2, "--kernel",
+                                        "gaussian")],
                          ids=["dm", "idm-queue"])
 @pytest.mark.slow  # end to end, over a second of CPU
 def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, extra):
@@ -142,7 +145,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, extra):
     full = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, *extra, name="full")
     part = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 3, "--checkpoint-every", 2, *extra, name="part")
     assert (part / "checkpoints" / "step_0000003").is_dir()
-    run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, "--resume", *extra, name="part")
+    run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 6, "--checkpoint-every", 2, "--resume", *extra,
+               name="part")
     a, b = SyntheticSet.load(full / "set.safetensors"), SyntheticSet.load(part / "set.safetensors")
     assert torch.equal(a.latents, b.latents)
     assert b.run_meta["steps_done"] == 6
@@ -255,12 +259,14 @@ def test_nonfinite_latents_after_a_step_stop_before_any_checkpoint_keeps_them(tm
         def nan_gradient(a, b):
             calls["n"] += 1
             loss = real_loss(a, b)
-            return loss + (b.sum() * 0).sqrt() if calls["n"] > 10 * 4 else loss  # value unchanged, gradient NaN from step 5 on
+            # value unchanged, gradient NaN from step 5 on
+            return loss + (b.sum() * 0).sqrt() if calls["n"] > 10 * 4 else loss
         return nan_gradient
 
     for name, fn in list(distribution.KERNELS.items()):
         monkeypatch.setitem(distribution.KERNELS, name, nan_gradient_version(fn))
-    with pytest.raises(FloatingPointError, match=r"latents became non-finite \(NaN or inf\) at step 4; the last good checkpoint is .*step_0000004"):
+    with pytest.raises(FloatingPointError, match=r"latents became non-finite \(NaN or inf\) at step 4; the last good "
+                                                 r"checkpoint is .*step_0000004"):
         run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 8, "--checkpoint-every", 1, name="nan")
     assert [p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*")] == ["step_0000004"]
     assert not (tmp_path / "nan" / "set.safetensors").exists()
@@ -287,7 +293,8 @@ def test_evaluate_returns_protocol_fields(tiny_idx_dir):
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
     backbone = [] if "--backbone" in extra else ["--backbone", str(tiny_vae_dir)]
     out = tmp_path / "launched"
-    proc = launch(["--mixed_precision", "no", str(RECIPE), *backbone, *extra, "--steps", "3", "--ipc", "2", "--batch-real", "4",
+    proc = launch(["--mixed_precision", "no", str(RECIPE), *backbone, *extra, "--steps", "3", "--ipc", "2",
+                   "--batch-real", "4",
                     "--depth", "2", "--width", "8", "--eval-runs", "1", "--eval-epochs", "2", "--output", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout.strip().splitlines()[-1]
@@ -297,16 +304,20 @@ def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, extra):
 @pytest.mark.slow  # spawns a process
 def test_bf16_mixed_precision_on_cpu(tmp_path, tiny_vae_dir):
     out = tmp_path / "bf16"
-    proc = launch(["--mixed_precision", "bf16", str(RECIPE), "--backbone", str(tiny_vae_dir), "--match-space", "pixel", "--steps", "2",
-                    "--ipc", "2", "--batch-real", "4", "--depth", "2", "--width", "8", "--eval-runs", "0", "--output", str(out)])
+    proc = launch(["--mixed_precision", "bf16", str(RECIPE), "--backbone", str(tiny_vae_dir), "--match-space", "pixel",
+                   "--steps", "2",
+                    "--ipc", "2", "--batch-real", "4", "--depth", "2", "--width", "8", "--eval-runs", "0", "--output",
+                   str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "set.safetensors").exists()
 
 
 @pytest.mark.slow  # spawns a process
 def test_recipe_bad_input_is_one_line(tmp_path, tiny_vae_dir):
-    proc = subprocess.run([sys.executable, str(RECIPE), "--backbone", str(tiny_vae_dir), "--ipc", "500", "--output", str(tmp_path / "x")],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=300)
+    proc = subprocess.run([sys.executable, str(RECIPE), "--backbone", str(tiny_vae_dir), "--ipc", "500", "--output",
+                           str(tmp_path / "x")],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"},
+                          timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
     assert "lower --ipc" in proc.stderr

@@ -36,7 +36,8 @@ def _problem(n_per_class=2, classes=3, real_per_class=4, seed=0):
 
 
 def _ctx(classes=3, seed=1, **kw):
-    return StepContext(0, torch.Generator().manual_seed(seed), SHAPE, classes, torch.device("cpu"), space="latent", **kw)
+    return StepContext(0, torch.Generator().manual_seed(seed), SHAPE, classes, torch.device("cpu"), space="latent",
+                       **kw)
 
 
 @pytest.fixture(params=["fast", pytest.param("full", marks=pytest.mark.slow)])
@@ -59,7 +60,8 @@ def test_registered():
 
 def test_krr_solve_equals_a_direct_solve():
     g = torch.Generator().manual_seed(0)
-    phi_s, phi_t = torch.randn(7, 12, generator=g, dtype=torch.float64), torch.randn(5, 12, generator=g, dtype=torch.float64)
+    phi_s, phi_t = torch.randn(7, 12, generator=g, dtype=torch.float64), torch.randn(5, 12, generator=g,
+                                                                                     dtype=torch.float64)
     y_s = centred_one_hot(torch.tensor([0, 1, 2, 0, 1, 2, 0]), 3)
     k_ss, k_ts = phi_s @ phi_s.T, phi_t @ phi_s.T
     pred, lam = krr_predict(k_ts, k_ss, y_s, jitter=1e-3)
@@ -85,7 +87,8 @@ def test_kip_gradient_matches_finite_differences(kernel, gradcheck):
     syn, labels, real = _problem()
 
     def loss(x):
-        return get_objective("kip", kernel=kernel, width=4, depth=2, jitter=1e-3, num_models=2)(x, labels, lambda c: real[c], _ctx())
+        return get_objective("kip", kernel=kernel, width=4, depth=2, jitter=1e-3,
+                             num_models=2)(x, labels, lambda c: real[c], _ctx())
 
     assert gradcheck(loss, (syn.clone().requires_grad_(True),))
 
@@ -183,17 +186,20 @@ def test_ratbptt_draws_lengths_between_window_and_inner_steps():
 
 def test_unroll_longer_than_memory_allows_is_refused_with_the_fix():
     syn, _, _ = _problem()
-    with pytest.raises(ValueError, match=r"autograd unroll of 50 steps .* use --unroll constant .* --window of at most") as e:
+    with pytest.raises(ValueError, match=r"autograd unroll of 50 steps .* use --unroll constant .* "
+                                         r"--window of at most") as e:
         _bptt_loss("bptt", syn.clone().requires_grad_(True), None, inner_steps=50, memory_budget_gb=1e-3)
     assert "\n" not in str(e.value)
-    _bptt_loss("bptt", syn.clone().requires_grad_(True), None, inner_steps=50, memory_budget_gb=1e-3, unroll="constant")  # fits
+    # fits
+    _bptt_loss("bptt", syn.clone().requires_grad_(True), None, inner_steps=50, memory_budget_gb=1e-3, unroll="constant")
 
 
 def test_unroll_memory_estimate_counts_activations():
     from gendistill.nets import get_net
 
     net = get_net("convnet", SHAPE, 3, depth=2, width=4)
-    one, two = unroll_step_bytes(net, SHAPE, 1, 100, torch.device("cpu")), unroll_step_bytes(net, SHAPE, 2, 100, torch.device("cpu"))
+    one, two = unroll_step_bytes(net, SHAPE, 1, 100, torch.device("cpu")), unroll_step_bytes(net, SHAPE, 2, 100,
+                                                                                             torch.device("cpu"))
     # block 1: conv, norm, relu at 4x8x8, pool to 4x4x4; block 2: the same at 4x4x4, pool to 4x2x2; the head's 3 logits
     acts = 3 * 4 * 8 * 8 + 4 * 4 * 4 + 3 * 4 * 4 * 4 + 4 * 2 * 2 + 3
     assert two - one == 4 * 2 * acts  # float32 bytes x 2 copies (activations; what backward and double backward keep)
@@ -228,7 +234,8 @@ def test_cafe_dynamic_schedule():
         obj = get_objective("cafe", width=4, depth=2, window=2, inner_loop=5, **kw)
         used = []
         for step in range(6):
-            obj(syn.float(), labels, lambda c: real[c].float(), StepContext(step, g, SHAPE, 3, torch.device("cpu"), space="latent"))
+            obj(syn.float(), labels, lambda c: real[c].float(),
+                StepContext(step, g, SHAPE, 3, torch.device("cpu"), space="latent"))
             used.append(obj.nets_used)
         return used
 
@@ -291,7 +298,8 @@ def test_teacher_round_trip_and_mismatch(tmp_path):
     meta = {"net": "convnet-bn", "depth": 2, "width": 4, "in_shape": list(SHAPE), "num_classes": 3, "space": "latent"}
     digest = save_teacher(net, tmp_path / "t", meta)
     loaded, got = load_teacher(tmp_path / "t", expect={"space": "latent"})
-    assert got["sha256"] == digest and all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    assert got["sha256"] == digest and all(torch.equal(a, b)
+                                           for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(ValueError, match="has space 'latent', this run needs 'pixel'"):
         load_teacher(tmp_path / "t", expect={"space": "pixel"})
     with pytest.raises(FileNotFoundError, match="no SRe2L teacher"):
@@ -302,8 +310,8 @@ def test_teacher_round_trip_and_mismatch(tmp_path):
 
 
 def _args(out, backbone, *extra, steps=3):
-    return [str(a) for a in ["--output", out, "--backbone", backbone, "--ipc", 2, "--steps", steps, "--eval-runs", 0, "--batch-real", 4,
-                             "--init", "real", *TINY, *extra]]
+    return [str(a) for a in ["--output", out, "--backbone", backbone, "--ipc", 2, "--steps", steps, "--eval-runs", 0,
+                             "--batch-real", 4, "--init", "real", *TINY, *extra]]
 
 
 RECIPE_CASES = {
@@ -311,9 +319,11 @@ RECIPE_CASES = {
     "kip-ntk-pixel": ("latent_krr.py", ["--method", "kip", "--kernel", "ntk", "--match-space", "pixel"]),
     "frepo": ("latent_krr.py", ["--method", "frepo", "--match-space", "latent", "--learn-labels"]),
     "bptt": ("latent_bptt.py", ["--method", "bptt", "--match-space", "latent", "--inner-steps", 2]),
-    "ratbptt": ("latent_bptt.py", ["--method", "ratbptt", "--match-space", "pixel", "--inner-steps", 3, "--window", 2, "--unroll", "constant"]),
+    "ratbptt": ("latent_bptt.py", ["--method", "ratbptt", "--match-space", "pixel", "--inner-steps", 3, "--window", 2,
+                                   "--unroll", "constant"]),
     "cafe": ("latent_dm.py", ["--method", "cafe", "--match-space", "latent", "--inner-loop", 2]),
-    "sre2l": ("sre2l.py", ["--match-space", "pixel", "--teacher-epochs", 1, "--teacher-width", 8, "--relabel-views", 2]),
+    "sre2l": ("sre2l.py", ["--match-space", "pixel", "--teacher-epochs", 1, "--teacher-width", 8, "--relabel-views",
+                           2]),
 }
 
 
@@ -361,13 +371,16 @@ def test_sre2l_reuses_its_teacher_and_a_missing_one_is_one_line(tmp_path, tiny_v
     assert mod.main(_args(tmp_path / "a", tiny_vae_dir, *extra)) == 0
     stamp = (tmp_path / "a" / "teacher" / "teacher.safetensors").stat().st_mtime_ns
     assert mod.main(_args(tmp_path / "b", tiny_vae_dir, *extra, "--teacher", tmp_path / "a" / "teacher")) == 0
-    assert (tmp_path / "a" / "teacher" / "teacher.safetensors").stat().st_mtime_ns == stamp and not (tmp_path / "b" / "teacher").exists()
+    assert (tmp_path / "a" / "teacher" / "teacher.safetensors").stat().st_mtime_ns == stamp and not (
+        tmp_path / "b" / "teacher"
+    ).exists()
     assert SyntheticSet.load(tmp_path / "b" / "set.safetensors").run_meta["teacher"]["directory"] == "teacher"
     capsys.readouterr()
     assert run_guarded(mod.main, _args(tmp_path / "c", tiny_vae_dir, *extra, "--teacher", tmp_path / "nope")) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: no SRe2L teacher in") and "leave out --teacher" in err
-    assert run_guarded(mod.main, _args(tmp_path / "d", tiny_vae_dir, "--match-space", "latent", "--teacher", tmp_path / "a" / "teacher")) == 2
+    assert run_guarded(mod.main, _args(tmp_path / "d", tiny_vae_dir, "--match-space", "latent", "--teacher", tmp_path
+                                       / "a" / "teacher")) == 2
     assert "this run needs" in capsys.readouterr().err
     assert not (tmp_path / "c" / "set.safetensors").exists()
 
@@ -386,14 +399,16 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, capsys):
              ("sre2l.py", ["--teacher-net", "convnet", "--teacher-epochs", "1"], "no BatchNorm layers")]
     for recipe, extra, fragment in cases:
         capsys.readouterr()
-        assert run_guarded(load_recipe(RECIPES / recipe).main, _args(tmp_path / "err", tiny_vae_dir, "--match-space", "latent", *extra)) == 2
+        assert run_guarded(load_recipe(RECIPES / recipe).main,
+                           _args(tmp_path / "err", tiny_vae_dir, "--match-space", "latent", *extra)) == 2
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]
         assert "Traceback" not in err and last.startswith("error:") and fragment in last, (recipe, err)
     assert not (tmp_path / "err" / "set.safetensors").exists()
 
 
-FAMILY_CONFIGS = sorted(p for d in ("latent_krr", "latent_bptt", "sre2l", "latent_dm") for p in (RECIPES / "configs" / d).glob("*.yaml"))
+FAMILY_CONFIGS = sorted(p for d in ("latent_krr", "latent_bptt", "sre2l", "latent_dm")
+                        for p in (RECIPES / "configs" / d).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", FAMILY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -405,7 +420,8 @@ def test_reported_configs_parse(path):
     from gendistill.pipeline import RecipeConfig
 
     mod = load_recipe(RECIPES / f"{path.parent.name}.py")
-    (cls,) = [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, RecipeConfig) and c is not RecipeConfig]
+    (cls,) = [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, RecipeConfig)
+              and c is not RecipeConfig]
     cfg = parse_config(cls, ["--config", str(path)])
     assert dataclasses.is_dataclass(cfg) and cfg.ipc in (1, 10) and "backbone" in path.read_text()
 
@@ -415,7 +431,8 @@ def test_reported_configs_parse(path):
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, case):
     recipe, extra = RECIPE_CASES[case]
     out = tmp_path / case
-    proc = launch(["--mixed_precision", "no", RECIPES / recipe, *_args(out, tiny_vae_dir, *extra, "--eval-runs", 1, "--eval-epochs", 2)])
+    proc = launch(["--mixed_precision", "no", RECIPES / recipe,
+                   *_args(out, tiny_vae_dir, *extra, "--eval-runs", 1, "--eval-epochs", 2)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout.strip().splitlines()[-1]
     result = json.loads((out / "eval.json").read_text())

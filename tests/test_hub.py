@@ -89,7 +89,8 @@ class FakeHub:
                 if answer == "connect":
                     raise httpx2.ConnectError("connection refused", request=request)
                 status, code = answer
-                return httpx2.Response(status, headers={"X-Error-Code": code} if code else {}, json={"error": f"{code or status}"}, request=request)
+                return httpx2.Response(status, headers={"X-Error-Code": code} if code else {},
+                                       json={"error": f"{code or status}"}, request=request)
         if path == "/api/repos/create":
             return httpx2.Response(200, json={"url": "https://huggingface.co/datasets/me/x"}, request=request)
         if path == "/api/validate-yaml":  # as the Hub does: the card's YAML must parse and hold our keys
@@ -99,14 +100,16 @@ class FakeHub:
             return httpx2.Response(400 if errors else 200, json={"errors": errors, "warnings": []}, request=request)
         if "/preupload/" in path:
             files = json.loads(request.content)["files"]
-            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular",
+                                                         "shouldIgnore": False} for f in files]},
                                    request=request)
         if "/commit/" in path:
             for line in request.content.decode().splitlines():
                 item = json.loads(line)
                 if item["key"] == "file":
                     self.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/datasets/me/x/commit/" + "c" * 40, "commitOid": "c" * 40},
+            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/datasets/me/x/commit/" + "c" * 40,
+                                              "commitOid": "c" * 40},
                                    request=request)
         return httpx2.Response(404, json={"error": "not here"}, request=request)
 
@@ -163,7 +166,8 @@ def hub_vae(hub, tiny_vae_dir) -> str:
 def test_reference_forms(hub, hub_vae, tiny_vae_dir):
     assert split_revision("org/x@abc") == ("org/x", "abc") and split_revision("org/x") == ("org/x", None)
     shipped = load_backbone("fashion-mnist-vae")
-    assert shipped.reference == {"type": "shipped", "name": "fashion-mnist-vae"} and shipped.source == "fashion-mnist-vae"
+    assert shipped.reference == {"type": "shipped",
+                                 "name": "fashion-mnist-vae"} and shipped.source == "fashion-mnist-vae"
     assert reference_for("pixel") == {"type": "builtin", "name": "pixel"}
     local = load_backbone(str(tiny_vae_dir))
     assert local.reference == {"type": "local", "name": tiny_vae_dir.name}
@@ -211,9 +215,11 @@ def _sd_dir(d: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["vae", "gan", "diffusion", "text-diffusion"])
 def test_every_kind_loads_from_a_hub_repo_id_and_its_sets_name_it(hub, tmp_path, tiny_vae_dir, fmnist_meta, kind):
-    make = {"vae": lambda d: save_tiny_vae(d), "gan": _gan_dir, "diffusion": lambda d: _ldm_dir(d, tiny_vae_dir), "text-diffusion": _sd_dir}
+    make = {"vae": lambda d: save_tiny_vae(d), "gan": _gan_dir, "diffusion": lambda d: _ldm_dir(d, tiny_vae_dir),
+            "text-diffusion": _sd_dir}
     folder = make[kind](tmp_path / kind)
-    kwargs = dict(image_shape=(1, 28, 28), class_names=FASHION_CLASSES, options={"decode_steps": 2} if "diffusion" in kind else None)
+    kwargs = dict(image_shape=(1, 28, 28), class_names=FASHION_CLASSES, options={"decode_steps": 2}
+                  if "diffusion" in kind else None)
     local = load_backbone(str(folder), **kwargs)
     hub.add("model", f"org/{kind}", folder)
     b = load_backbone(f"org/{kind}", revision=REV, **kwargs)
@@ -283,7 +289,10 @@ def test_a_set_of_an_earlier_version_with_an_absolute_path_still_loads(capsys, t
     assert_ok(cli(capsys, "sample", old, "--out", tmp_path / "g.png"))
     # re-saving it writes the portable reference
     SyntheticSet.load(old).save(tmp_path / "resaved.safetensors")
-    assert json.loads(metadata(tmp_path / "resaved.safetensors")["gendistill.backbone"])["ref"] == {"type": "local", "name": "fashion-mnist-vae"}
+    assert json.loads(metadata(tmp_path / "resaved.safetensors")["gendistill.backbone"])["ref"] == {
+        "type": "local",
+        "name": "fashion-mnist-vae",
+    }
     assert decoded(tmp_path / "resaved.safetensors").shape == (NUM_CLASSES, 1, 28, 28)
 
 
@@ -295,7 +304,9 @@ def test_a_local_backbone_is_found_by_name_and_hash_elsewhere(capsys, tmp_path, 
     b = tmp_path / "machine-b"
     shutil.move(str(tmp_path / "machine-a"), b)
     torch.testing.assert_close(decoded(b / "set.safetensors"), want)  # the folder beside the set, by name + sha256
-    assert b.joinpath("my-vae").resolve() == Path(gendistill.hub.remembered(load_backbone(str(made_b := b / "my-vae")).weights_sha256())[0])
+    assert b.joinpath("my-vae").resolve() == Path(
+        gendistill.hub.remembered(load_backbone(str(made_b := b / "my-vae")).weights_sha256())[0]
+    )
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(b / "set.safetensors", alone / "set.safetensors")
@@ -305,7 +316,8 @@ def test_a_local_backbone_is_found_by_name_and_hash_elsewhere(capsys, tmp_path, 
     assert not (alone / "g.png").exists() and "beside the set: none" in line
     # a folder of that name with other weights: the hash check, with its override
     save_tiny_vae(alone / "my-vae", seed=5)
-    assert_user_error(cli(capsys, "sample", alone / "set.safetensors", "--out", alone / "h.png"), "hash mismatch", "--ignore-backbone-hash")
+    assert_user_error(cli(capsys, "sample", alone / "set.safetensors", "--out", alone / "h.png"), "hash mismatch",
+                      "--ignore-backbone-hash")
     assert_ok(cli(capsys, "sample", alone / "set.safetensors", "--out", alone / "h.png", "--ignore-backbone-hash"))
     # the right folder, named explicitly; from then on this machine knows it by its hash
     assert_ok(cli(capsys, "sample", alone / "set.safetensors", "--out", alone / "g.png", "--backbone", made_b))
@@ -329,17 +341,25 @@ def run_dir(capsys, tmp_path, hub_vae, fmnist_meta) -> Path:
 def test_push_dry_run_writes_the_exact_folder_with_a_card_that_passes_the_lint(capsys, tmp_path, run_dir, hub_vae):
     out = tmp_path / "to-upload"
     assert_ok(cli(capsys, "push", run_dir, "me/fmnist-dm", "--dry-run", out))
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", "eval.json", "grid.png", "set.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", "eval.json", "grid.png",
+                                                     "set.safetensors"]
     card = DatasetCard.load(out / "README.md")
     assert lint_card(out / "README.md") == []
-    assert card.data.license == "mit" and "gendistill" in card.data.tags and card.data.task_categories == ["image-classification"]
+    assert (
+        card.data.license == "mit"
+        and "gendistill" in card.data.tags
+        and card.data.task_categories == ["image-classification"]
+    )
     result = json.loads((run_dir / "eval.json").read_text())
     text = card.text
     assert f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f}" in text and result["protocol"] in text
     assert "gendistill distill dm" in text and "--steps 3" in text  # the command, from the recorded config
     assert hub_vae in text and f"https://huggingface.co/org/tiny-vae/tree/{REV}" in text
     assert 'gendistill.load_set("me/fmnist-dm")' in text and "DataLoader" in text
-    assert f"{(out / 'set.safetensors').stat().st_size:,} bytes" in text and "float32 images of (1, 28, 28) per class" in text
+    assert (
+        f"{(out / 'set.safetensors').stat().st_size:,} bytes" in text
+        and "float32 images of (1, 28, 28) per class" in text
+    )
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["ipc"] == 2 and config["output"] == "run" and str(tmp_path) not in (out / "config.yaml").read_text()
     assert json.loads((out / "eval.json").read_text())["set"] == "set.safetensors"
@@ -358,7 +378,8 @@ def test_push_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, tiny_va
     # a set made with a local folder, re-pointed at the same weights published on the Hub
     assert_ok(cli(capsys, "push", local, "me/x", "--dry-run", out, "--backbone", hub_vae))
     assert json.loads(metadata(out / "set.safetensors")["gendistill.backbone"])["ref"]["repo_id"] == "org/tiny-vae"
-    assert_user_error(cli(capsys, "push", local, "me/y", "--dry-run", tmp_path / "o2", "--backbone", "fashion-mnist-vae"), "makes (4, 7, 7)")
+    assert_user_error(cli(capsys, "push", local, "me/y", "--dry-run", tmp_path / "o2", "--backbone",
+                          "fashion-mnist-vae"), "makes (4, 7, 7)")
 
 
 def test_card_lint_names_what_is_missing():
@@ -378,7 +399,8 @@ def test_push_uploads_the_dry_run_folder_through_the_hub_http_api(capsys, tmp_pa
     for name, data in fake_hub.files.items():  # the dry-run folder's content (a safetensors header's key order varies)
         if name.endswith(".safetensors"):
             (tmp_path / "uploaded.safetensors").write_bytes(data)
-            a, b = safe_open(str(tmp_path / "uploaded.safetensors"), "pt"), safe_open(str(tmp_path / "dry" / name), "pt")
+            a, b = safe_open(str(tmp_path / "uploaded.safetensors"), "pt"), safe_open(str(tmp_path / "dry" / name),
+                                                                                      "pt")
             assert a.metadata() == b.metadata() and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in b.keys())
         else:
             assert data == (tmp_path / "dry" / name).read_bytes(), name
@@ -396,12 +418,15 @@ def test_push_http_failures_are_one_line(capsys, run_dir, fake_hub):
 def test_push_backbone_dry_run_and_a_pointer_others_cannot_fetch(capsys, tmp_path, tiny_vae_dir):
     out = tmp_path / "vae-repo"
     assert_ok(cli(capsys, "push-backbone", tiny_vae_dir, "me/tiny-vae", "--dry-run", out))
-    assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors", "gendistill.json"} <= {p.name for p in out.iterdir()}
+    assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors",
+            "gendistill.json"} <= {p.name for p in out.iterdir()}
     assert ModelCard.load(out / "README.md").data.tags[0] == "gendistill"
     assert load_backbone(str(out)).weights_sha256() == load_backbone(str(tiny_vae_dir)).weights_sha256()
     ldm = tmp_path / "ldm"
-    _test_module("test_diffusion").tiny_backbone(tiny_vae_dir).save_pretrained(ldm)  # its VAE pointer is an absolute path of this machine
-    assert_user_error(cli(capsys, "push-backbone", ldm, "me/ldm", "--dry-run", tmp_path / "ldm-repo"), "others cannot fetch")
+    # its VAE pointer is an absolute path of this machine
+    _test_module("test_diffusion").tiny_backbone(tiny_vae_dir).save_pretrained(ldm)
+    assert_user_error(cli(capsys, "push-backbone", ldm, "me/ldm", "--dry-run", tmp_path / "ldm-repo"),
+                      "others cannot fetch")
     assert not (tmp_path / "ldm-repo").exists()
 
 
@@ -421,7 +446,9 @@ def test_pull_offline_from_the_cache_and_load_by_repo_id(capsys, tmp_path, monke
     monkeypatch.setenv("GENDISTILL_HOME", str(tmp_path / "fresh-user"))
     out = assert_ok(cli(capsys, "pull", pushed))
     assert "in the Hub cache" in out and (tmp_path / "fmnist-dm" / "set.safetensors").is_file()
-    assert sorted(p.name for p in (tmp_path / "fmnist-dm").iterdir()) == sorted(p.name for p in (tmp_path / "dry").iterdir())
+    assert sorted(p.name for p in (tmp_path / "fmnist-dm").iterdir()) == sorted(
+        p.name for p in (tmp_path / "dry").iterdir()
+    )
     want = decoded(run_dir / "set.safetensors")
     torch.testing.assert_close(decoded(tmp_path / "fmnist-dm"), want)
     torch.testing.assert_close(decoded(pushed), want)  # straight from the cache
@@ -433,8 +460,10 @@ def test_pull_offline_from_the_cache_and_load_by_repo_id(capsys, tmp_path, monke
 def test_pull_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatch, hub, pushed):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "o"
-    assert_user_error(cli(capsys, "pull", "me/unknown", "--out", out), "'me/unknown' is not in the local Hub cache", "HF_HUB_OFFLINE")
-    assert_user_error(cli(capsys, "pull", pushed, "--revision", "v9", "--out", out), "revision 'v9'", "not in the local Hub cache")
+    assert_user_error(cli(capsys, "pull", "me/unknown", "--out", out), "'me/unknown' is not in the local Hub cache",
+                      "HF_HUB_OFFLINE")
+    assert_user_error(cli(capsys, "pull", pushed, "--revision", "v9", "--out", out), "revision 'v9'",
+                      "not in the local Hub cache")
     card_less = tmp_path / "card-less"
     card_less.mkdir()
     shutil.copy(tmp_path / "dry" / "set.safetensors", card_less / "set.safetensors")
@@ -445,8 +474,10 @@ def test_pull_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, monkeyp
     assert_user_error(cli(capsys, "pull", pushed, "--out", out), "already exists")
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     shutil.rmtree(out)
-    shutil.rmtree(hub.root / "models--org--tiny-vae")  # the set's backbone is neither shipped nor cached: offline, no fetch
-    assert_user_error(cli(capsys, "pull", pushed, "--out", out), "model repo 'org/tiny-vae' is not in the local Hub cache")
+    # the set's backbone is neither shipped nor cached: offline, no fetch
+    shutil.rmtree(hub.root / "models--org--tiny-vae")
+    assert_user_error(cli(capsys, "pull", pushed, "--out", out),
+                      "model repo 'org/tiny-vae' is not in the local Hub cache")
     assert not out.exists()
     with pytest.raises(FileNotFoundError, match="neither a file"):
         gendistill.load_set("nowhere.safetensors")

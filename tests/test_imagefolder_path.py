@@ -1,4 +1,5 @@
-"""A user's own data as an ImageFolder: train a VAE on it with the recipe, then distil it with the unchanged DM recipe."""
+"""A user's own data as an ImageFolder: train a VAE on it with the recipe, then distil it with the unchanged DM
+recipe."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def folder(tmp_path_factory):
 def test_imagefolder_train_vae_then_distil(tmp_path, folder):
     vae_dir = tmp_path / "vae"
     train_vae = load_recipe(ROOT / "recipes" / "train_autoencoder.py")
-    assert train_vae.main(["--dataset", "imagefolder", "--data-dir", str(folder), "--output", str(vae_dir), "--epochs", "1",
-                           "--block-out-channels", "8", "8", "--norm-num-groups", "4", "--batch-size", "16"]) == 0
+    assert train_vae.main(["--dataset", "imagefolder", "--data-dir", str(folder), "--output", str(vae_dir), "--epochs",
+                           "1", "--block-out-channels", "8", "8", "--norm-num-groups", "4", "--batch-size", "16"]) == 0
     backbone = load_backbone(str(vae_dir))
     assert backbone.image_shape == (3, 16, 16) and backbone.latent_shape == (4, 8, 8)
 
@@ -85,5 +86,6 @@ def test_write_imagefolder_round_trips_a_dataset_subset(tmp_path):
 
 def test_write_imagefolder_reports_a_bad_dataset_dir_in_one_line(tmp_path, capsys):
     writer = load_recipe(ROOT / "recipes" / "write_imagefolder.py")
-    assert run_guarded(writer.main, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert run_guarded(writer.main, ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"), "--out",
+                                     str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "o").exists()

@@ -89,7 +89,9 @@ def test_tensor_sha256():
     assert tensor_sha256(a) != tensor_sha256({"x": torch.arange(4.0).double(), "y": torch.zeros(2, 2)})  # dtype
     assert tensor_sha256(a) != tensor_sha256({"z": torch.arange(4.0), "y": torch.zeros(2, 2)})  # names
     assert tensor_sha256({"e": torch.zeros(0)}) == tensor_sha256({"e": torch.zeros(0)})
-    assert tensor_sha256({"t": torch.arange(6.0).view(2, 3).t()}) == tensor_sha256({"t": torch.arange(6.0).view(2, 3).t().contiguous()})
+    assert tensor_sha256({"t": torch.arange(6.0).view(2, 3).t()}) == tensor_sha256(
+        {"t": torch.arange(6.0).view(2, 3).t().contiguous()}
+    )
 
 
 def test_write_json(tmp_path):

@@ -30,7 +30,8 @@ CPU = torch.device("cpu")
 
 def _problem(shape, num_classes=3, ipc=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    real = LatentSplit(torch.rand(num_classes * 6, *shape, generator=g), torch.arange(num_classes).repeat_interleave(6), num_classes)
+    real = LatentSplit(torch.rand(num_classes * 6, *shape, generator=g), torch.arange(num_classes).repeat_interleave(6),
+                       num_classes)
     syn = torch.rand(num_classes * ipc, *shape, generator=g)
     return real, syn, torch.arange(num_classes).repeat_interleave(ipc)
 
@@ -69,10 +70,13 @@ def _classifier():
 SPLIT_CASES = {
     "dm": (lambda: get_objective("dm", depth=2, width=8), (2, 8, 8), "latent"),
     "mmd-pixel": (lambda: get_objective("mmd", depth=2, width=8), (1, 8, 8), "pixel"),
-    "idm+ce": (lambda: get_objective("dm", depth=2, width=8, proxy="trained", proxy_nets=2, proxy_max_steps=1, ce_weight=0.5), (2, 8, 8), "latent"),
+    "idm+ce": (lambda: get_objective("dm", depth=2, width=8, proxy="trained", proxy_nets=2, proxy_max_steps=1,
+                                     ce_weight=0.5), (2, 8, 8), "latent"),
     "dc-inner-loop": (lambda: get_objective("dc", depth=2, width=8, outer_loop=2, inner_loop=1), (2, 8, 8), "latent"),
-    "dsa-batchnorm": (lambda: get_objective("dsa", net="convnet-bn", depth=2, width=8, outer_loop=2, inner_loop=1, bn_real=2), (1, 8, 8), "pixel"),
-    "itgan": (lambda: get_objective("itgan", cls_weight=0.5, classifier=_classifier(), depth=2, width=8), (1, 8, 8), "pixel"),
+    "dsa-batchnorm": (lambda: get_objective("dsa", net="convnet-bn", depth=2, width=8, outer_loop=2, inner_loop=1,
+                                            bn_real=2), (1, 8, 8), "pixel"),
+    "itgan": (lambda: get_objective("itgan", cls_weight=0.5, classifier=_classifier(), depth=2, width=8), (1, 8, 8),
+              "pixel"),
 }
 
 
@@ -154,7 +158,8 @@ def _one_process(recipe: Path, args: list, out: Path) -> Path:
     return out
 
 
-IDM = [DM, *TINY, "--match-space", "latent", "--proxy", "trained", "--proxy-nets", 3, "--proxy-max-steps", 2, "--steps", 6, "--checkpoint-every", 2]
+IDM = [DM, *TINY, "--match-space", "latent", "--proxy", "trained", "--proxy-nets", 3, "--proxy-max-steps", 2, "--steps",
+       6, "--checkpoint-every", 2]
 PARITY = {
     "dm-latent": [DM, *TINY, "--match-space", "latent"],
     "dm-pixel": [DM, *TINY, "--match-space", "pixel"],
@@ -178,10 +183,11 @@ def two_process_runs(mp_env, tiny_vae_dir):
     jobs = [["--dump", root / f"{name}-ranks", *args, *vae, "--output", root / name] for name, args in PARITY.items()]
     jobs[0] += ["--eval-runs", 2, "--eval-epochs", 1]  # evaluation spread over the processes
     jobs.append([*IDM, *vae, "--output", root / "idm-full"])
-    jobs.append([EXPERTS, *vae, "--output", root / "experts", "--num-experts", 2, "--epochs", 3, "--batch", 64, "--depth", 2, "--width", 8])
-    jobs.append(["--dump", root / "mtt-ranks", MTT, *vae, "--experts", root / "experts", "--match-space", "latent", "--ipc", 2, "--steps", 3,
-                 "--eval-runs", 0, "--syn-steps", 2, "--expert-epochs", 1, "--max-start-epoch", 2, "--depth", 2, "--width", 8,
-                 "--output", root / "mtt"])
+    jobs.append([EXPERTS, *vae, "--output", root / "experts", "--num-experts", 2, "--epochs", 3, "--batch", 64,
+                 "--depth", 2, "--width", 8])
+    jobs.append(["--dump", root / "mtt-ranks", MTT, *vae, "--experts", root / "experts", "--match-space", "latent",
+                 "--ipc", 2, "--steps", 3, "--eval-runs", 0, "--syn-steps", 2, "--expert-epochs", 1,
+                 "--max-start-epoch", 2, "--depth", 2, "--width", 8, "--output", root / "mtt"])
     proc = _driver(jobs, env)
     assert proc.returncode == 0 and _codes(proc) == [0] * len(jobs), proc.stderr[-3000:]
     return root
@@ -196,7 +202,8 @@ def test_two_processes_give_the_one_process_set(two_process_runs, tmp_path, tiny
     one = _one_process(recipe, [*args, "--backbone", tiny_vae_dir, *extra], tmp_path / "one")
     a, b = _latents(one / "set.safetensors"), _latents(root / name / "set.safetensors")
     assert (a - b).abs().max().item() < 1e-5  # DM and DC split the classes: the 1-process gradient, to float tolerance
-    assert torch.equal(_latents(root / f"{name}-ranks" / "rank0.safetensors"), _latents(root / f"{name}-ranks" / "rank1.safetensors"))
+    assert torch.equal(_latents(root / f"{name}-ranks" / "rank0.safetensors"),
+                       _latents(root / f"{name}-ranks" / "rank1.safetensors"))
     if name == "dm-latent":  # the two processes trained one evaluation net each: the accuracies are one process's
         import json
 
@@ -222,11 +229,13 @@ def test_two_process_kill_or_interrupt_then_resume_equals_uninterrupted(two_proc
     assert [p.name for p in (killed / "checkpoints").glob("step_*")] == ["step_0000004"]
 
     proc = _driver([[*IDM, *vae, "--output", killed, "--resume"],
-                    ["--fault", "sigint", "--rank", 1, "--step", 2, *IDM, *vae, "--output", interrupted],  # one process only
+                    # one process only
+                    ["--fault", "sigint", "--rank", 1, "--step", 2, *IDM, *vae, "--output", interrupted],
                     [*IDM, *vae, "--output", interrupted, "--resume"]], env)
     assert _codes(proc) == [0, 130, 0], proc.stderr[-3000:]
     stops = [line for line in proc.stderr.splitlines() if line.startswith("interrupted")]
-    assert len(stops) == 1 and stops[0].startswith("interrupted at step 3;")  # both finished step 3, then stopped together
+    # both finished step 3, then stopped together
+    assert len(stops) == 1 and stops[0].startswith("interrupted at step 3;")
     full = _latents(root / "idm-full" / "set.safetensors")
     assert torch.equal(_latents(killed / "set.safetensors"), full)
     assert torch.equal(_latents(interrupted / "set.safetensors"), full)
@@ -237,10 +246,12 @@ def test_nan_on_one_process_stops_both_with_one_line(mp_env, tiny_vae_dir):
     root, env = mp_env
     out = root / "nan"
     proc = _driver([["--fault", "nan", "--rank", 1, "--step", 2, DM, *TINY, "--backbone", tiny_vae_dir, "--steps", 6,
-                     "--checkpoint-every", 1, "--output", out]], env, timeout=300)  # a hang fails here, it does not block
+                     # a hang fails here, it does not block
+                     "--checkpoint-every", 1, "--output", out]], env, timeout=300)
     assert proc.returncode != 0 and _codes(proc) == [2]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "loss became nan at step 2" in errors[0] and "step_0000002" in errors[0]
-    assert not re.search(r'File ".*gendistill', proc.stderr)  # no traceback through our code (the launcher reports its own)
+    # no traceback through our code (the launcher reports its own)
+    assert not re.search(r'File ".*gendistill', proc.stderr)
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_0000002"]
     assert not (out / "set.safetensors").exists()

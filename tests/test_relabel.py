@@ -1,4 +1,5 @@
-"""Soft-label relabelling: teachers saved as safetensors + JSON (no pickle), probabilities as labels, their bytes counted."""
+"""Soft-label relabelling: teachers saved as safetensors + JSON (no pickle), probabilities as labels, their bytes
+counted."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def test_relabel_decoded_images_file(capsys, tmp_path, teacher_dir, set_file):
         meta = f.metadata()
     assert meta["gendistill.decoded"] == "1" and "relabel" in json.loads(meta["gendistill.run"])
     ledger = json.loads(meta["gendistill.storage"])
-    assert ledger["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 20 * 10 * 4} and ledger["images"]["count"] == 20
+    assert ledger["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 20 * 10
+                                * 4} and ledger["images"]["count"] == 20
 
 
 def test_relabel_errors(capsys, tmp_path, teacher_dir, set_file):
@@ -108,9 +110,11 @@ def test_relabel_errors(capsys, tmp_path, teacher_dir, set_file):
     save_file(w, str(bad / "teacher.safetensors"))
     user_error(cli(capsys, "relabel", set_file, "--teacher", bad, "--out", tmp_path / "o.safetensors"), "sha256")
     (bad / "teacher.json").write_text("{not json")
-    user_error(cli(capsys, "relabel", set_file, "--teacher", bad, "--out", tmp_path / "o.safetensors"), "not valid JSON")
+    user_error(cli(capsys, "relabel", set_file, "--teacher", bad, "--out", tmp_path / "o.safetensors"),
+               "not valid JSON")
     user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir), "--out")
-    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", tmp_path / "o.safetensors", "--temperature", 0),
+    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", tmp_path / "o.safetensors",
+                   "--temperature", 0),
                "temperature")
     assert not (tmp_path / "o.safetensors").exists()
 

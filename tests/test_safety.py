@@ -81,7 +81,8 @@ def test_payload_runs_when_unpickled(tmp_path):
     pickle.loads((tmp_path / "p.pkl").read_bytes())
     assert (tmp_path / "ran").exists()
     torch.save({"state": Payload(tmp_path / "ran2")}, tmp_path / "p.bin")
-    torch.load(tmp_path / "p.bin", weights_only=False)  # as accelerate's load_custom_state loads custom_checkpoint_N.pkl
+    # as accelerate's load_custom_state loads custom_checkpoint_N.pkl
+    torch.load(tmp_path / "p.bin", weights_only=False)
     assert (tmp_path / "ran2").exists()
 
 
@@ -98,12 +99,13 @@ def test_checkpoint_is_safetensors_and_json_only(tmp_path):
     shared, own = load_state(ckpt / "shared.safetensors"), load_state(ckpt / "rank_0.safetensors")
     assert shared["train"]["step"] == 3 and len(shared["train"]["losses"]) == 3 and shared["num_processes"] == 1
     assert torch.equal(shared["set"]["latents"], latents(out))
-    assert shared["train"]["shared"].dtype == torch.uint8 and own["train"]["data"].dtype == torch.uint8  # generator states
+    # generator states
+    assert shared["train"]["shared"].dtype == torch.uint8 and own["train"]["data"].dtype == torch.uint8
     assert shared["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999) and 0 in shared["optimizer"]["state"]
 
 
-@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin",
-                                  "model.bin"])
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl",
+                                  "optimizer.bin", "model.bin"])
 def test_planted_pickle_beside_a_checkpoint_never_runs(tmp_path, name):
     out = run(tmp_path / "r", "--steps", 2, "--checkpoint-every", 1)
     plant(out / "checkpoints" / "step_0000002" / name, tmp_path / "ran")
@@ -151,7 +153,12 @@ def test_damaged_checkpoint_file_is_one_line(tmp_path, capsys, name, damage):
     before = tree(out)
     code, err = guarded(capsys, out, "--steps", 4, "--resume")
     line = one_line(err)
-    assert code == 2 and name in line and f"delete the checkpoint {ckpt}" in line and "start fresh with --overwrite" in line
+    assert (
+        code == 2
+        and name in line
+        and f"delete the checkpoint {ckpt}" in line
+        and "start fresh with --overwrite" in line
+    )
     assert tree(out) == before  # nothing changed
 
 
@@ -171,10 +178,12 @@ def _objective_states():
 
     classifier = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 2))  # noqa: E731 (fresh weights)
     return {
-        "idm-queue": lambda: get_objective("dm", depth=2, width=8, augment="none", proxy="trained", proxy_nets=2, proxy_train=2),
+        "idm-queue": lambda: get_objective("dm", depth=2, width=8, augment="none", proxy="trained", proxy_nets=2,
+                                           proxy_train=2),
         "dsa": lambda: get_objective("dsa", depth=2, width=8, outer_loop=4, inner_loop=2, net_lr=0.1),
         "itgan": lambda: get_objective("itgan", cls_weight=0.5, reg_weight=0.25, classifier=classifier(),
-                                       anchors=torch.zeros(4, 2, 8, 8), depth=2, width=8, proxy="trained", proxy_nets=2),
+                                       anchors=torch.zeros(4, 2, 8, 8), depth=2, width=8, proxy="trained",
+                                       proxy_nets=2),
     }
 
 
@@ -208,7 +217,8 @@ CHILD = """
 import sys, time
 from gendistill.objectives import distribution
 
-for name, fn in list(distribution.KERNELS.items()):  # slow each class's match a little: the run is still going at SIGTERM
+# slow each class's match a little: the run is still going at SIGTERM
+for name, fn in list(distribution.KERNELS.items()):
     def slow(a, b, fn=fn):
         time.sleep(0.02)
         return fn(a, b)
@@ -227,18 +237,22 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(tmp_path):
     args = ["--steps", "60", "--log-with", "csv"]
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                                        os.environ.get("PYTHONPATH", "")]),
            "TQDM_DISABLE": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(RECIPE), *recipe_argv(out, *args)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not (out / "log.csv").exists() and proc.poll() is None and time.time() < deadline:  # the CSV log starts at step 10
+    # the CSV log starts at step 10
+    while not (out / "log.csv").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert "Traceback" not in err and line.startswith("interrupted at step ") and line.endswith("continue with --resume"), err[-2000:]
+    assert (
+        "Traceback" not in err and line.startswith("interrupted at step ") and line.endswith("continue with --resume")
+    ), err[-2000:]
     step = int(line.split()[3].rstrip(";"))
     assert 10 <= step < 60 and (out / "checkpoints" / f"step_{step:07d}" / "shared.safetensors").exists()
     assert not (out / "set.safetensors").exists()
@@ -278,7 +292,9 @@ def test_fresh_run_into_an_interrupted_run_is_refused(tmp_path, capsys):
     before = tree(out)
     code, err = guarded(capsys, out, "--steps", 2)
     line = one_line(err)
-    assert code == 2 and "interrupted run" in line and "use --resume to continue it or --overwrite to discard it" in line
+    assert (
+        code == 2 and "interrupted run" in line and "use --resume to continue it or --overwrite to discard it" in line
+    )
     assert tree(out) == before
 
 
@@ -346,7 +362,8 @@ def test_recipe_output_may_not_be_or_hold_an_input(tmp_path, capsys, tiny_vae_di
     shutil.copytree(tiny_vae_dir, backbone)
     out = backbone if where == "equal" else tmp_path
     before = tree(backbone)
-    argv = ["--output", str(out), "--ipc", "2", "--eval-runs", "0", "--steps", "1", "--backbone", str(backbone), "--overwrite"]
+    argv = ["--output", str(out), "--ipc", "2", "--eval-runs", "0", "--steps", "1", "--backbone", str(backbone),
+            "--overwrite"]
     code = run_guarded(load_recipe(RECIPE).main, argv)
     line = one_line(capsys.readouterr().err)
     assert code == 2 and ("is the input --backbone" if where == "equal" else "holds the input --backbone") in line
@@ -482,7 +499,8 @@ def pixel_set(tmp_path, capsys):
 @pytest.mark.parametrize("alias", ["same", "relative", "hardlink"])
 def test_cli_output_equal_to_its_input_is_refused(tmp_path, capsys, monkeypatch, pixel_set, command, alias):
     monkeypatch.chdir(tmp_path)
-    out = {"same": str(pixel_set), "relative": f"./{pixel_set.name}", "hardlink": str(tmp_path / "link.safetensors")}[alias]
+    out = {"same": str(pixel_set), "relative": f"./{pixel_set.name}",
+           "hardlink": str(tmp_path / "link.safetensors")}[alias]
     if alias == "hardlink":
         os.link(pixel_set, out)
     before = pixel_set.read_bytes()
@@ -519,7 +537,8 @@ def test_write_imagefolder_refuses_a_non_empty_out_and_its_data_dir(tmp_path, ca
     assert run_guarded(writer.main, ["--out", str(out), *args, "--seed", "1", "--overwrite"]) == 0
     assert tree(out) != first and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
     capsys.readouterr()
-    assert run_guarded(writer.main, ["--dataset", "imagefolder", "--data-dir", str(out), "--out", str(out), "--overwrite"]) == 2
+    assert run_guarded(writer.main, ["--dataset", "imagefolder", "--data-dir", str(out), "--out", str(out),
+                                     "--overwrite"]) == 2
     assert "is the input --data-dir" in one_line(capsys.readouterr().err)
 
 
@@ -527,6 +546,7 @@ def test_train_backbone_refuses_a_non_empty_output(tmp_path, capsys):
     out = tmp_path / "vae"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    code = run_guarded(load_recipe(ROOT / "recipes" / "train_autoencoder.py").main, ["--output", str(out), "--epochs", "1"])
+    code = run_guarded(load_recipe(ROOT / "recipes" / "train_autoencoder.py").main,
+                       ["--output", str(out), "--epochs", "1"])
     assert code == 2 and "is not empty" in one_line(capsys.readouterr().err)
     assert tree(out) == {"config.json": b"{}"}

@@ -94,7 +94,8 @@ def test_dream_is_reproducible_from_its_generators(split):
     a = real_sampler("dream", split, 4, torch.Generator().manual_seed(0), clusters=4)
     b = real_sampler("dream", split, 4, torch.Generator().manual_seed(0), clusters=4)
     assert torch.equal(a.cluster, b.cluster)
-    assert torch.equal(a.sample_class(0, 4, torch.Generator().manual_seed(3)), b.sample_class(0, 4, torch.Generator().manual_seed(3)))
+    assert torch.equal(a.sample_class(0, 4, torch.Generator().manual_seed(3)),
+                       b.sample_class(0, 4, torch.Generator().manual_seed(3)))
 
 
 def test_dream_shard_keeps_the_clusters(split):

@@ -83,7 +83,8 @@ def test_score_config_checks():
 
 @pytest.fixture(scope="module")
 def data(tiny_idx_dir):
-    return get_dataset("fashion-mnist", "train", str(tiny_idx_dir)), get_dataset("fashion-mnist", "test", str(tiny_idx_dir))
+    return get_dataset("fashion-mnist", "train", str(tiny_idx_dir)), get_dataset("fashion-mnist", "test",
+                                                                                 str(tiny_idx_dir))
 
 
 def test_validation_split_is_balanced_and_disjoint(data):
@@ -134,7 +135,8 @@ def test_dd_scores_hard_set(data, monkeypatch):
         assert r["hlr"] == pytest.approx(0.9 - a["syn_hard"])
         assert r["ior"] == pytest.approx(a["syn_aug"] - a["rdm_aug"])
         assert r["lrs"] == pytest.approx(label_robust_score(r["hlr"], r["ior"]))
-        assert r["ars"] == pytest.approx(augmentation_robust_score(a["syn_aug"], a["rdm_aug"], a["syn_naug"], a["rdm_naug"]))
+        assert r["ars"] == pytest.approx(augmentation_robust_score(a["syn_aug"], a["rdm_aug"], a["syn_naug"],
+                                                                   a["rdm_naug"]))
         assert all(0 <= v <= 1 for v in a.values()) and 0 <= r["lrs"] <= 1 and 0 <= r["ars"] <= 1
     for key in ("hlr", "ior", "lrs", "ars"):
         assert out[key]["mean"] == pytest.approx(sum(r[key] for r in out["rounds"]) / 3)
@@ -184,7 +186,8 @@ def pixel_set(tmp_path_factory, tiny_idx_dir):
 
 def test_eval_scores_command(capsys, tmp_path, pixel_set):
     full = tmp_path / "full.json"
-    base = ["eval", pixel_set, "--arch", "mlp", "--epochs", 1, "--runs", 1, "--scores", "--val-per-class", 2, "--lr-grid", "0.01"]
+    base = ["eval", pixel_set, "--arch", "mlp", "--epochs", 1, "--runs", 1, "--scores", "--val-per-class", 2,
+            "--lr-grid", "0.01"]
     code, _, err = cli(capsys, *base, "--full-data", full, "--out", tmp_path / "e.json")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--compute-full-data" in err
     assert not (tmp_path / "e.json").exists()  # refused before any training

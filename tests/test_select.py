@@ -1,4 +1,5 @@
-"""Coreset selection (random, herding, k-center, k-means, forgetting), YOCO pruning (LBPE, balanced) and their commands."""
+"""Coreset selection (random, herding, k-center, k-means, forgetting), YOCO pruning (LBPE, balanced) and their
+commands."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def real(vae, train, tmp_path_factory):
 
 
 def test_herding_by_hand():
-    # mean 3.25: 2 is nearest; then (2 + x) / 2 nearest 3.25 is x = 1 (1.5); then (3 + x) / 3: x = 10 (4.33) beats 0 (1.0)
+    # mean 3.25: 2 is nearest; then (2 + x) / 2 nearest 3.25 is x = 1 (1.5); then (3 + x) / 3: x = 10 (4.33) beats 0
+    # (1.0)
     x = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
     assert herding(x, 3).tolist() == [2, 1, 3]
     assert sorted(herding(x, 4).tolist()) == [0, 1, 2, 3]
@@ -97,16 +99,16 @@ def test_train_net_counts_forgetting_like_its_history(train):
     """The online counters equal the events read back from the recorded per-epoch outputs (one presentation per
     epoch): forgetting = correct -> incorrect transitions, learned = ever correct."""
     images, labels = train.float_images(), train.labels
-    net, dyn = train_net(images, labels, train.image_shape, 10, train.mean, train.std, NetTraining(width=4, depth=1, epochs=6, batch=50, lr=0.05),
-                         track=True, progress=False)
+    net, dyn = train_net(images, labels, train.image_shape, 10, train.mean, train.std,
+                         NetTraining(width=4, depth=1, epochs=6, batch=50, lr=0.05), track=True, progress=False)
     correct = dyn.probs.argmax(2) == labels  # (epochs, N)
     events = (correct[:-1] & ~correct[1:]).sum(0)
     assert torch.equal(dyn.forgetting, events)
     assert torch.equal(dyn.learned, correct.any(0))
     assert torch.allclose(dyn.epoch_accuracy, correct.float().mean(1))
     assert torch.allclose(dyn.probs.sum(2), torch.ones(6, len(labels)))
-    again = train_net(images, labels, train.image_shape, 10, train.mean, train.std, NetTraining(width=4, depth=1, epochs=6, batch=50, lr=0.05),
-                      track=True, progress=False)[1]
+    again = train_net(images, labels, train.image_shape, 10, train.mean, train.std,
+                      NetTraining(width=4, depth=1, epochs=6, batch=50, lr=0.05), track=True, progress=False)[1]
     assert torch.equal(again.probs, dyn.probs)  # seeded: the same run twice
 
 
@@ -137,7 +139,8 @@ def test_forgetting_keeps_most_or_least(real, train, monkeypatch):
     forgetting = torch.arange(n) % 7  # a known score per row
     learned = torch.ones(n, dtype=torch.bool)
     learned[real.class_indices(0)[5]] = False  # never learned: infinitely forgotten
-    monkeypatch.setattr(pool, "trained", lambda: (None, Dynamics(forgetting, learned, torch.zeros(1, n, 10), torch.zeros(1))))
+    monkeypatch.setattr(pool, "trained", lambda: (None, Dynamics(forgetting, learned, torch.zeros(1, n, 10),
+                                                                 torch.zeros(1))))
     scores = Dynamics(forgetting, learned, None, None).forgetting_scores()
     most = select_indices("forgetting", pool, 2, torch.Generator().manual_seed(0), keep="most")
     least = select_indices("forgetting", pool, 2, torch.Generator().manual_seed(0), keep="least")
@@ -251,11 +254,17 @@ def test_prune_command_keeps_k_per_class_with_low_lbpe(capsys, tmp_path, tiny_va
     syn, pruned = SyntheticSet.load(src), SyntheticSet.load(out)
     assert pruned.ipc == 2 and pruned.hard_labels.bincount().tolist() == [2] * 10
     run = pruned.run_meta
-    assert run["method"] == "init+yoco" and run["ipc"] == 2 and run["prune"]["rule"] == "low" and run["prune"]["source_ipc"] == 4
+    assert (
+        run["method"] == "init+yoco"
+        and run["ipc"] == 2
+        and run["prune"]["rule"] == "low"
+        and run["prune"]["source_ipc"] == 4
+    )
     # the kept ones are, per class, the two of lowest LBPE as the library computes it with the same settings
     vae = load_backbone(str(tiny_vae_dir))
     cfg = LBPEConfig(net=NetTraining(width=4, depth=1, epochs=4, augment="dsa"), top_k=2)
-    scores = lbpe_scores(syn.decode(vae), syn.labels, 10, syn.dataset_meta["mean"], syn.dataset_meta["std"], cfg, progress=False)
+    scores = lbpe_scores(syn.decode(vae), syn.labels, 10, syn.dataset_meta["mean"], syn.dataset_meta["std"], cfg,
+                         progress=False)
     assert torch.allclose(torch.tensor(run["prune"]["scores"]), scores, atol=1e-5)
     keep = run["prune"]["kept"]
     for c in range(10):

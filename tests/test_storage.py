@@ -43,7 +43,8 @@ def one_line_error(result, *fragments):
 def test_ledger_arithmetic_against_hand_computed_bytes():
     # 40 latents of 4x7x7 float32 = 40 * 196 * 4 = 31,360 B; one float32 28x28 image = 3,136 B; 10 classes -> budget 1
     led = a_set().ledger()
-    assert led["latents"] == {"count": 40, "shape": [4, 7, 7], "dtype": "float32", "bytes": 31360, "quantisation_bytes": 0}
+    assert led["latents"] == {"count": 40, "shape": [4, 7, 7], "dtype": "float32", "bytes": 31360,
+                              "quantisation_bytes": 0}
     assert led["labels"] == {"kind": "hard", "dtype": "int64", "bytes": 40 * 8}
     assert led["lr_bytes"] == 0 and led["total_bytes"] == 31360 + 320
     assert led["image_bytes"] == 3136 and led["per_class"] == 4 and led["budget_counts"] == "latents"
@@ -94,7 +95,8 @@ def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
         latents_per_class(0.2, (4, 7, 7), (1, 28, 28), 10)
     with pytest.raises(ValueError, match="positive"):
         latents_per_class(0, (4, 7, 7), (1, 28, 28), 10)
-    with pytest.raises(ValueError, match="unknown --latent-dtype 'fp8'; choose one of: bfloat16, float16, float32, int8"):
+    with pytest.raises(ValueError, match="unknown --latent-dtype 'fp8'; choose one of: bfloat16, float16, "
+                                         "float32, int8"):
         get_codec("fp8")
     with pytest.raises(ValueError, match="both given"):
         resolve_ipc(3, 1.0, (4, 7, 7), (1, 28, 28), 10)
@@ -109,18 +111,24 @@ def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
 
 def test_cli_init_with_a_budget_and_its_bad_inputs(capsys, tmp_path, tiny_vae_dir):
     out = tmp_path / "b.safetensors"
-    # the tiny VAE's latents are 2x14x14 = 392 numbers: a budget of 1 (784 float32 numbers per class) holds 2, at float16 4
-    code, stdout, err = cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 1, "--latent-dtype", "float16", "--out", out)
+    # the tiny VAE's latents are 2x14x14 = 392 numbers: a budget of 1 (784 float32 numbers per class) holds 2, at
+    # float16 4
+    code, stdout, err = cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 1, "--latent-dtype", "float16",
+                            "--out", out)
     assert code == 0, err
     syn = SyntheticSet.load(out)
     assert syn.ipc == 4 and syn.latent_dtype == "float16" and syn.ledger()["budget_ipc"] == 1.0
     code, info, _ = cli(capsys, "info", out)
     assert code == 0 and "budget    1 float32 images per class" in info and "beside the budget" in info
     bad = tmp_path / "x.safetensors"
-    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 0.1, "--out", bad), "--ipc-budget 0.1", "less than one")
-    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc", 2, "--ipc-budget", 1, "--out", bad), "both given")
-    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--latent-dtype", "fp8", "--out", bad), "unknown --latent-dtype 'fp8'")
-    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 20, "--out", bad), "smallest class", "lower --ipc-budget")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 0.1, "--out", bad),
+                   "--ipc-budget 0.1", "less than one")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc", 2, "--ipc-budget", 1, "--out", bad),
+                   "both given")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--latent-dtype", "fp8", "--out", bad),
+                   "unknown --latent-dtype 'fp8'")
+    one_line_error(cli(capsys, "init", "--backbone", tiny_vae_dir, "--ipc-budget", 20, "--out", bad), "smallest class",
+                   "lower --ipc-budget")
     assert not bad.exists()
 
 
@@ -129,11 +137,17 @@ def test_cli_init_with_a_budget_and_its_bad_inputs(capsys, tmp_path, tiny_vae_di
 
 def test_int8_round_trip_is_within_half_a_step_per_channel(tmp_path):
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(30, 4, 7, 7, generator=g) * torch.tensor([0.1, 1.0, 10.0, 3.0]).view(1, 4, 1, 1) + torch.tensor([0, 5, -20, 1.0]).view(1, 4, 1, 1)
+    z = torch.randn(30, 4, 7, 7, generator=g) * torch.tensor([0.1, 1.0, 10.0, 3.0]).view(1, 4, 1, 1) + torch.tensor(
+        [0, 5, -20, 1.0]
+    ).view(1, 4, 1, 1)
     z[:, 3] = 2.5  # a constant channel comes back exactly
     codec = get_codec("int8")
     stored = codec.encode(z)
-    assert stored["latents"].dtype == torch.int8 and stored["latents_scale"].shape == (4,) and stored["latents_zero_point"].dtype == torch.int32
+    assert (
+        stored["latents"].dtype == torch.int8
+        and stored["latents_scale"].shape == (4,)
+        and stored["latents_zero_point"].dtype == torch.int32
+    )
     back = codec.decode(stored)
     spread = z.transpose(0, 1).reshape(4, -1)
     step = (spread.max(1).values - spread.min(1).values) / 255
@@ -145,7 +159,8 @@ def test_int8_round_trip_is_within_half_a_step_per_channel(tmp_path):
     syn.save(tmp_path / "q.safetensors")
     loaded = SyntheticSet.load(tmp_path / "q.safetensors")
     assert loaded.latent_dtype == "int8" and torch.equal(loaded.latents, back)
-    loaded.save(tmp_path / "q2.safetensors")  # re-quantising read-back latents keeps every code (scales move by an ulp at most)
+    # re-quantising read-back latents keeps every code (scales move by an ulp at most)
+    loaded.save(tmp_path / "q2.safetensors")
     with safe_open(str(tmp_path / "q.safetensors"), "pt") as a, safe_open(str(tmp_path / "q2.safetensors"), "pt") as b:
         assert torch.equal(a.get_tensor("latents"), b.get_tensor("latents"))
     assert torch.allclose(SyntheticSet.load(tmp_path / "q2.safetensors").latents, back, rtol=0, atol=1e-5)
@@ -204,7 +219,8 @@ def test_convert_rewrites_the_dtype_and_keeps_the_input(tmp_path, capsys):
     q = SyntheticSet.load(tmp_path / "q.safetensors")
     assert q.latent_dtype == "int8" and q.decoder == DECODER
     one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int8", "--out", src), "is the input file")
-    one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int4", "--out", tmp_path / "x.safetensors"), "unknown --latent-dtype")
+    one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int4", "--out", tmp_path / "x.safetensors"),
+                   "unknown --latent-dtype")
 
 
 # ------------------------------------------------------------------------------------ many latents: subsampled steps
@@ -214,7 +230,8 @@ def _loop(backbone, real, syn, real_latents=None, objective=None, **cfg):
     from gendistill.distill import DistillConfig, distill, make_accelerator
 
     accelerator = make_accelerator("no", cpu=True)
-    return distill(syn, objective or get_dm(), backbone, real, DistillConfig(log_every=10**9, **cfg), accelerator, FMNIST, real_latents=real_latents)
+    return distill(syn, objective or get_dm(), backbone, real, DistillConfig(log_every=10**9, **cfg), accelerator,
+                   FMNIST, real_latents=real_latents)
 
 
 def get_dm():
@@ -227,7 +244,8 @@ def _real(n=6, shape=(1, 28, 28), space="latent"):
     from gendistill.cache import LatentSplit
 
     g = torch.Generator().manual_seed(1)
-    return LatentSplit(torch.rand((10 * n, *shape), generator=g), torch.arange(10).repeat_interleave(n), 10, space=space)
+    return LatentSplit(torch.rand((10 * n, *shape), generator=g), torch.arange(10).repeat_interleave(n), 10,
+                       space=space)
 
 
 def test_syn_rows_draws_k_per_class():
@@ -278,11 +296,13 @@ def test_latent_steps_warm_up_then_decode_through(tiny_vae_dir):
 
 def test_recipe_with_budget_dtype_and_subsampling(tmp_path, tiny_vae_dir):
     out = tmp_path / "run"
-    argv = ["--output", str(out), "--backbone", str(tiny_vae_dir), "--ipc-budget", "2", "--latent-dtype", "int8", "--syn-batch", "2",
-            "--latent-steps", "1", "--steps", "2", "--batch-real", "4", "--eval-runs", "0", "--depth", "2", "--width", "8"]
+    argv = ["--output", str(out), "--backbone", str(tiny_vae_dir), "--ipc-budget", "2", "--latent-dtype", "int8",
+            "--syn-batch", "2", "--latent-steps", "1", "--steps", "2", "--batch-real", "4", "--eval-runs", "0",
+            "--depth", "2", "--width", "8"]
     assert load_recipe(ROOT / "recipes" / "latent_dm.py").main(argv) == 0
     syn = SyntheticSet.load(out / "set.safetensors")
-    # budget 2: 2 x 3,136 B per class; an int8 2x14x14 latent is 392 B; minus 16 B of scales: floor((62,720 - 16) / 3,920) = 15
+    # budget 2: 2 x 3,136 B per class; an int8 2x14x14 latent is 392 B; minus 16 B of scales: floor((62,720 - 16) /
+    # 3,920) = 15
     assert syn.ipc == 15 and syn.latent_dtype == "int8"
     assert syn.run_meta["ipc_budget"] == 2.0 and syn.run_meta["config"]["ipc"] == 15
     assert syn.ledger()["budget_ipc"] <= 2.0

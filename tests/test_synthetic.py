@@ -36,7 +36,8 @@ def real(vae, train, tmp_path_factory):
 @pytest.fixture
 def syn(real, vae, train):
     return SyntheticSet.initialise("real", real, IPC, vae, train.meta(), torch.Generator().manual_seed(0),
-                                   run={"method": "init", "ipc": IPC, "steps": 0, "seed": 0, "config": {"a": 1, "b": [1, 2]}})
+                                   run={"method": "init", "ipc": IPC, "steps": 0, "seed": 0,
+                                        "config": {"a": 1, "b": [1, 2]}})
 
 
 # ----------------------------------------------------------------------------------------------- creation
@@ -128,8 +129,8 @@ def test_save_load_round_trip(tmp_path, syn, vae, train):
     assert b["sha256"] == vae.weights_sha256() and b["latent_shape"] == [2, 14, 14]
     assert b["kind"] == "vae" and b["source"] == vae.source and b["scaling"]["scaling_factor"] == pytest.approx(0.18215)
     d = json.loads(meta["gendistill.dataset"])
-    assert d == {"name": "fashion-mnist", "num_classes": 10, "image_shape": [1, 28, 28], "mean": [0.2860], "std": [0.3530],
-                 "classes": train.classes}
+    assert d == {"name": "fashion-mnist", "num_classes": 10, "image_shape": [1, 28, 28], "mean": [0.2860],
+                 "std": [0.3530], "classes": train.classes}
     r = json.loads(meta["gendistill.run"])
     assert r["package_version"] == __version__ and r["method"] == "init" and r["ipc"] == IPC and r["steps"] == 0
     assert r["seed"] == 0 and r["config"] == {"a": 1, "b": [1, 2]} and r["init"] == "real" and r["extra"] == "yes"
@@ -145,7 +146,8 @@ def test_save_load_round_trip(tmp_path, syn, vae, train):
 
 def test_soft_labels_and_lr_round_trip(tmp_path, syn):
     soft = torch.softmax(torch.randn(len(syn), 10, generator=torch.Generator().manual_seed(0)), 1)
-    s = SyntheticSet(syn.latents, soft, lr=0.0123, backbone=syn.backbone_meta, dataset=syn.dataset_meta, run=syn.run_meta)
+    s = SyntheticSet(syn.latents, soft, lr=0.0123, backbone=syn.backbone_meta, dataset=syn.dataset_meta,
+                     run=syn.run_meta)
     assert isinstance(s.lr, torch.nn.Parameter) and s.lr.shape == ()
     s.save(tmp_path / "soft.safetensors")
     loaded = SyntheticSet.load(tmp_path / "soft.safetensors")
@@ -182,7 +184,8 @@ def test_load_truncated(tmp_path, syn):
 
 
 def test_load_without_metadata(tmp_path):
-    path = _write(tmp_path / "plain.safetensors", {"latents": torch.zeros(2, 3), "labels": torch.zeros(2, dtype=torch.int64)}, None)
+    path = _write(tmp_path / "plain.safetensors", {"latents": torch.zeros(2, 3),
+                                                   "labels": torch.zeros(2, dtype=torch.int64)}, None)
     with pytest.raises(ValueError, match="no gendistill metadata"):
         SyntheticSet.load(path)
 
@@ -208,13 +211,15 @@ def test_load_missing_tensor(tmp_path, syn):
 
 
 def test_load_label_count_mismatch(tmp_path, syn):
-    path = _write(tmp_path / "c.safetensors", {"latents": syn.latents.detach(), "labels": syn.labels[:-1].clone()}, syn.metadata())
+    path = _write(tmp_path / "c.safetensors", {"latents": syn.latents.detach(), "labels": syn.labels[:-1].clone()},
+                  syn.metadata())
     with pytest.raises(ValueError, match="inconsistent"):
         SyntheticSet.load(path)
 
 
 def test_load_latent_shape_vs_record(tmp_path, syn):
-    path = _write(tmp_path / "s.safetensors", {"latents": torch.zeros(len(syn), 2, 7, 7), "labels": syn.labels}, syn.metadata())
+    path = _write(tmp_path / "s.safetensors", {"latents": torch.zeros(len(syn), 2, 7, 7), "labels": syn.labels},
+                  syn.metadata())
     with pytest.raises(ValueError, match="recorded backbone latent shape"):
         SyntheticSet.load(path)
 

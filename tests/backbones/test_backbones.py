@@ -132,7 +132,8 @@ def test_weights_sha256_stable_across_save_load(tmp_path, tiny_vae_dir, tiny_vae
 def test_describe(tiny_vae_dir):
     b = load_backbone(str(tiny_vae_dir))
     d = b.describe()
-    assert d["kind"] == "vae" and d["source"] == tiny_vae_dir.name  # portable: the folder by name (+ sha256), never a path
+    # portable: the folder by name (+ sha256), never a path
+    assert d["kind"] == "vae" and d["source"] == tiny_vae_dir.name
     assert d["ref"] == {"type": "local", "name": tiny_vae_dir.name}
     assert d["sha256"] == b.weights_sha256()
     assert d["latent_shape"] == [2, 14, 14] and d["image_shape"] == [1, 28, 28]

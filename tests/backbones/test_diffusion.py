@@ -81,7 +81,8 @@ def test_decode_shapes_and_class_weights(ldm_dir):
     z = b.random_latents(4, 3, torch.Generator().manual_seed(0))
     x, w = b.split(z)
     assert z.shape == (3, LATENT_DIM) and x.shape == (3, *NOISE_SHAPE)
-    assert torch.equal(w, torch.nn.functional.one_hot(torch.full((3,), 4), NUM_CLASSES + 1).float())  # condition in the latent
+    # condition in the latent
+    assert torch.equal(w, torch.nn.functional.one_hot(torch.full((3,), 4), NUM_CLASSES + 1).float())
     images = b.decode(z)
     assert images.shape == (3, *IMAGE_SHAPE) and images.dtype == torch.float32 and torch.isfinite(images).all()
     assert torch.equal(b.decode(z), images)  # deterministic
@@ -110,7 +111,8 @@ def test_invert_then_decode_reproduces_the_latent(tiny_vae_dir):
 
 
 def test_inversion_is_exact_for_a_constant_noise_prediction(tiny_vae_dir):
-    """The updates themselves invert exactly (to rounding) when the noise estimate does not depend on x: full noise, K = 10."""
+    """The updates themselves invert exactly (to rounding) when the noise estimate does not depend on x: full noise, K =
+    10."""
     b = tiny_backbone(tiny_vae_dir).double()
     with torch.no_grad():
         b.unet.conv_out.weight.zero_()
@@ -125,7 +127,8 @@ def test_decode_vjp_equals_autograd(ldm_dir, guidance):
     b = _load(ldm_dir, decode_steps=3, guidance_scale=guidance).double()
     g = torch.Generator().manual_seed(1)
     z = torch.cat([b.random_latents(c, 1, g) for c in (0, 5, 7, 9, 2)]).double()
-    z[:, -NUM_CLASSES - 1 :] += 0.1 * torch.rand((5, NUM_CLASSES + 1), generator=g, dtype=torch.float64)  # soft conditions
+    # soft conditions
+    z[:, -NUM_CLASSES - 1 :] += 0.1 * torch.rand((5, NUM_CLASSES + 1), generator=g, dtype=torch.float64)
     grad_x = torch.randn((5, *IMAGE_SHAPE), generator=g, dtype=torch.float64)
     zr = z.clone().requires_grad_(True)
     b.decode(zr).backward(grad_x)
@@ -157,7 +160,10 @@ def test_options_are_part_of_the_identity_and_survive_save_load(tmp_path, ldm_di
     assert base.describe()["options"] == base.options() and base.describe()["kind"] == "diffusion"
     base.save_pretrained(tmp_path / "copy")
     assert _load(tmp_path / "copy").weights_sha256() == base.weights_sha256()
-    assert tiny_backbone(Path(json.loads((ldm_dir / "gendistill.json").read_text())["vae"]["source"])).weights_sha256() == base.weights_sha256()
+    assert (
+        tiny_backbone(Path(json.loads((ldm_dir / "gendistill.json").read_text())["vae"]["source"])).weights_sha256()
+        == base.weights_sha256()
+    )
 
 
 def test_partial_noise_samples(ldm_dir):
@@ -176,9 +182,11 @@ def test_generative_init_gives_the_class_counts(ldm_dir, tiny_vae_dir, init, tar
     train = get_dataset("fashion-mnist", "train")
     model = _load(ldm_dir, decode_steps=2)
     model.invert_refine = 0
-    backbone = {"pixel": load_backbone("pixel", image_shape=IMAGE_SHAPE), "vae": load_backbone(str(tiny_vae_dir)), "ldm": model}[target]
+    backbone = {"pixel": load_backbone("pixel", image_shape=IMAGE_SHAPE), "vae": load_backbone(str(tiny_vae_dir)),
+                "ldm": model}[target]
     real = cached_latents(backbone, train) if backbone.cheap_encode and target != "pixel" else image_split(train)
-    syn = SyntheticSet.initialise(init, real, 2, backbone, train.meta(), torch.Generator().manual_seed(0), init_model=model)
+    syn = SyntheticSet.initialise(init, real, 2, backbone, train.meta(), torch.Generator().manual_seed(0),
+                                  init_model=model)
     assert syn.latents.shape == (20, *backbone.latent_shape)
     assert torch.bincount(syn.labels, minlength=NUM_CLASSES).tolist() == [2] * NUM_CLASSES
     assert syn.run_meta["init"] == init and syn.run_meta["init_model"]["sha256"] == model.weights_sha256()
@@ -201,16 +209,19 @@ def test_init_model_defaults(monkeypatch, tmp_path, ldm_dir, tiny_vae_dir):
     _one_line(e)
     (tmp_path / "backbones").mkdir()
     shutil.copytree(ldm_dir, tmp_path / "backbones" / "fashion-mnist-ldm")
-    syn = SyntheticSet.initialise("diffusion", cached_latents(vae, train), 1, vae, train.meta(), model_options={"decode_steps": 2})
+    syn = SyntheticSet.initialise("diffusion", cached_latents(vae, train), 1, vae, train.meta(),
+                                  model_options={"decode_steps": 2})
     assert syn.run_meta["init_model"]["options"]["decode_steps"] == 2 and syn.latents.shape == (10, *NOISE_SHAPE)
     with pytest.raises(ValueError, match="is a vae backbone; --init diffusion samples a diffusion model"):
-        SyntheticSet.initialise("diffusion", cached_latents(vae, train), 1, vae, train.meta(), init_model=str(tiny_vae_dir))
+        SyntheticSet.initialise("diffusion", cached_latents(vae, train), 1, vae, train.meta(),
+                                init_model=str(tiny_vae_dir))
 
 
 def test_unknown_init_lists_the_generative_ones(tiny_vae_dir):
     train = get_dataset("fashion-mnist", "train")
     with pytest.raises(ValueError, match="diffusion, diffusion-prototype"):
-        SyntheticSet.initialise("sample", image_split(train), 1, load_backbone("pixel", image_shape=IMAGE_SHAPE), train.meta())
+        SyntheticSet.initialise("sample", image_split(train), 1, load_backbone("pixel", image_shape=IMAGE_SHAPE),
+                                train.meta())
 
 
 # ------------------------------------------------------------------------------------------------ text-conditioned
@@ -235,17 +246,21 @@ def save_tiny_sd(d: Path) -> Path:
     tokenizer = _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, max_position_embeddings=24, bos_token_id=tokenizer.bos_token_id,
-                                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-        unet = UNet2DConditionModel(sample_size=14, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
-                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                    cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=24,
+                                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                            pad_token_id=tokenizer.pad_token_id))
+        unet = UNet2DConditionModel(sample_size=14, in_channels=2, out_channels=2, layers_per_block=1,
+                                    block_out_channels=(8, 16),
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                    attention_head_dim=4, norm_num_groups=4)
     unet.save_pretrained(str(d / "unet"))
     text.save_pretrained(str(d / "text_encoder"))
     tokenizer.save_pretrained(str(d / "tokenizer"))
     tiny_vae().save_pretrained(str(d / "vae"))
-    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).save_pretrained(str(d / "scheduler"))
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  clip_sample=False).save_pretrained(str(d / "scheduler"))
     return d
 
 
@@ -260,22 +275,28 @@ def test_text_conditioned_pipeline_encodes_class_prompts(sd_dir, tmp_path):
     b = load_backbone(str(sd_dir), image_shape=IMAGE_SHAPE, class_names=FASHION_CLASSES, options={"decode_steps": 2})
     assert isinstance(b, DiffusionBackbone) and b.text_conditioned and b.image_shape == IMAGE_SHAPE
     assert b.prompts == [f"a photo of a {name}" for name in FASHION_CLASSES] + [""]
-    tok, enc = AutoTokenizer.from_pretrained(str(sd_dir / "tokenizer")), CLIPTextModel.from_pretrained(str(sd_dir / "text_encoder"))
+    tok, enc = (
+        AutoTokenizer.from_pretrained(str(sd_dir / "tokenizer")),
+        CLIPTextModel.from_pretrained(str(sd_dir / "text_encoder")),
+    )
     ids = tok(b.prompts, padding="max_length", max_length=24, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         expect = enc(ids)[0]
     torch.testing.assert_close(b.prompt_embeds, expect)
-    assert not torch.allclose(b.prompt_embeds[0], b.prompt_embeds[1])  # the class names differ, so do the prompts' embeddings
+    # the class names differ, so do the prompts' embeddings
+    assert not torch.allclose(b.prompt_embeds[0], b.prompt_embeds[1])
     # a one-hot condition is that class's prompt embedding, fed to the UNet as encoder_hidden_states
     z = b.random_latents(3, 2, torch.Generator().manual_seed(0))
     x, w = b.split(z)
     from gendistill.backbones.diffusion import run_unet
 
     t = b.timesteps()[0]
-    torch.testing.assert_close(b._output(x, t, w), run_unet(b.unet, x, t, encoder_hidden_states=expect[3].expand(2, -1, -1)))
+    torch.testing.assert_close(b._output(x, t, w), run_unet(b.unet, x, t,
+                                                            encoder_hidden_states=expect[3].expand(2, -1, -1)))
     assert b.decode(z).shape == (2, *IMAGE_SHAPE)
     assert b.encode(torch.rand(2, *IMAGE_SHAPE), labels=torch.tensor([1, 2])).shape == (2, b.latent_shape[0])
-    other = load_backbone(str(sd_dir), image_shape=IMAGE_SHAPE, class_names=FASHION_CLASSES, options={"prompt_template": "{name}, product photo"})
+    other = load_backbone(str(sd_dir), image_shape=IMAGE_SHAPE, class_names=FASHION_CLASSES,
+                          options={"prompt_template": "{name}, product photo"})
     assert other.prompts[0] == "T-shirt/top, product photo" and other.weights_sha256() != b.weights_sha256()
     assert other.options()["prompt_template"] == "{name}, product photo"
 
@@ -374,7 +395,8 @@ def test_cli_records_the_options_a_set_is_decoded_with(tmp_path, ldm_dir, capsys
     from gendistill.cli import main
 
     out = tmp_path / "set.safetensors"
-    for argv in (["init", "--backbone", ldm_dir, "--init", "diffusion", "--ipc", 1, "--decode-steps", 2, "--guidance-scale", 2, "--out", out],
+    for argv in (["init", "--backbone", ldm_dir, "--init", "diffusion", "--ipc", 1, "--decode-steps", 2,
+                  "--guidance-scale", 2, "--out", out],
                  ["sample", out, "--out", tmp_path / "grid.png"]):
         with pytest.raises(SystemExit) as e:
             main([str(a) for a in argv])
@@ -387,16 +409,18 @@ def test_cli_records_the_options_a_set_is_decoded_with(tmp_path, ldm_dir, capsys
 @pytest.mark.slow  # spawns a process
 def test_dm_through_the_diffusion_decoder_under_accelerate(tmp_path, ldm_dir):
     out = tmp_path / "dm"
-    args = ["recipes/latent_dm.py", "--output", out, "--backbone", ldm_dir, "--match-space", "pixel", "--init", "diffusion",
-            "--decode-steps", 2, "--ipc", 1, "--batch-real", 4, "--steps", 3, "--eval-runs", 0, "--depth", 2, "--width", 8,
-            "--checkpoint-every", 0]
+    args = ["recipes/latent_dm.py", "--output", out, "--backbone", ldm_dir, "--match-space", "pixel", "--init",
+            "diffusion", "--decode-steps", 2, "--ipc", 1, "--batch-real", 4, "--steps", 3, "--eval-runs", 0, "--depth",
+            2, "--width", 8, "--checkpoint-every", 0]
     r = launch(args)
     assert r.returncode == 0, r.stderr[-3000:]
     syn = SyntheticSet.load(out / "set.safetensors", backbone=_load(ldm_dir, decode_steps=2))
     assert syn.latents.shape == (10, LATENT_DIM) and syn.run_meta["steps_done"] == 3
     assert syn.backbone_meta["kind"] == "diffusion" and syn.backbone_meta["options"]["decode_steps"] == 2
-    start = torch.cat([_load(ldm_dir, decode_steps=2).random_latents(c, 1, g) for g in [torch.Generator().manual_seed(0)] for c in range(10)])
-    assert not torch.allclose(syn.latents, start) and (syn.latents - start).abs().max() < 1.0  # 3 Adam steps moved the noise
+    start = torch.cat([_load(ldm_dir, decode_steps=2).random_latents(c, 1, g)
+                       for g in [torch.Generator().manual_seed(0)] for c in range(10)])
+    # 3 Adam steps moved the noise
+    assert not torch.allclose(syn.latents, start) and (syn.latents - start).abs().max() < 1.0
     assert (out / "grid.png").exists()
 
 
@@ -406,8 +430,9 @@ def test_dm_through_the_diffusion_decoder_from_real_data(tmp_path, ldm_dir, init
     """(d) from inverted real images (only the chosen ones are inverted) or from the inverted k-means prototypes."""
     monkeypatch.setattr(DiffusionBackbone, "invert_refine", 0)
     out = tmp_path / init
-    argv = ["--output", out, "--backbone", ldm_dir, "--match-space", "pixel", "--init", init, "--decode-steps", 2, "--ipc", 1,
-            "--batch-real", 4, "--steps", 3, "--eval-runs", 0, "--depth", 2, "--width", 8, "--checkpoint-every", 0]
+    argv = ["--output", out, "--backbone", ldm_dir, "--match-space", "pixel", "--init", init, "--decode-steps", 2,
+            "--ipc", 1, "--batch-real", 4, "--steps", 3, "--eval-runs", 0, "--depth", 2, "--width", 8,
+            "--checkpoint-every", 0]
     assert load_recipe(ROOT / "recipes" / "latent_dm.py").main([str(a) for a in argv]) == 0
     syn = SyntheticSet.load(out / "set.safetensors", backbone=_load(ldm_dir, decode_steps=2))
     assert syn.latents.shape == (10, LATENT_DIM) and syn.run_meta["init"] == init and syn.run_meta["steps_done"] == 3
@@ -417,9 +442,9 @@ def test_dm_through_the_diffusion_decoder_from_real_data(tmp_path, ldm_dir, init
 def test_dm_from_diffusion_init_on_a_vae(tmp_path, ldm_dir, tiny_vae_dir):
     """(c): a VAE-space set started from diffusion samples; the diffusion options go to the init model."""
     out = tmp_path / "dm-vae"
-    argv = ["--output", out, "--backbone", tiny_vae_dir, "--init", "diffusion", "--init-model", ldm_dir, "--decode-steps", 2,
-            "--guidance-scale", 1.5, "--ipc", 1, "--batch-real", 4, "--steps", 2, "--eval-runs", 0, "--depth", 2, "--width", 8,
-            "--checkpoint-every", 0]
+    argv = ["--output", out, "--backbone", tiny_vae_dir, "--init", "diffusion", "--init-model", ldm_dir,
+            "--decode-steps", 2, "--guidance-scale", 1.5, "--ipc", 1, "--batch-real", 4, "--steps", 2, "--eval-runs", 0,
+            "--depth", 2, "--width", 8, "--checkpoint-every", 0]
     assert load_recipe(ROOT / "recipes" / "latent_dm.py").main([str(a) for a in argv]) == 0
     syn = SyntheticSet.load(out / "set.safetensors")
     assert syn.backbone_meta["kind"] == "vae" and syn.run_meta["init_model"]["options"]["guidance_scale"] == 1.5
@@ -445,9 +470,12 @@ def test_train_diffusion_writes_a_loadable_directory(tmp_path, tiny_vae_dir):
 
 @pytest.mark.slow  # end to end, over a second of CPU
 def test_eval_gan_measures_a_diffusion_backbone(tmp_path, ldm_dir):
-    argv = ["--backbone", str(ldm_dir), "--per-class", "2", "--classifier-epochs", "1", "--invert", "2", "--decode-steps", "2",
-            "--out", str(tmp_path / "eval.json")]
+    argv = ["--backbone", str(ldm_dir), "--per-class", "2", "--classifier-epochs", "1", "--invert", "2",
+            "--decode-steps", "2", "--out", str(tmp_path / "eval.json")]
     assert load_recipe(ROOT / "recipes" / "eval_gan.py").main(argv) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert len(result["classifier_acc_generated_per_class"]) == NUM_CLASSES and 0 <= result["classifier_acc_generated"] <= 1
+    assert (
+        len(result["classifier_acc_generated_per_class"]) == NUM_CLASSES
+        and 0 <= result["classifier_acc_generated"] <= 1
+    )
     assert result["inversion"]["images"] == 2 and result["inversion"]["options"]["decode_steps"] == 2

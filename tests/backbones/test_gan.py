@@ -67,7 +67,8 @@ def test_kind_from_config_alone(tmp_path):
 @pytest.mark.parametrize("space", SPACES)
 def test_decode_shape_in_every_space(gan_dir, space):
     b = _load(gan_dir, space)
-    expected = {"z": (12,), "w": (16,), "w+": (3, 16), "f0": (8 * 7 * 7 + 2 * 16,), "f1": (8 * 14 * 14 + 16,), "f2": (8 * 28 * 28,)}
+    expected = {"z": (12,), "w": (16,), "w+": (3, 16), "f0": (8 * 7 * 7 + 2 * 16,), "f1": (8 * 14 * 14 + 16,),
+                "f2": (8 * 28 * 28,)}
     assert tuple(b.latent_shape) == expected[space]
     z = b.random_latents(3, 4, torch.Generator().manual_seed(0))
     assert z.shape == (4, *expected[space])
@@ -218,7 +219,8 @@ def _one_line(e) -> str:
 def test_config_without_structure_fails_in_one_line(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"_class_name": "ConditionalStyleGenerator", "num_classes": 10, "z_dim": 8}))
+    (d / "config.json").write_text(json.dumps({"_class_name": "ConditionalStyleGenerator", "num_classes": 10,
+                                               "z_dim": 8}))
     with pytest.raises(ValueError, match="lacks the generator structure") as e:
         load_backbone(str(d))
     text = _one_line(e)
@@ -276,7 +278,8 @@ def test_dm_through_the_gan(tmp_path, gan_dir, fast_inversion):
 
 def test_dm_in_latent_space_with_a_gan_says_use_pixel(tmp_path, gan_dir):
     with pytest.raises(ValueError, match="add --match-space pixel") as e:
-        load_recipe(ROOT / "recipes" / "latent_dm.py").main(_recipe_args(tmp_path / "x", gan_dir, "--match-space", "latent"))
+        load_recipe(ROOT / "recipes" / "latent_dm.py").main(_recipe_args(tmp_path / "x", gan_dir, "--match-space",
+                                                                         "latent"))
     _one_line(e)
 
 
@@ -299,7 +302,9 @@ def test_datm_through_the_gan(tmp_path, gan_dir):
             "--lr-lr", 1e-9, "--depth", 2, "--width", 8, "--cache-dir", tmp_path / "cache"]
     assert load_recipe(ROOT / "recipes" / "latent_mtt.py").main([str(a) for a in argv]) == 0
     syn = SyntheticSet.load(out / "set.safetensors", backbone=_load(gan_dir, "z"))
-    assert syn.latents.shape == (20, 12) and syn.labels.shape == (20, 10) and syn.run_meta["experts"]["space"] == "pixel"
+    assert (
+        syn.latents.shape == (20, 12) and syn.labels.shape == (20, 10) and syn.run_meta["experts"]["space"] == "pixel"
+    )
 
 
 @pytest.mark.slow  # end to end, over a second of CPU
@@ -344,7 +349,8 @@ def test_itgan_objective_terms():
     z = anchors + 0.1
     torch.testing.assert_close(obj.latent_loss(z, labels, ctx()), torch.tensor(0.25 * 3 * 0.01))
     state = obj.state_dict()
-    fresh = get_objective("itgan", classifier=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), depth=1, width=4)
+    fresh = get_objective("itgan", classifier=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), depth=1,
+                          width=4)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.anchors, anchors) and torch.equal(fresh.classifier[1].weight, classifier[1].weight)
 
@@ -357,9 +363,14 @@ def test_train_gan_writes_a_loadable_directory(tmp_path):
     assert recipe.main(["--output", str(tmp_path / "b"), *args]) == 0
     a, b = load_backbone(str(tmp_path / "a")), load_backbone(str(tmp_path / "b"))
     assert a.kind == "gan" and a.weights_sha256() == b.weights_sha256()  # reproducible from the seed
-    assert a.weights_sha256() != GANBackbone(a.generator.__class__(**TINY), latent_space="w+").weights_sha256()  # trained
+    # trained
+    assert a.weights_sha256() != GANBackbone(a.generator.__class__(**TINY), latent_space="w+").weights_sha256()
     info = json.loads((tmp_path / "a" / "gendistill.json").read_text())
-    assert info["recipe"] == "recipes/train_gan.py" and info["config"]["max_steps"] == 2 and info["dataset"]["name"] == "fashion-mnist"
+    assert (
+        info["recipe"] == "recipes/train_gan.py"
+        and info["config"]["max_steps"] == 2
+        and info["dataset"]["name"] == "fashion-mnist"
+    )
     assert (tmp_path / "a" / "samples.png").exists() and not list(tmp_path.glob(".a.*"))  # atomic: no leftovers
     assert a.decode(a.random_latents(0, 2)).shape == (2, *IMAGE_SHAPE)
 
@@ -384,7 +395,8 @@ def test_cli_init_and_sample_in_a_gan_space(tmp_path, gan_dir, capsys):
     from gendistill.cli import main
 
     out = tmp_path / "set.safetensors"
-    for argv in (["init", "--backbone", str(gan_dir), "--latent-space", "f1", "--init", "classmean", "--ipc", "1", "--out", out],
+    for argv in (["init", "--backbone", str(gan_dir), "--latent-space", "f1", "--init", "classmean", "--ipc", "1",
+                  "--out", out],
                  ["sample", out, "--out", tmp_path / "grid.png"]):
         with pytest.raises(SystemExit) as e:
             main([str(a) for a in argv])
@@ -426,7 +438,8 @@ def test_within_class_spread_tells_a_collapsed_generator_from_varied_images():
 def test_discriminator_auxiliary_classifier_logits_and_the_ac_term_changes_training():
     from gendistill.training.gan import GANConfig, ProjectionDiscriminator, train_gan
 
-    D = ProjectionDiscriminator(1, 10, (8, 8, 8), mbstd_group=4).eval()  # eval: spectral norm's power iteration is frozen
+    # eval: spectral norm's power iteration is frozen
+    D = ProjectionDiscriminator(1, 10, (8, 8, 8), mbstd_group=4).eval()
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     score, logits = D(x, y, logits=True)
     assert score.shape == (8,) and logits.shape == (8, 10) and torch.equal(score, D(x, y))
@@ -434,5 +447,6 @@ def test_discriminator_auxiliary_classifier_logits_and_the_ac_term_changes_train
     train = get_dataset("fashion-mnist", "train")
     tiny = dict(z_dim=8, embed_dim=4, w_dim=16, mapping_layers=2, channels=(8, 8, 8), d_channels=(8, 8, 8),
                 batch_size=16, max_steps=2, ema=0.0)
-    sha = [train_gan(train, GANConfig(**tiny, ac_weight=w), log=lambda *a: None, progress=False).weights_sha256() for w in (0.0, 1.0, 1.0)]
+    sha = [train_gan(train, GANConfig(**tiny, ac_weight=w), log=lambda *a: None, progress=False).weights_sha256()
+           for w in (0.0, 1.0, 1.0)]
     assert sha[0] != sha[1] and sha[1] == sha[2]  # the term is in the generator's loss; still reproducible

@@ -34,7 +34,8 @@ def test_registered_names():
     assert get_net("mlp", (1, 28, 28), 10).feature_dim == 128
 
 
-@pytest.mark.parametrize("shape,dim", [((1, 28, 28), 128 * 4 * 4), ((4, 7, 7), 128 * 1 * 1), ((3, 32, 32), 128 * 4 * 4)])
+@pytest.mark.parametrize("shape,dim", [((1, 28, 28), 128 * 4 * 4), ((4, 7, 7), 128 * 1 * 1),
+                                       ((3, 32, 32), 128 * 4 * 4)])
 def test_convnet_feature_dim(shape, dim):
     net = get_net("convnet", shape, 10)
     assert net.feature_dim == dim and net.classifier.in_features == dim
@@ -52,7 +53,8 @@ def test_default_is_the_evaluation_convnet():
     net = get_net("convnet", (1, 28, 28), 10)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     # DC's convention: the first conv pads by 3 on 1x28x28 (28 -> 32), the others by 1
-    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(128, (3, 3), (3, 3))] + [(128, (3, 3), (1, 1))] * 2
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(128, (3, 3),
+                                                                            (3, 3))] + [(128, (3, 3), (1, 1))] * 2
 
 
 @pytest.mark.parametrize("name,norm,groups", [("convnet", "instancenorm", 8), ("convnet", "layernorm", 1)])
@@ -69,7 +71,8 @@ def test_no_instance_norm_on_a_1x1_map():
     assert sum(isinstance(m, nn.GroupNorm) for m in net.modules()) == 2
     emb = net.embed(torch.randn(3, 4, 7, 7, generator=gen(0)))
     assert emb.abs().max() > 1e-3 and not torch.allclose(emb[0], emb[1])
-    assert sum(isinstance(m, nn.GroupNorm) for m in get_net("convnet", (4, 7, 7), 10, norm="layernorm", **TINY).modules()) == 3
+    assert sum(isinstance(m, nn.GroupNorm) for m in get_net("convnet", (4, 7, 7), 10, norm="layernorm",
+                                                            **TINY).modules()) == 3
 
 
 def test_batchnorm_and_none():
@@ -79,7 +82,8 @@ def test_batchnorm_and_none():
 
 
 def test_unknown_names_raise():
-    with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of: alexnet, convnet, convnet-bn, mlp, resnet18, "
+    with pytest.raises(ValueError, match="unknown network 'resnet'; choose one of: alexnet, convnet, convnet-bn, "
+                                         "mlp, resnet18, "
                        "resnet18bn, vgg11, vit"):
         get_net("resnet", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="unknown network setting.*widht"):
@@ -162,12 +166,15 @@ def test_zoo_latent_skips_pools_and_instance_norm_at_1x1():
 
 def test_zoo_norms_and_settings():
     assert not any(isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)) for m in get_net("alexnet", (1, 28, 28), 10).modules())
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in get_net("alexnet", (1, 28, 28), 10, norm="batchnorm").modules()) == 5
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in get_net("alexnet", (1, 28, 28), 10,
+                                                              norm="batchnorm").modules()) == 5
     bn = get_net("resnet18bn", (3, 32, 32), 10, **TINY)
     assert not any(isinstance(m, nn.GroupNorm) for m in bn.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 1 + 8 * 2 + 3  # stem, blocks, 3 projections
-    # width scales every layer by width/128: the objectives' defaults (depth 3, width 128, avgpooling) give the reference
-    assert [m.out_channels for m in get_net("resnet18", (1, 28, 28), 10, width=8).modules() if isinstance(m, nn.Conv2d)][::5] == [4, 8, 16, 32]
+    # width scales every layer by width/128: the objectives' defaults (depth 3, width 128, avgpooling) give the
+    # reference
+    assert [m.out_channels for m in get_net("resnet18", (1, 28, 28), 10, width=8).modules()
+            if isinstance(m, nn.Conv2d)][::5] == [4, 8, 16, 32]
     assert get_net("vgg11", (1, 28, 28), 10, depth=3, width=128, pool="avgpooling").feature_dim == 512
     with pytest.raises(ValueError, match="resnet18 has the reference's fixed depth.*depth=4"):
         get_net("resnet18", (1, 28, 28), 10, depth=4)
@@ -183,8 +190,10 @@ def test_evaluate_across_architectures():
     train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
     idx = torch.cat([train.sample_class(c, 1, gen(0)) for c in range(10)])
     archs = ["alexnet", "vgg11", "resnet18"]
-    r = evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1), archs=archs, progress=False)
+    r = evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1), archs=archs,
+                 progress=False)
     assert list(r["archs"]) == archs
     assert all(len(a["accs"]) == 1 and 0 <= a["mean"] <= 1 for a in r["archs"].values())
     with pytest.raises(ValueError, match="unknown network 'resnet19'"):
-        evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1), archs=["convnet", "resnet19"])
+        evaluate(train.float_images(idx), train.labels[idx], test, EvalConfig(epochs=1, runs=1),
+                 archs=["convnet", "resnet19"])

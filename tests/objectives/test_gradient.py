@@ -115,7 +115,8 @@ def test_dc_objective_is_sum_over_classes_of_layerwise_gradient_distance():
 def test_loss_decreases_on_a_fixed_net(method, space):
     """With the net held fixed (inner_loop 0, one outer iteration) descending on syn lowers the loss."""
     syn, labels, real = toy_problem()
-    obj = get_objective(method, depth=2, width=8, outer_loop=1000, inner_loop=0, augment="none" if method == "dc" else "auto")
+    obj = get_objective(method, depth=2, width=8, outer_loop=1000, inner_loop=0, augment="none" if method == "dc"
+                        else "auto")
     opt = torch.optim.Adam([syn], lr=0.05)
     losses = []
     for _ in range(15):
@@ -161,7 +162,8 @@ def test_state_dict_round_trip_gives_the_same_next_loss(tmp_path):
     ctx = ctx_for()
     for _ in range(2):
         a(syn, labels, real.__getitem__, ctx).backward()
-    save_state(a.state_dict(), tmp_path / "objective.safetensors")  # as a checkpoint does: safetensors + JSON, loaded to the CPU
+    # as a checkpoint does: safetensors + JSON, loaded to the CPU
+    save_state(a.state_dict(), tmp_path / "objective.safetensors")
     gen_state = ctx.generator.get_state()
     expected = a(syn, labels, real.__getitem__, ctx)
 
@@ -198,7 +200,8 @@ def test_recipe_pixel_backbone_is_classic_dc(tmp_path):
     with safe_open(str(out / "set.safetensors"), "pt") as f:
         assert f.get_tensor("latents").shape == (20, 1, 28, 28)
         assert json.loads(f.metadata()["gendistill.backbone"])["kind"] == "pixel"
-    assert not torch.allclose(SyntheticSet.load(out / "set.safetensors").latents, SyntheticSet.load(init / "set.safetensors").latents)
+    assert not torch.allclose(SyntheticSet.load(out / "set.safetensors").latents,
+                              SyntheticSet.load(init / "set.safetensors").latents)
 
 
 def test_recipe_loops_default_to_the_reference_for_the_ipc(tmp_path, tiny_vae_dir):
@@ -233,9 +236,9 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir):
 @pytest.mark.slow  # spawns a process
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir):
     out = tmp_path / "launched"
-    proc = launch(["--mixed_precision", "no", RECIPE, "--backbone", tiny_vae_dir, "--method", "dsa", "--match-space", "pixel",
-                   "--steps", 3, "--ipc", 2, "--batch-real", 4, "--depth", 2, "--width", 8, "--outer-loop", 2, "--inner-loop", 1,
-                   "--eval-runs", 1, "--eval-epochs", 2, "--output", out])
+    proc = launch(["--mixed_precision", "no", RECIPE, "--backbone", tiny_vae_dir, "--method", "dsa", "--match-space",
+                   "pixel", "--steps", 3, "--ipc", 2, "--batch-real", 4, "--depth", 2, "--width", 8, "--outer-loop", 2,
+                   "--inner-loop", 1, "--eval-runs", 1, "--eval-epochs", 2, "--output", out])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("dsa fashion-mnist ipc 2 (pixel space): test accuracy")
     assert json.loads((out / "eval.json").read_text())["settings"]["epochs"] == 2

@@ -37,7 +37,8 @@ def expert_dir(tmp_path_factory, tiny_idx_dir, tiny_vae_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENDISTILL_FASHION_MNIST_DIR", str(tiny_idx_dir))
         mp.setenv("GENDISTILL_CACHE", str(root / "cache"))
-        argv = ["--output", root / "exp", "--backbone", tiny_vae_dir, "--num-experts", 2, "--epochs", 3, "--batch", 64, *TINY_NET]
+        argv = ["--output", root / "exp", "--backbone", tiny_vae_dir, "--num-experts", 2, "--epochs", 3, "--batch", 64,
+                *TINY_NET]
         assert load_recipe(TRAIN_EXPERTS).main([str(a) for a in argv]) == 0
     return root / "exp"
 
@@ -89,10 +90,14 @@ def test_rerun_skips_finished_experts_and_redoes_missing(expert_dir, tiny_vae_di
 def test_shards_make_the_same_experts(expert_dir, tiny_vae_dir, tmp_path):
     out = tmp_path / "sharded"
     for shard in ("1/2", "0/2"):
-        argv = ["--output", out, "--backbone", tiny_vae_dir, "--num-experts", 2, "--epochs", 3, "--batch", 64, *TINY_NET,
-                "--cache-dir", tmp_path / "cache", "--shard", shard, "--test", "false"]
+        argv = ["--output", out, "--backbone", tiny_vae_dir, "--num-experts", 2, "--epochs", 3, "--batch", 64,
+                *TINY_NET, "--cache-dir", tmp_path / "cache", "--shard", shard, "--test", "false"]
         assert load_recipe(TRAIN_EXPERTS).main([str(a) for a in argv]) == 0
-        assert expert_file(out, int(shard[0])).exists() and not expert_file(out, 1 - int(shard[0])).exists() or shard == "0/2"
+        assert (
+            expert_file(out, int(shard[0])).exists()
+            and not expert_file(out, 1 - int(shard[0])).exists()
+            or shard == "0/2"
+        )
     for i in range(2):
         a, b = (safe_open(str(expert_file(d, i)), "pt").get_tensor("trajectory") for d in (out, expert_dir))
         assert torch.equal(a, b)
@@ -133,7 +138,8 @@ def toy_experts(tmp_path_factory) -> Experts:
     d = tmp_path_factory.mktemp("toy-experts")
     net = NetSpec("convnet", 2, 4)
     ident = identity("latent", load_backbone("pixel", image_shape=(1, 28, 28)), {"name": "toy"}, net, IN_SHAPE, K)
-    meta = describe(ident, param_layout(net.build(IN_SHAPE, K, torch.Generator().manual_seed(0))), ExpertConfig(num_experts=2, epochs=4))
+    meta = describe(ident, param_layout(net.build(IN_SHAPE, K, torch.Generator().manual_seed(0))),
+                    ExpertConfig(num_experts=2, epochs=4))
     write_json(meta, d / "experts.json")
     g = torch.Generator().manual_seed(1)
     for i in range(2):
@@ -149,7 +155,8 @@ def _step(name, experts, syn0, soft0=None, lr0=0.05, seed=5, transform=lambda x:
     lr = torch.nn.Parameter(torch.tensor(lr0))
     soft = torch.nn.Parameter(soft0.clone()) if soft0 is not None else None
     labels = torch.arange(K).repeat_interleave(len(syn0) // K)
-    ctx = StepContext(0, torch.Generator().manual_seed(seed), IN_SHAPE, K, torch.device("cpu"), transform=transform, syn_lr=lr, soft_labels=soft)
+    ctx = StepContext(0, torch.Generator().manual_seed(seed), IN_SHAPE, K, torch.device("cpu"), transform=transform,
+                      syn_lr=lr, soft_labels=soft)
     loss = obj(syn, labels, None, ctx)
     loss.backward()
     return loss.detach(), syn.grad, lr.grad, None if soft is None else soft.grad
@@ -182,8 +189,11 @@ def test_mtt_loss_is_normalised_distance_and_deterministic(toy_experts):
 
 
 def test_datm_window_grows_and_threshold_skips(toy_experts):
-    obj = get_objective("datm", experts=toy_experts, expert_epochs=1, max_start_epoch=1, max_start_epoch_final=3, expansion_end_step=10)
-    assert obj.window(0) == (0, 1) and obj.window(5) == (0, 2) and obj.window(10) == (0, 3) and obj.window(100) == (0, 3)
+    obj = get_objective("datm", experts=toy_experts, expert_epochs=1, max_start_epoch=1, max_start_epoch_final=3,
+                        expansion_end_step=10)
+    assert (
+        obj.window(0) == (0, 1) and obj.window(5) == (0, 2) and obj.window(10) == (0, 3) and obj.window(100) == (0, 3)
+    )
     syn0 = torch.randn(6, *IN_SHAPE, generator=torch.Generator().manual_seed(0))
     for unroll in ("autograd", "constant"):
         loss, g_syn, g_lr, _ = _step("datm", toy_experts, syn0, threshold=0.0, unroll=unroll, max_start_epoch_final=2)
@@ -209,7 +219,8 @@ def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tin
 
     g = torch.Generator().manual_seed(0)
     real = LatentSplit(torch.randn(30, *IN_SHAPE, generator=g), torch.arange(K).repeat_interleave(10), K)
-    syn = SyntheticSet(torch.zeros(6, *IN_SHAPE), torch.arange(K).repeat_interleave(2), lr=0.02, dataset={"num_classes": K})
+    syn = SyntheticSet(torch.zeros(6, *IN_SHAPE), torch.arange(K).repeat_interleave(2), lr=0.02,
+                       dataset={"num_classes": K})
     info = init_soft_labels(syn, toy_experts, lambda z: z, real, torch.Generator().manual_seed(1))
     assert isinstance(syn.labels, torch.nn.Parameter) and syn.labels.shape == (6, K) and info["samples"] == 6
     assert all(any(torch.equal(z, r) for r in real.latents) for z in syn.latents.detach())  # real samples chosen
@@ -221,7 +232,8 @@ def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tin
 
     # evaluation trains on the soft labels (and the learned lr)
     seen = []
-    monkeypatch.setattr(ev, "_loss", lambda logits, y: (seen.append(y.detach().clone()), ev.F.cross_entropy(logits, y.float()))[1])
+    monkeypatch.setattr(ev, "_loss", lambda logits, y: (seen.append(y.detach().clone()),
+                                                        ev.F.cross_entropy(logits, y.float()))[1])
     test = get_dataset("fashion-mnist", "test")
     images = torch.rand(6, 1, 28, 28)
     soft10 = torch.softmax(torch.randn(6, 10, generator=g), 1)
@@ -235,9 +247,9 @@ def test_datm_soft_labels_init_save_load_and_evaluate(toy_experts, tmp_path, tin
 
 
 def _mtt_args(out, backbone, *extra):
-    return [str(a) for a in ["--output", out, "--backbone", backbone, "--match-space", "latent", "--ipc", 2, "--steps", 3,
-                             "--eval-runs", 0, "--syn-steps", 3, "--expert-epochs", 1, "--max-start-epoch", 1, "--lr-lr", 1e-9,
-                             *TINY_NET, *extra]]
+    return [str(a) for a in ["--output", out, "--backbone", backbone, "--match-space", "latent", "--ipc", 2, "--steps",
+                             3, "--eval-runs", 0, "--syn-steps", 3, "--expert-epochs", 1, "--max-start-epoch", 1,
+                             "--lr-lr", 1e-9, *TINY_NET, *extra]]
 
 
 @pytest.mark.parametrize("method", ["mtt", "tesla", "datm"])
@@ -246,9 +258,11 @@ def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method
 
     extra = ["--max-start-epoch-final", 2] if method == "datm" else []
     out = tmp_path / method
-    assert load_recipe(LATENT_MTT).main(_mtt_args(out, tiny_vae_dir, "--method", method, "--experts", expert_dir, *extra)) == 0
+    assert load_recipe(LATENT_MTT).main(_mtt_args(out, tiny_vae_dir, "--method", method, "--experts", expert_dir,
+                                                  *extra)) == 0
     syn = SyntheticSet.load(out / "set.safetensors")
-    assert syn.lr is not None and float(syn.lr.detach()) > 0  # the learned lr is saved (its gradient: test_tesla_gradient_equals_mtt)
+    # the learned lr is saved (its gradient: test_tesla_gradient_equals_mtt)
+    assert syn.lr is not None and float(syn.lr.detach()) > 0
     assert syn.run_meta["method"] == method and syn.run_meta["steps_done"] == 3
     assert syn.run_meta["experts"]["directory"] == expert_dir.name  # by name: a set records no path of this machine
     assert syn.run_meta["experts"]["epochs"] == 3
@@ -258,7 +272,8 @@ def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method
         from gendistill.cli import main as cli
 
         with pytest.raises(SystemExit) as e:
-            cli(["eval", str(out / "set.safetensors"), "--epochs", "1", "--runs", "1", "--out", str(out / "cli-eval.json")])
+            cli(["eval", str(out / "set.safetensors"), "--epochs", "1", "--runs", "1", "--out",
+                 str(out / "cli-eval.json")])
         assert e.value.code == 0
         result = json.loads((out / "cli-eval.json").read_text())
         assert result["soft_labels"] is True and result["lr_used"] == pytest.approx(float(syn.lr.detach()))
@@ -273,7 +288,8 @@ def test_datm_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, expert_dir, un
     from gendistill.synthetic import SyntheticSet
 
     def run(name, steps, *extra):
-        args = ["--method", "datm", "--experts", expert_dir, "--max-start-epoch-final", 2, "--unroll", unroll, "--checkpoint-every", 2]
+        args = ["--method", "datm", "--experts", expert_dir, "--max-start-epoch-final", 2, "--unroll", unroll,
+                "--checkpoint-every", 2]
         argv = _mtt_args(tmp_path / name, tiny_vae_dir, *args, *extra)
         argv[argv.index("--steps") + 1] = str(steps)
         assert load_recipe(LATENT_MTT).main(argv) == 0
@@ -299,8 +315,8 @@ def test_latent_mtt_default_experts_are_cached(tmp_path, tiny_vae_dir, capsys):
 
 def test_pixel_match_space_recipe_with_pixel_experts(tmp_path, tiny_vae_dir):
     """GLaD-style: the VAE's latents are learned, the experts and the student see decoded, normalised images."""
-    args = ["--method", "datm", "--match-space", "pixel", "--num-experts", 1, "--expert-train-epochs", 2, "--max-start-epoch-final", 1,
-            "--cache-dir", tmp_path / "cache", "--steps", 2]
+    args = ["--method", "datm", "--match-space", "pixel", "--num-experts", 1, "--expert-train-epochs", 2,
+            "--max-start-epoch-final", 1, "--cache-dir", tmp_path / "cache", "--steps", 2]
     assert load_recipe(LATENT_MTT).main(_mtt_args(tmp_path / "px", tiny_vae_dir, *args)) == 0
     (made,) = (tmp_path / "cache" / "experts").iterdir()
     assert read_description(made)["space"] == "pixel" and read_description(made)["in_shape"] == [1, 28, 28]
@@ -331,8 +347,8 @@ def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, expert_dir, capsys):
 def test_accelerate_launch_cpu(tmp_path, tiny_vae_dir, expert_dir):
     out = tmp_path / "launched"
     proc = launch(["--mixed_precision", "no", LATENT_MTT,
-                   *_mtt_args(out, tiny_vae_dir, "--method", "datm", "--experts", expert_dir, "--max-start-epoch-final", 2,
-                              "--unroll", "constant", "--eval-runs", 1, "--eval-epochs", 2)])
+                   *_mtt_args(out, tiny_vae_dir, "--method", "datm", "--experts", expert_dir, "--max-start-epoch-final",
+                              2, "--unroll", "constant", "--eval-runs", 1, "--eval-epochs", 2)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout.strip().splitlines()[-1] and "learned lr" in proc.stdout
     result = json.loads((out / "eval.json").read_text())

@@ -13,8 +13,8 @@ from gendistill.training import common as training
 # 200 tiny training images: batch 64 -> 3 steps per epoch, 2 epochs
 RECIPES = {
     "autoencoder": ["--epochs", "2", "--batch-size", "64", "--block-out-channels", "8", "8", "--norm-num-groups", "4"],
-    "gan": ["--epochs", "2", "--batch-size", "64", "--channels", "8", "8", "8", "--d-channels", "8", "8", "8", "--w-dim", "16",
-            "--z-dim", "8", "--embed-dim", "4", "--mapping-layers", "2", "--samples-per-class", "1"],
+    "gan": ["--epochs", "2", "--batch-size", "64", "--channels", "8", "8", "8", "--d-channels", "8", "8", "8",
+            "--w-dim", "16", "--z-dim", "8", "--embed-dim", "4", "--mapping-layers", "2", "--samples-per-class", "1"],
     "diffusion": ["--epochs", "2", "--batch-size", "64", "--block-out-channels", "8", "16", "--attention", "0", "1",
                   "--norm-num-groups", "4", "--attention-head-dim", "8", "--samples-per-class", "1"],
 }
@@ -47,7 +47,8 @@ def test_interrupted_training_resumes_to_the_same_weights(kind, tmp_path, tiny_v
         assert run_guarded(recipe.main, ["--output", str(part), *args]) == 130
     assert "run the same command with --resume" in capsys.readouterr().err and not part.exists()
 
-    assert run_guarded(recipe.main, ["--output", str(part), *args]) == 2  # a checkpoint is there: starting over would lose it
+    # a checkpoint is there: starting over would lose it
+    assert run_guarded(recipe.main, ["--output", str(part), *args]) == 2
     assert "pass --resume to continue it" in capsys.readouterr().err
     changed = ["--epochs", "3"] + args[2:]
     assert run_guarded(recipe.main, ["--output", str(part), *changed, "--resume"]) == 2
@@ -76,7 +77,8 @@ def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
 @pytest.mark.slow  # end to end, over a second of CPU
 @pytest.mark.parametrize("kind", ["vae", "gan"])
 def test_cli_train_backbone_calls_the_library(kind, tmp_path, capsys):
-    """`gendistill train-backbone --kind KIND` runs the library's trainer (no recipe file is read) and writes a backbone."""
+    """`gendistill train-backbone --kind KIND` runs the library's trainer (no recipe file is read) and writes a
+    backbone."""
     from gendistill.cli import _main
 
     flags = RECIPES["autoencoder" if kind == "vae" else kind]
@@ -183,7 +185,8 @@ def test_a_damaged_trainer_checkpoint_is_one_line(damage, tmp_path):
     elif damage == "another safetensors file":
         save_safetensors({"latents": torch.zeros(2)}, path)
     else:
-        save_state({"config": {"lr": 0.1}, "epoch": 0, "step": 1, "generator": torch.Generator().get_state(), "parts": {}}, path)
+        save_state({"config": {"lr": 0.1}, "epoch": 0, "step": 1, "generator": torch.Generator().get_state(),
+                    "parts": {}}, path)
     with pytest.raises(ValueError, match="not a readable training checkpoint") as e:
         _tiny_checkpoint(path, resume=True)[0].load()
     assert len(str(e.value).splitlines()) == 1 and "delete it and start over" in str(e.value)
