@@ -222,3 +222,11 @@ def ok(result) -> str:
     code, out, err = result
     assert code == 0, err
     return out
+
+
+def fast_first(values) -> list:
+    """``parametrize`` values of which ``make test-fast`` runs the first; the others are marked slow (CI runs them all).
+
+    For the heavy end-to-end cases: the edit loop still runs one of them. A tuple is one case of several arguments."""
+    slow = [pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow) for v in values[1:]]
+    return [values[0], *slow]

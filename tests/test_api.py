@@ -41,6 +41,7 @@ def set_dir(tmp_path_factory, tiny_vae_dir, tiny_idx_dir) -> Path:
     return d
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_three_lines_with_a_dataloader(set_dir):
     ds = gendistill.load_set(set_dir / "set.safetensors")
     loader = DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
@@ -80,6 +81,7 @@ def test_import_gendistill_is_light():
     assert callable(gendistill.load_set) and callable(gendistill.distill_set) and "load_set" in dir(gendistill)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_distill_set_runs_the_recipe_pipeline(tmp_path, tiny_vae_dir):
     ds = gendistill.distill_set(method="dm", dataset="fashion-mnist", ipc=1, backbone=str(tiny_vae_dir), steps=2,
                                 batch_real=4, depth=2, width=8, eval_runs=1, eval_epochs=1, output=str(tmp_path / "nb"))
@@ -110,6 +112,7 @@ def test_distill_set_and_the_command_refuse_bad_settings(capsys, tmp_path):
     assert_ok(cli(capsys, "--version")).startswith("gendistill ")
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_export_hf_dataset(capsys, tmp_path, set_dir):
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "hf"

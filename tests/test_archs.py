@@ -52,6 +52,7 @@ def test_weights_from_the_generator_and_global_rng_untouched(name):
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_torchvision_adapted_to_channels_and_classes():
     net = fresh_net("tv:resnet18", (1, 28, 28), 7, gen(0))
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
@@ -78,6 +79,7 @@ def test_timm_model():
     assert fresh_net("timm:resnet18", (1, 28, 28), 10, gen(0))(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_evaluate_across_vit_and_torchvision(tiny_idx_dir):
     train, test = (get_dataset("fashion-mnist", s, str(tiny_idx_dir)) for s in ("train", "test"))
     idx = torch.cat([train.class_indices(c)[:2] for c in range(10)])
@@ -86,6 +88,7 @@ def test_evaluate_across_vit_and_torchvision(tiny_idx_dir):
     assert set(r["archs"]) == {"vit", "tv:resnet18"} and all(0 <= a["mean"] <= 1 for a in r["archs"].values())
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_eval_command_arch_flag(capsys, tmp_path):
     path = tmp_path / "rr.safetensors"
     with pytest.raises(SystemExit):

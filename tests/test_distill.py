@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, launch, load_recipe
+from conftest import ROOT, fast_first, launch, load_recipe
 from safetensors import safe_open
 
 from gendistill.objectives import StepContext, get_objective
@@ -106,7 +106,7 @@ def test_unknown_kernel_or_proxy_is_a_clear_error():
     assert get_objective("mmd").kernel == "gaussian"
 
 
-@pytest.mark.parametrize("space", ["latent", "pixel"])
+@pytest.mark.parametrize("space", fast_first(["latent", "pixel"]))
 def test_recipe_writes_set_grid_loss(tmp_path, tiny_vae_dir, space):
     out = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--match-space", space, "--steps", 3)
     for name in ("set.safetensors", "grid.png", "loss.png"):
@@ -229,6 +229,7 @@ def test_resume_without_checkpoint_fails(tmp_path, tiny_vae_dir):
         run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 2, "--resume", name="none")
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_vae_dir, monkeypatch):
     from gendistill.objectives import distribution
 
@@ -248,6 +249,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_vae_dir, 
     assert not (tmp_path / "nan" / "set.safetensors").exists()
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_nonfinite_latents_after_a_step_stop_before_any_checkpoint_keeps_them(tmp_path, tiny_vae_dir, monkeypatch):
     """A finite loss whose gradient is NaN (sqrt at 0) makes the optimiser write NaN latents: the step raises at once,
     before the checkpoint after it (the loss check alone would notice one step later, with NaN latents checkpointed)."""

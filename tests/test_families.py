@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch, load_recipe
+from conftest import fast_first, launch, load_recipe
 from torch import nn
 
 from gendistill.objectives import StepContext, get_objective, list_objectives
@@ -327,7 +327,7 @@ RECIPE_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(RECIPE_CASES))
+@pytest.mark.parametrize("case", fast_first(list(RECIPE_CASES)))
 def test_recipe_in_process(tmp_path, tiny_vae_dir, case):
     recipe, extra = RECIPE_CASES[case]
     out = tmp_path / case
@@ -348,7 +348,7 @@ def test_recipe_in_process(tmp_path, tiny_vae_dir, case):
         assert 0 <= teacher["test_accuracy"] <= 1
 
 
-@pytest.mark.parametrize("case", ["frepo", "cafe", "bptt"])
+@pytest.mark.parametrize("case", fast_first(["frepo", "cafe", "bptt"]))
 def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, case):
     recipe, extra = RECIPE_CASES[case]
 
@@ -363,6 +363,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, case):
     assert torch.equal(full.latents, resumed.latents) and torch.equal(full.labels, resumed.labels)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_sre2l_reuses_its_teacher_and_a_missing_one_is_one_line(tmp_path, tiny_vae_dir, capsys):
     from gendistill.cli import run_guarded
 
@@ -385,6 +386,7 @@ def test_sre2l_reuses_its_teacher_and_a_missing_one_is_one_line(tmp_path, tiny_v
     assert not (tmp_path / "c" / "set.safetensors").exists()
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, capsys):
     from gendistill.cli import run_guarded
 

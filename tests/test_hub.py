@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import NUM_CLASSES, ROOT, save_tiny_vae
+from conftest import NUM_CLASSES, ROOT, fast_first, save_tiny_vae
 from huggingface_hub import DatasetCard, ModelCard, constants
 from safetensors import safe_open
 from test_cli import assert_ok, assert_user_error, cli
@@ -213,7 +213,7 @@ def _sd_dir(d: Path) -> Path:
     return _test_module("test_diffusion").save_tiny_sd(d)
 
 
-@pytest.mark.parametrize("kind", ["vae", "gan", "diffusion", "text-diffusion"])
+@pytest.mark.parametrize("kind", fast_first(["vae", "gan", "diffusion", "text-diffusion"]))
 def test_every_kind_loads_from_a_hub_repo_id_and_its_sets_name_it(hub, tmp_path, tiny_vae_dir, fmnist_meta, kind):
     make = {"vae": lambda d: save_tiny_vae(d), "gan": _gan_dir, "diffusion": lambda d: _ldm_dir(d, tiny_vae_dir),
             "text-diffusion": _sd_dir}
@@ -273,6 +273,7 @@ def test_a_set_file_records_no_path_of_this_machine(capsys, tmp_path, tiny_vae_d
     assert run["config"]["out"] == "s.safetensors" and run["config"]["data_dir"] == tiny_idx_dir.name  # folders by name
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_a_set_of_an_earlier_version_with_an_absolute_path_still_loads(capsys, tmp_path, fmnist_meta):
     shipped = load_backbone("fashion-mnist-vae")
     path = write_set(tmp_path / "new.safetensors", shipped, fmnist_meta, per_class=1)
@@ -296,6 +297,7 @@ def test_a_set_of_an_earlier_version_with_an_absolute_path_still_loads(capsys, t
     assert decoded(tmp_path / "resaved.safetensors").shape == (NUM_CLASSES, 1, 28, 28)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_a_local_backbone_is_found_by_name_and_hash_elsewhere(capsys, tmp_path, monkeypatch, tiny_vae_dir, fmnist_meta):
     made = shutil.copytree(tiny_vae_dir, tmp_path / "machine-a" / "my-vae")
     path = write_set(tmp_path / "machine-a" / "set.safetensors", load_backbone(str(made)), fmnist_meta)
@@ -389,6 +391,7 @@ def test_card_lint_names_what_is_missing():
     assert any("load_set" in p for p in problems)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_push_uploads_the_dry_run_folder_through_the_hub_http_api(capsys, tmp_path, run_dir, fake_hub):
     assert_ok(cli(capsys, "push", run_dir, "me/fmnist-dm", "--dry-run", tmp_path / "dry"))
     out = assert_ok(cli(capsys, "push", run_dir, "me/fmnist-dm"))
@@ -407,6 +410,7 @@ def test_push_uploads_the_dry_run_folder_through_the_hub_http_api(capsys, tmp_pa
     assert lint_card(fake_hub.files["README.md"].decode()) == []
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_push_http_failures_are_one_line(capsys, run_dir, fake_hub):
     fake_hub.fail["/api/repos/create"] = (401, None)
     assert_user_error(cli(capsys, "push", run_dir, "me/x"), "refused access", "hf auth login")
@@ -441,6 +445,7 @@ def pushed(capsys, tmp_path, run_dir, hub) -> str:
     return "me/fmnist-dm"
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_pull_offline_from_the_cache_and_load_by_repo_id(capsys, tmp_path, monkeypatch, run_dir, pushed):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GENDISTILL_HOME", str(tmp_path / "fresh-user"))
@@ -457,6 +462,7 @@ def test_pull_offline_from_the_cache_and_load_by_repo_id(capsys, tmp_path, monke
     assert_ok(cli(capsys, "sample", tmp_path / "pinned" / "set.safetensors", "--out", tmp_path / "g.png"))
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_pull_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, monkeypatch, hub, pushed):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "o"

@@ -47,6 +47,7 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_imagefolder_train_vae_then_distil(tmp_path, folder):
     vae_dir = tmp_path / "vae"
     train_vae = load_recipe(ROOT / "recipes" / "train_autoencoder.py")

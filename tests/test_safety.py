@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import fast_first, load_recipe
 
 from gendistill.cli import main as cli_main
 from gendistill.cli import run_guarded
@@ -104,8 +104,8 @@ def test_checkpoint_is_safetensors_and_json_only(tmp_path):
     assert shared["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999) and 0 in shared["optimizer"]["state"]
 
 
-@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl",
-                                  "optimizer.bin", "model.bin"])
+@pytest.mark.parametrize("name", fast_first(["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+                                             "random_states_0.pkl", "optimizer.bin", "model.bin"]))
 def test_planted_pickle_beside_a_checkpoint_never_runs(tmp_path, name):
     out = run(tmp_path / "r", "--steps", 2, "--checkpoint-every", 1)
     plant(out / "checkpoints" / "step_0000002" / name, tmp_path / "ran")
@@ -309,6 +309,7 @@ def test_non_empty_output_is_refused_without_overwrite(tmp_path, capsys):
     assert code == 2 and "pass only one of them" in one_line(err)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_overwrite_replaces_the_old_content_only_once_the_new_run_is_complete(tmp_path, capsys, monkeypatch):
     from gendistill.objectives import distribution
 
@@ -327,6 +328,7 @@ def test_overwrite_replaces_the_old_content_only_once_the_new_run_is_complete(tm
     assert torch.equal(latents(out), latents(run(tmp_path / "fresh", "--steps", 3)))
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_overwrite_run_interrupted_is_swapped_in_and_resumes(tmp_path, monkeypatch):
     from gendistill.distill import Interrupted
     from gendistill.objectives import distribution

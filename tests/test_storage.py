@@ -294,6 +294,7 @@ def test_latent_steps_warm_up_then_decode_through(tiny_vae_dir):
         _loop(backbone, latents, syn, steps=1, latent_steps=1, match_space="latent")
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_recipe_with_budget_dtype_and_subsampling(tmp_path, tiny_vae_dir):
     out = tmp_path / "run"
     argv = ["--output", str(out), "--backbone", str(tiny_vae_dir), "--ipc-budget", "2", "--latent-dtype", "int8",

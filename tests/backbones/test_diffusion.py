@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NUM_CLASSES, ROOT, launch, load_recipe, tiny_vae
+from conftest import NUM_CLASSES, ROOT, fast_first, launch, load_recipe, tiny_vae
 
 from gendistill.backbones import DiffusionBackbone, VAEBackbone, load_backbone
 from gendistill.cache import cached_latents, image_split
@@ -122,7 +122,7 @@ def test_inversion_is_exact_for_a_constant_noise_prediction(tiny_vae_dir):
     torch.testing.assert_close(b.denoise(b.invert(z0, labels=2)), z0, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.5])
+@pytest.mark.parametrize("guidance", fast_first([2.5, 1.0]))
 def test_decode_vjp_equals_autograd(ldm_dir, guidance):
     b = _load(ldm_dir, decode_steps=3, guidance_scale=guidance).double()
     g = torch.Generator().manual_seed(1)
@@ -177,7 +177,7 @@ def test_partial_noise_samples(ldm_dir):
 
 
 @pytest.mark.parametrize("init", ["diffusion", "diffusion-prototype"])
-@pytest.mark.parametrize("target", ["pixel", "vae", "ldm"])
+@pytest.mark.parametrize("target", fast_first(["ldm", "pixel", "vae"]))
 def test_generative_init_gives_the_class_counts(ldm_dir, tiny_vae_dir, init, target):
     train = get_dataset("fashion-mnist", "train")
     model = _load(ldm_dir, decode_steps=2)
@@ -439,6 +439,7 @@ def test_dm_through_the_diffusion_decoder_from_real_data(tmp_path, ldm_dir, init
     assert syn.labels.tolist() == list(range(10))
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_dm_from_diffusion_init_on_a_vae(tmp_path, ldm_dir, tiny_vae_dir):
     """(c): a VAE-space set started from diffusion samples; the diffusion options go to the init model."""
     out = tmp_path / "dm-vae"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, load_recipe
+from conftest import ROOT, fast_first, load_recipe
 
 from gendistill.backbones import GANBackbone, load_backbone
 from gendistill.backbones.gan_model import ConditionalStyleGenerator
@@ -117,7 +117,7 @@ def test_deterministic_and_generator_driven(gan_dir):
 # ------------------------------------------------------------------------------------------------------- inversion
 
 
-@pytest.mark.parametrize("space", ["z", "w+", "f1"])
+@pytest.mark.parametrize("space", fast_first(["f1", "z", "w+"]))
 def test_inversion_reduces_reconstruction_error(gan_dir, space):
     b = _load(gan_dir, space)
     labels = torch.tensor([2, 5, 5])
@@ -263,6 +263,7 @@ def _recipe_args(out, gan_dir, *extra):
             "--eval-runs", "0", "--depth", "2", "--width", "8", "--checkpoint-every", "0", *map(str, extra)]
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_dm_through_the_gan(tmp_path, gan_dir, fast_inversion):
     out = tmp_path / "dm"
     argv = _recipe_args(out, gan_dir, "--latent-space", "w+", "--match-space", "pixel", "--init", "classmean")
@@ -283,6 +284,7 @@ def test_dm_in_latent_space_with_a_gan_says_use_pixel(tmp_path, gan_dir):
     _one_line(e)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_dc_through_the_gan_in_f_space(tmp_path, gan_dir, fast_inversion):
     out = tmp_path / "dc"
     argv = _recipe_args(out, gan_dir, "--latent-space", "f1", "--match-space", "pixel", "--init", "real",
@@ -355,6 +357,7 @@ def test_itgan_objective_terms():
     assert torch.equal(fresh.anchors, anchors) and torch.equal(fresh.classifier[1].weight, classifier[1].weight)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_train_gan_writes_a_loadable_directory(tmp_path):
     args = ["--max-steps", "2", "--batch-size", "16", "--channels", "8", "8", "8", "--d-channels", "8", "8", "8",
             "--w-dim", "16", "--z-dim", "8", "--embed-dim", "4", "--mapping-layers", "2", "--samples-per-class", "2"]
@@ -435,6 +438,7 @@ def test_within_class_spread_tells_a_collapsed_generator_from_varied_images():
     assert spread[0] == 0 and abs(spread[1] - (0.5 + 1.0 + 0.5) / 3) < 1e-6
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_discriminator_auxiliary_classifier_logits_and_the_ac_term_changes_training():
     from gendistill.training.gan import GANConfig, ProjectionDiscriminator, train_gan
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, launch, load_recipe
+from conftest import ROOT, fast_first, launch, load_recipe
 from safetensors import safe_open
 
 from gendistill.augment import DSAConfig, get_augment
@@ -180,7 +180,7 @@ def test_state_dict_round_trip_gives_the_same_next_loss(tmp_path):
 # ------------------------------------------------------------------------------------------------ the recipe
 
 
-@pytest.mark.parametrize("method,space", [("dc", "latent"), ("dsa", "latent"), ("dsa", "pixel")])
+@pytest.mark.parametrize("method,space", fast_first([("dc", "latent"), ("dsa", "latent"), ("dsa", "pixel")]))
 def test_recipe_writes_set_with_method(tmp_path, tiny_vae_dir, method, space):
     out = run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--method", method, "--match-space", space, "--steps", 3)
     for name in ("set.safetensors", "grid.png", "loss.png"):

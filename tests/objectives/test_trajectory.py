@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, launch, load_recipe
+from conftest import ROOT, fast_first, launch, load_recipe
 from safetensors import safe_open
 
 from gendistill.backbones import load_backbone
@@ -252,7 +252,7 @@ def _mtt_args(out, backbone, *extra):
                              "--lr-lr", 1e-9, *TINY_NET, *extra]]
 
 
-@pytest.mark.parametrize("method", ["mtt", "tesla", "datm"])
+@pytest.mark.parametrize("method", fast_first(["mtt", "tesla", "datm"]))
 def test_latent_mtt_recipe_end_to_end(tmp_path, tiny_vae_dir, expert_dir, method):
     from gendistill.synthetic import SyntheticSet
 
@@ -302,6 +302,7 @@ def test_datm_resume_equals_uninterrupted(tmp_path, tiny_vae_dir, expert_dir, un
     assert torch.equal(full.lr, resumed.lr)
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_latent_mtt_default_experts_are_cached(tmp_path, tiny_vae_dir, capsys):
     cache = tmp_path / "cache"
     args = ["--method", "tesla", "--num-experts", 1, "--expert-train-epochs", 2, "--cache-dir", cache]
@@ -313,6 +314,7 @@ def test_latent_mtt_default_experts_are_cached(tmp_path, tiny_vae_dir, capsys):
     assert expert_file(made[0], 0).stat().st_mtime_ns == stamp and list((cache / "experts").iterdir()) == made
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_pixel_match_space_recipe_with_pixel_experts(tmp_path, tiny_vae_dir):
     """GLaD-style: the VAE's latents are learned, the experts and the student see decoded, normalised images."""
     args = ["--method", "datm", "--match-space", "pixel", "--num-experts", 1, "--expert-train-epochs", 2,
@@ -322,6 +324,7 @@ def test_pixel_match_space_recipe_with_pixel_experts(tmp_path, tiny_vae_dir):
     assert read_description(made)["space"] == "pixel" and read_description(made)["in_shape"] == [1, 28, 28]
 
 
+@pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_recipe_errors_are_one_line(tmp_path, tiny_vae_dir, expert_dir, capsys):
     from gendistill.cli import run_guarded
 
