@@ -1,10 +1,11 @@
 """How the cost of a DM step grows with image size: pixel DM vs latent DM (latent match space and decode-through).
 
 Fashion-MNIST resized to S x S (bilinear) for S in --sizes; the latent backbone is an *untrained* AutoencoderKL with
-the shipped VAE's architecture (3 levels: downsampling factor 4, 4 latent channels) built for S x S images: what is
+the shipped VAE's architecture (3 levels: downsampling factor 4, 4 latent channels) built for S x S images, or with
+``--factor 8|16|auto`` more levels (``auto``: the factor that keeps a 7 x 7 latent grid at every size): what is
 measured is cost, which does not depend on the weights. Every method runs the real loop
 (``gendistill.distill.distill``) with DM (linear kernel, ConvNet-3 width 128, instance norm, fresh net per step), the
-same IPC and real batch per class; pixel DM matches images, latent DM matches (4, S/4, S/4) latents, decode-through
+same IPC and real batch per class; pixel DM matches images, latent DM matches (4, S/F, S/F) latents, decode-through
 decodes the latents, matches the images and pushes the gradient back through the decoder.
 
 Seconds per step: a tracker stamps every step's log call in the loop, from the end of the warm-up steps to the end of
@@ -15,7 +16,7 @@ wall time. On CUDA only wall time means anything (CPU time then is the launch ov
 steps, minus the resident set before them. Each (size, method) runs in its own process so one does not inherit
 another's allocator pool.
 
-    python benchmarks/scaling.py [--sizes 28 56 112] [--ipc 10] [--batch-real 16] [--steps 3] [--warmup 1]
+    python benchmarks/scaling.py [--sizes 28 56 112] [--ipc 10] [--batch-real 16] [--steps 3] [--warmup 1] [--factor 4]
 
 Prints one line per size: ``size S: latent/pixel speed ratio R x (decode-through D x)``, where R is pixel seconds per
 step / latent seconds per step (above 1: latent DM is faster).
@@ -52,8 +53,19 @@ def resized_subset(size: int, per_class: int, seed: int = 0):
     return ImageDataset(train.name, "train", images, train.labels[idx].clone(), train.classes, train.mean, train.std)
 
 
-def untrained_vae(size: int):
-    """The shipped VAE's architecture for size x size images, randomly initialised (weights from a fixed seed)."""
+def vae_factor(size: int, factor: str) -> int:
+    """The VAE's downsampling factor at ``size``: a number, or ``auto`` = the factor that keeps the shipped VAE's 7 x 7
+    latent grid (28 -> 4, 56 -> 8, 112 -> 16: the code stays the same size as the image grows, as a larger image
+    dataset's VAE is built to)."""
+    f = size // 7 if factor == "auto" else int(factor)
+    if f < 1 or f & (f - 1) or size % f:
+        raise ValueError(f"--factor {factor} at size {size}: the factor must be a power of two dividing the size")
+    return f
+
+
+def untrained_vae(size: int, factor: int = 4):
+    """The shipped VAE's architecture for size x size images, randomly initialised (weights from a fixed seed); a factor
+    above its 4 adds levels of its widest block (64 channels)."""
     from diffusers import AutoencoderKL
 
     from gendistill.backbones import VAEBackbone, resolve_source
@@ -61,10 +73,16 @@ def untrained_vae(size: int):
     config = json.loads((Path(resolve_source("fashion-mnist-vae")) / "config.json").read_text())
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     config["sample_size"] = size
+    levels = factor.bit_length()  # factor 2^(levels - 1)
+    widths = list(config["block_out_channels"])
+    widths = (widths + [widths[-1]] * levels)[:levels]
+    config["block_out_channels"] = widths
+    config["down_block_types"] = [config["down_block_types"][0]] * levels
+    config["up_block_types"] = [config["up_block_types"][0]] * levels
     with torch.random.fork_rng():
         torch.manual_seed(0)
         vae = AutoencoderKL(**config)
-    return VAEBackbone(vae, image_shape=(1, size, size), source=f"untrained-vae-{size}")
+    return VAEBackbone(vae, image_shape=(1, size, size), source=f"untrained-vae-{size}-f{factor}")
 
 
 class StepClock(GeneralTracker):
@@ -140,7 +158,7 @@ def measure(size: int, method: str, args) -> dict:
     if method == "pixel":
         backbone, real, init_from, space = PixelBackbone((1, size, size)), images, images, "pixel"
     else:
-        backbone = untrained_vae(size).to(device)
+        backbone = untrained_vae(size, vae_factor(size, args.factor)).to(device)
         latents = LatentSplit(encode_images(backbone, train, device=device), train.labels.clone(), train.num_classes)
         real, init_from, space = (latents, latents, "latent") if method == "latent" else (images, latents, "pixel")
     syn = SyntheticSet.initialise("real", init_from, args.ipc, backbone, meta, torch.Generator().manual_seed(0))
@@ -171,6 +189,8 @@ def main(argv=None) -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--batch-real", type=int, default=16, help="real samples per class per step")
+    p.add_argument("--factor", default="4", help="the VAE's downsampling factor: 4 (the shipped VAE's), 8, 16, or auto "
+                   "(a 7 x 7 latent grid at every size)")
     p.add_argument("--syn-batch", type=int, default=0, help="latents per class matched per step (0: all)")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
     p.add_argument("--warmup", type=int, default=1)
@@ -183,8 +203,10 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(measure(int(args.one[0]), args.one[1], args)), flush=True)
         return
     for size in args.sizes:
-        if size % 4:
-            p.error(f"size {size} is not a multiple of 4 (the VAE's downsampling factor)")
+        try:
+            vae_factor(size, args.factor)
+        except ValueError as e:
+            p.error(str(e))
     passed = [a for a in (argv if argv is not None else sys.argv[1:])]
     results = []
     print(f"DM step cost, IPC {args.ipc}, real batch {args.batch_real}/class, syn batch "

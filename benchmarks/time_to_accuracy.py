@@ -24,38 +24,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from gendistill.config import parse_config
 from gendistill.distill import make_accelerator
 from gendistill.evaluate import EvalConfig, evaluate
 from gendistill.io import write_json
 from gendistill.pipeline import build, run_distill
+from gendistill.recipes.dm import LatentDMConfig, make_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXEL_CONFIG = ROOT / "recipes" / "configs" / "dm" / "fashion-mnist_ipc10_pixel.yaml"
 
 
-def recipe():
-    spec = importlib.util.spec_from_file_location("latent_dm", ROOT / "recipes" / "latent_dm.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def curve(name: str, argv: list[str], args, workdir: Path) -> dict:
     """Distil with ``latent_dm.py`` flags ``argv`` in segments; the cheap accuracy and loop seconds after each."""
-    dm = recipe()
-    cfg = dm.parse_config(dm.LatentDMConfig, argv)
+    cfg = parse_config(LatentDMConfig, argv)
     cfg = dataclasses.replace(cfg, output=str(workdir / name), checkpoint_every=0, eval_runs=0, resume=False)
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator("no")
     pieces = build(cfg, "dm", accelerator)
-    objective = dm.make_objective(cfg)
+    objective = make_objective(cfg)
     ecfg = EvalConfig(epochs=args.eval_epochs, runs=args.eval_runs, seed=0)
     points, total, cpu, wall = [], cfg.steps, 0.0, 0.0
     marks = list(range(0, total, args.eval_every))[1:] + [total]

@@ -1,0 +1,51 @@
+"""The storage benchmarks run end to end on the tiny dataset (their figures are in docs/results.md); a benchmark that
+no test runs rots when the library moves under it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import ROOT, load_recipe
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def bench(name: str):
+    return load_recipe(ROOT / "benchmarks" / f"{name}.py")
+
+
+def test_scaling_factor_keeps_the_latent_grid_with_auto():
+    scaling = bench("scaling")
+    assert [scaling.vae_factor(s, "auto") for s in (28, 56, 112)] == [4, 8, 16]
+    assert scaling.vae_factor(112, "4") == 4
+    assert scaling.untrained_vae(56, 8).latent_shape == (4, 7, 7)
+    assert scaling.untrained_vae(56, 4).latent_shape == (4, 14, 14)
+    with pytest.raises(ValueError, match="power of two dividing the size"):
+        scaling.vae_factor(28, "3")
+
+
+@pytest.mark.slow  # two short distillations and four evaluations
+def test_time_to_accuracy_prints_the_ratio(tmp_path, tiny_vae_dir, capsys):
+    out = tmp_path / "tta.json"
+    bench("time_to_accuracy").main(["--ipc", "2", "--steps", "2", "--eval-every", "1", "--eval-epochs", "1",
+                                     "--batch-real", "4", "--workdir", str(tmp_path), "--out", str(out),
+                                     "--latent", "--backbone", str(tiny_vae_dir)])
+    printed = capsys.readouterr().out
+    assert "time-to-accuracy ratio" in printed
+    result = json.loads(out.read_text())
+    assert [p["step"] for p in result["pixel"]["points"]] == [0, 1, 2]
+    assert [p["step"] for p in result["latent"]["points"]] == [0, 1, 2]
+    assert result["latent"]["config"]["backbone"] == str(tiny_vae_dir)
+    assert result["target"] == result["pixel"]["points"][-1]["accuracy"]
+
+
+@pytest.mark.slow  # trains a net on 40 decoded images
+def test_decoder_ceiling_writes_its_json(tmp_path, tiny_vae_dir):
+    out = tmp_path / "ceiling.json"
+    bench("decoder_ceiling").main(["--backbone", str(tiny_vae_dir), "--epochs", "1", "--limit", "40", "--no-raw",
+                                   "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["images"] == 40 and "decoded" in result and "raw" not in result
+    assert 0 <= result["decoded"]["mean"] <= 1
