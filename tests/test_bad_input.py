@@ -582,7 +582,7 @@ RECIPE_FLAG_CASES = [
     ("eval_gan", ["--invert", "-1"], "argument --invert: must be at least 0, got -1"),
     ("eval_gan", ["--backbone", "pixel"], "measures generator backbones"),
     ("eval_autoencoder", ["--limit", "-1"], "argument --limit: must be at least 0, got -1"),
-    ("eval_autoencoder", ["--classifier-epochs", "0"], "argument --classifier-epochs: must be at least 1, got 0"),
+    ("eval_autoencoder", ["--classifier-epochs", "-1"], "argument --classifier-epochs: must be at least 0, got -1"),
     ("eval_autoencoder", ["--backbone", "nope"], "unknown backbone 'nope'"),
     ("train_autoencoder", ["--output", "{tmp}/b", "--latent-channels", "0"],
      "argument --latent-channels: must be at least 1, got 0"),

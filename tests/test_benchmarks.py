@@ -49,3 +49,13 @@ def test_decoder_ceiling_writes_its_json(tmp_path, tiny_vae_dir):
     result = json.loads(out.read_text())
     assert result["images"] == 40 and "decoded" in result and "raw" not in result
     assert 0 <= result["decoded"]["mean"] <= 1
+
+
+def test_eval_autoencoder_psnr_only(tmp_path, tiny_vae_dir, capsys):
+    """``--classifier-epochs 0`` measures PSNR alone (how the second shipped VAE's quality was recorded)."""
+    out = tmp_path / "q.json"
+    assert load_recipe(ROOT / "recipes" / "eval_autoencoder.py").main(
+        ["--backbone", str(tiny_vae_dir), "--limit", "20", "--classifier-epochs", "0", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["test_images"] == 20 and result["psnr_db"] > 0 and "classifier_acc_real" not in result
+    assert capsys.readouterr().out.strip().endswith(f"PSNR {result['psnr_db']:.2f} dB")
