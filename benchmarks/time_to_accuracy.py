@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -78,6 +79,21 @@ def time_to(points: list[dict], target: float) -> float | None:
     return None
 
 
+SAME = ("ipc", "steps", "batch_real", "eval_epochs", "eval_runs", "clock", "pixel_config")
+
+
+def reused_pixel(args, pixel_argv: list[str]) -> dict:
+    """The pixel curve of an earlier run's JSON, refused unless it was made with the settings this run would use."""
+    earlier = json.loads(Path(args.pixel_from).read_text())
+    differ = [k for k in SAME if earlier["settings"].get(k) != getattr(args, k)]
+    if differ or earlier["pixel"]["argv"] != pixel_argv:
+        what = ", ".join(differ) or "argv"
+        raise SystemExit(f"error: --pixel-from {args.pixel_from} was made with other settings ({what}); "
+                         "rerun without --pixel-from")
+    print(f"pixel curve from {args.pixel_from}", flush=True)
+    return earlier["pixel"]
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     latent_extra = argv[argv.index("--latent") + 1 :] if "--latent" in argv else []
@@ -92,6 +108,9 @@ def main(argv=None) -> None:
     p.add_argument("--pixel-config", default=str(PIXEL_CONFIG))
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"], help="which distillation time the ratio uses")
     p.add_argument("--out", default=None, help="write both curves and the result to this JSON file")
+    p.add_argument("--pixel-from", default=None,
+                   help="reuse the pixel curve of an earlier --out JSON (made with the same --ipc, --steps, "
+                        "--batch-real, --eval-epochs, --eval-runs, --clock and pixel config): only the latent run")
     p.add_argument("--workdir", default=None, help="where the runs' checkpoints go (default: a temporary directory)")
     args = p.parse_args(argv)
     if args.eval_every < 1 or args.steps < 1:
@@ -100,8 +119,9 @@ def main(argv=None) -> None:
     size = ["--ipc", str(args.ipc)]
     # a storage-matched latent set against pixel DM at --ipc
     latent_size = [] if "--ipc-budget" in latent_extra else size
+    pixel_argv = ["--config", args.pixel_config, *size, *common]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        pixel = curve("pixel", ["--config", args.pixel_config, *size, *common], args, Path(tmp))
+        pixel = reused_pixel(args, pixel_argv) if args.pixel_from else curve("pixel", pixel_argv, args, Path(tmp))
         latent = curve("latent", [*latent_size, *common, *latent_extra], args, Path(tmp))
     target = pixel["points"][-1]["accuracy"]
     t_pixel, t_latent = time_to(pixel["points"], target), time_to(latent["points"], target)

@@ -39,6 +39,16 @@ def test_time_to_accuracy_prints_the_ratio(tmp_path, tiny_vae_dir, capsys):
     assert [p["step"] for p in result["latent"]["points"]] == [0, 1, 2]
     assert result["latent"]["config"]["backbone"] == str(tiny_vae_dir)
     assert result["target"] == result["pixel"]["points"][-1]["accuracy"]
+    # the pixel curve reused: only the latent run is made; other settings are refused
+    again = tmp_path / "again.json"
+    tta = bench("time_to_accuracy")
+    tta.main(["--ipc", "2", "--steps", "2", "--eval-every", "1", "--eval-epochs", "1", "--batch-real", "4",
+              "--workdir", str(tmp_path), "--out", str(again), "--pixel-from", str(out),
+              "--latent", "--backbone", str(tiny_vae_dir), "--match-space", "latent"])
+    assert json.loads(again.read_text())["pixel"] == result["pixel"]
+    with pytest.raises(SystemExit, match=r"made with other settings \(eval_epochs\)"):
+        tta.main(["--ipc", "2", "--steps", "2", "--eval-every", "1", "--eval-epochs", "2", "--batch-real", "4",
+                  "--pixel-from", str(out), "--latent", "--backbone", str(tiny_vae_dir)])
 
 
 @pytest.mark.slow  # trains a net on 40 decoded images
