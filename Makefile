@@ -27,9 +27,10 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest
 
-# the edit loop: everything but the tests marked slow (process-spawning, shipped assets); CI runs `make test`
+# the edit loop: everything but the tests marked slow (process-spawning, shipped assets), one worker per core
+# (pytest-xdist; each test uses one thread); CI runs `make test`, serially
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" -n $(THREADS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
