@@ -18,7 +18,7 @@ CONFIGS = ROOT / "recipes" / "configs"
 RECIPES = {"dm": "latent_dm", "dc": "latent_dc", "dsa": "latent_dc", "mtt": "latent_mtt", "tesla": "latent_mtt",
            "datm": "latent_mtt", "itgan": "itgan", "experts": "train_experts",
            "kip": "latent_krr", "frepo": "latent_krr", "bptt": "latent_bptt", "ratbptt": "latent_bptt",
-           "sre2l": "sre2l"}
+           "sre2l": "sre2l", "cafe": "latent_dm"}
 NAME = re.compile(r"^(?P<dataset>[a-z0-9-]+)_(?P<size>ipc(?P<ipc>\d+)|[a-z0-9]+)_(?P<variant>[a-z0-9.+-]+)\.yaml$")
 ALL = sorted(CONFIGS.rglob("*.yaml"))
 
