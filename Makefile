@@ -24,13 +24,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	. $(VENV)/bin/activate && OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(THREADS)} accelerate launch recipes/latent_dm.py
 
+# PYTHONDONTWRITEBYTECODE= : keep Python's bytecode cache on even where the environment turns it off, or pytest
+# re-parses and rewrites every test module on every run (~3 s of each worker's start-up on a 2-core machine)
 test: setup
-	$(VENV)/bin/pytest
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest
 
 # the edit loop: everything but the tests marked slow (process-spawning, shipped assets), one worker per core
 # (pytest-xdist; each test uses one thread); CI runs `make test`, serially
 test-fast: setup
-	$(VENV)/bin/pytest -m "not slow" -n $(THREADS)
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -m "not slow" -n $(THREADS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -592,14 +592,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_PARSER: tuple[int, argparse.ArgumentParser] | None = None
+
+
+def cached_parser() -> argparse.ArgumentParser:
+    """:func:`build_parser`, built once per process (parsing does not change it) and again only when a registry has
+    gained a name since, as its choices come from the registries."""
+    global _PARSER
+    from .registry import generation
+
+    if _PARSER is None or _PARSER[0] != generation():
+        parser = build_parser()  # may import (and so register) more: note the generation after it
+        _PARSER = (generation(), parser)
+    return _PARSER[1]
+
+
 def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if argv and argv[0] == "train-backbone":
         return cmd_train_backbone(None, argv[1:])
     if argv and argv[0] == "distill":
         return cmd_distill(argv[1:])
-    args = parser.parse_args(argv)
+    args = cached_parser().parse_args(argv)
     if getattr(args, "ipc", None) is None and getattr(args, "ipc_budget", 0) is None:
         args.ipc = 10  # count-matched by default
     return args.func(args)

@@ -196,7 +196,7 @@ def flag_type(cls: type, name: str):
 # ----------------------------------------------------------------------------------------------- YAML and flags
 
 
-class _YAMLLoader(yaml.SafeLoader):
+class _YAMLLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it
     """The safe loader, plus floats written without a dot (``lr: 1e-3``), which YAML 1.1 would read as strings."""
 
 
@@ -243,11 +243,18 @@ def read_config_file(cls: type, path: str | Path) -> dict[str, Any]:
     return {k: check_value(cls, k, v, where=f"{k} in --config {path}") for k, v in keys.items()}
 
 
-def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
-    """Build ``cls`` from its defaults, ``--config FILE.yaml`` and ``--key value`` flags (``--flag`` alone = true);
-    every value is checked against the field's type and limits."""
-    hints = _hints(cls)
+_CONFIG_PARSERS: dict[tuple, argparse.ArgumentParser] = {}
+
+
+def _config_parser(cls: type, description: str | None) -> argparse.ArgumentParser:
+    """The flags of :func:`parse_config` for ``cls``: built once per class and description, again when a registry
+    has gained a name (a field's choices may come from one)."""
+    from .registry import generation
+
     recipe = getattr(sys.modules.get(cls.__module__), "__file__", None)  # "latent_dm.py" in messages, also in-process
+    if (cls, description, recipe, generation()) in _CONFIG_PARSERS:
+        return _CONFIG_PARSERS[cls, description, recipe, generation()]
+    hints = _hints(cls)
     p = ArgumentParser(prog=Path(recipe).name if recipe else None, description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
@@ -262,7 +269,16 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
             cast = flag_type(cls, f.name) if tp in (int, float, str) else str
             cast = _none_or(cast) if _optional(hints[f.name]) else cast  # "--latent-space none": the default
             p.add_argument(flag(f.name), type=cast, default=None, help=f"(default {default})")
-    args = p.parse_args(argv)
+    if len(_CONFIG_PARSERS) >= 64:  # recipe modules loaded again and again (tests) make new classes: stay bounded
+        _CONFIG_PARSERS.clear()
+    _CONFIG_PARSERS[cls, description, recipe, generation()] = p  # building may have imported (registered) more
+    return p
+
+
+def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
+    """Build ``cls`` from its defaults, ``--config FILE.yaml`` and ``--key value`` flags (``--flag`` alone = true);
+    every value is checked against the field's type and limits."""
+    args = _config_parser(cls, description).parse_args(argv)
     values: dict[str, Any] = read_config_file(cls, args.config) if args.config else {}
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
     return cls(**values)

@@ -7,6 +7,13 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+_generation = 0  # bumped by every registration: parsers whose choices come from registries are cached on it
+
+
+def generation() -> int:
+    """How many names all registries have gained in this process (built-ins and plug-ins alike)."""
+    return _generation
+
 
 class Registry(Generic[T]):
     def __init__(self, what: str):
@@ -17,7 +24,9 @@ class Registry(Generic[T]):
         def wrap(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.what} {name!r} is registered twice")
+            global _generation
             self._items[name] = obj
+            _generation += 1
             return obj
 
         return wrap

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 # no test may reach the network: huggingface_hub reads this when first imported
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TQDM_DISABLE"] = "1"
 # this user's gendistill state (the folders of local backbones loaded before): a throw-away one for the whole session
 os.environ["GENDISTILL_HOME"] = tempfile.mkdtemp(prefix="gendistill-home-")
-# tiny models: one thread is fastest and does not fight other jobs on a small machine for cores
-torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
@@ -101,7 +98,17 @@ def no_system_fashion(monkeypatch):
     monkeypatch.setattr(data, "Path", HiddenPath)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest and does not fight other jobs (or the other xdist worker) for cores. Set
+    here rather than at import so that the xdist controller, which runs no test, never imports torch (~3 s)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def tiny_vae(in_channels: int = 1, sample_size: int = 28, seed: int = 0, scaling_factor: float | None = None):
+    import torch
     from diffusers import AutoencoderKL
 
     kwargs = dict(

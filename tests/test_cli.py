@@ -482,3 +482,15 @@ def test_decoded_file_without_images(capsys, tmp_path, images_file):
     assert_user_error(cli(capsys, "eval", path, "--epochs", 1, "--runs", 1, "--out", tmp_path / "r.json"),
                       "has no 'images' tensor")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_parsers_are_built_once_and_again_when_a_registry_gains_a_name():
+    from gendistill import cli
+    from gendistill.config import _config_parser
+    from gendistill.pipeline import RecipeConfig
+    from gendistill.registry import Registry
+
+    first, flags = cli.cached_parser(), _config_parser(RecipeConfig, None)
+    assert cli.cached_parser() is first and _config_parser(RecipeConfig, None) is flags
+    Registry("test thing").register("new")(object())  # a plug-in registering a name: choices may have changed
+    assert cli.cached_parser() is not first and _config_parser(RecipeConfig, None) is not flags
