@@ -101,6 +101,25 @@ DEFAULT_IPC = 10
 
 
 @dataclasses.dataclass
+class LabelLearning:
+    """Fields a recipe's config mixes in (listed before ``RecipeConfig``) to learn the labels: one row of label logits
+    per sample (``label_init`` on the true class, 0 elsewhere) trained beside the latents with Adam at ``lr_labels``
+    and saved as softmax probabilities, the set file's soft labels (:func:`learnable_labels`,
+    :func:`~gendistill.objectives.trajectory.finish_soft_labels`)."""
+
+    learn_labels: bool = False  # learn label logits beside the latents (stored as softmax probabilities)
+    label_init: float = setting(5.0, above=0)  # initial logit of the true class (the others 0)
+    lr_labels: float = setting(0.01, above=0)  # Adam lr of the label logits
+
+
+def learnable_labels(cfg, syn: SyntheticSet) -> None:
+    """With ``cfg.learn_labels``, the set's hard labels become learnable logits (see :class:`LabelLearning`)."""
+    if getattr(cfg, "learn_labels", False):
+        hard = syn.labels
+        syn.labels = torch.nn.Parameter(torch.nn.functional.one_hot(hard, syn.num_classes).float() * cfg.label_init)
+
+
+@dataclasses.dataclass
 class Pieces:
     train: ImageDataset
     test: ImageDataset

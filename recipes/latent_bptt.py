@@ -4,13 +4,15 @@
     accelerate launch recipes/latent_bptt.py --method ratbptt                # random length in [10, 40], last 10 steps
     accelerate launch recipes/latent_bptt.py --unroll constant --inner-steps 100  # the exact gradient, constant memory
     accelerate launch recipes/latent_bptt.py --backbone pixel                # classic pixel-space BPTT
+    accelerate launch recipes/latent_bptt.py --learn-labels                  # learn the labels too (soft, stored)
     accelerate launch recipes/latent_bptt.py --resume                        # continue the run in --output
 
 Each step trains a fresh ConvNet for --inner-steps SGD steps on the (decoded) set with the set's learnable lr, scores it
 on a real batch (--batch-real per class) and back-propagates through the unroll (RaT-BPTT: through its last --window
 steps) to the latents and the lr. An autograd unroll that would not fit in memory is refused with the fix
 (--unroll constant, a --window, a smaller --batch-syn). The maths: gendistill/objectives/bptt.py.
-Learns the latents and the set's eval lr (saved as ``lr``, used by `gendistill eval`). Writes set.safetensors,
+Learns the latents and the set's eval lr (saved as ``lr``, used by `gendistill eval`), and with --learn-labels the
+labels (saved as probabilities). Writes set.safetensors,
 grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
 """
 
@@ -25,14 +27,15 @@ import torch
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.objectives import get_objective
-from gendistill.pipeline import RecipeConfig, run_recipe
+from gendistill.objectives.trajectory import finish_soft_labels
+from gendistill.pipeline import LabelLearning, RecipeConfig, learnable_labels, run_recipe
 
 METHODS = ("bptt", "ratbptt")
 OBJECTIVE_KEYS = ("inner_steps", "window", "batch_syn", "augment", "unroll", "memory_budget_gb")
 
 
 @dataclass
-class LatentBPTTConfig(RecipeConfig):
+class LatentBPTTConfig(LabelLearning, RecipeConfig):
     method: str = "bptt"  # bptt | ratbptt
     match_space: str = "pixel"  # decode-through: the inner nets train on decoded images
     init: str = "kmeans"
@@ -57,6 +60,7 @@ def setup(cfg, pieces, accelerator):
     objective = get_objective(cfg.method, net=cfg.net, depth=cfg.depth, width=cfg.width, momentum=cfg.inner_momentum,
                               **knobs)
     pieces.syn.lr = torch.nn.Parameter(torch.tensor(float(cfg.syn_lr_init)))
+    learnable_labels(cfg, pieces.syn)  # --learn-labels: the unroll trains on soft targets that L's gradient reaches
     return objective
 
 
@@ -66,7 +70,8 @@ def main(argv=None) -> int:
         raise ValueError(f"unknown --method {cfg.method!r}; use one of {', '.join(METHODS)}")
     if not (cfg.syn_lr_init > 0 and math.isfinite(cfg.syn_lr_init)):
         raise ValueError(f"--syn-lr-init must be a positive number, got {cfg.syn_lr_init}")
-    run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator))
+    run_recipe(cfg, cfg.method, setup=lambda pieces, accelerator: setup(cfg, pieces, accelerator),
+               finish=lambda pieces: finish_soft_labels(pieces.syn))
     return 0
 
 

@@ -18,20 +18,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from gendistill.cli import run_guarded
 from gendistill.config import parse_config
 from gendistill.objectives import get_objective
 from gendistill.objectives.trajectory import finish_soft_labels
-from gendistill.pipeline import RecipeConfig, run_recipe
+from gendistill.pipeline import LabelLearning, RecipeConfig, learnable_labels, run_recipe
 
 METHODS = ("kip", "frepo")
 
 
 @dataclass
-class LatentKRRConfig(RecipeConfig):
+class LatentKRRConfig(LabelLearning, RecipeConfig):
     method: str = "kip"  # kip | frepo
     match_space: str = "pixel"  # decode-through: the kernel sees decoded images
     init: str = "kmeans"
@@ -47,9 +44,6 @@ class LatentKRRConfig(RecipeConfig):
     pool_size: int = 10  # frepo: nets in the online pool
     max_online_steps: int = 100  # frepo: steps a pool net trains on the set before it is replaced
     online_lr: float = 0.01  # frepo: SGD lr of the pool's nets
-    learn_labels: bool = False  # learn label logits beside the latents (stored as softmax probabilities)
-    label_init: float = 5.0  # initial logit of the true class (the others 0)
-    lr_labels: float = 0.01  # Adam lr of the label logits
     eval_runs: int = 2
 
 
@@ -60,9 +54,7 @@ def setup(cfg, pieces, accelerator):
     else:
         objective = get_objective("frepo", pool_size=cfg.pool_size, max_online_steps=cfg.max_online_steps,
                                   online_lr=cfg.online_lr, **common)
-    syn = pieces.syn
-    if cfg.learn_labels:
-        syn.labels = torch.nn.Parameter(F.one_hot(syn.labels, syn.num_classes).float() * cfg.label_init)
+    learnable_labels(cfg, pieces.syn)  # --learn-labels
     return objective
 
 

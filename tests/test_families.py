@@ -319,6 +319,8 @@ RECIPE_CASES = {
     "kip-ntk-pixel": ("latent_krr.py", ["--method", "kip", "--kernel", "ntk", "--match-space", "pixel"]),
     "frepo": ("latent_krr.py", ["--method", "frepo", "--match-space", "latent", "--learn-labels"]),
     "bptt": ("latent_bptt.py", ["--method", "bptt", "--match-space", "latent", "--inner-steps", 2]),
+    "bptt-labels": ("latent_bptt.py", ["--method", "bptt", "--match-space", "latent", "--inner-steps", 2,
+                                       "--learn-labels"]),
     "ratbptt": ("latent_bptt.py", ["--method", "ratbptt", "--match-space", "pixel", "--inner-steps", 3, "--window", 2,
                                    "--unroll", "constant"]),
     "cafe": ("latent_dm.py", ["--method", "cafe", "--match-space", "latent", "--inner-loop", 2]),
@@ -336,8 +338,10 @@ def test_recipe_in_process(tmp_path, tiny_vae_dir, case):
     assert syn.run_meta["steps_done"] == 3 and len(syn) == 20
     if case.startswith(("kip", "frepo")):
         assert syn.run_meta["krr"]["jitter"] == 1e-6 and syn.run_meta["krr"]["last_ridge"] > 0
-    if case == "frepo":  # learned label logits are stored as probabilities
+    if case in ("frepo", "bptt-labels"):  # learned label logits are stored as probabilities, and they did learn
         assert syn.labels.shape == (20, 10) and torch.allclose(syn.labels.sum(1), torch.ones(20))
+        start = torch.nn.functional.one_hot(syn.labels.argmax(1), 10).float().mul(5.0).softmax(1)
+        assert (syn.labels - start).abs().max() > 1e-4
     if "bptt" in case:
         assert syn.lr is not None and float(syn.lr.detach()) > 0
     if case == "sre2l":
