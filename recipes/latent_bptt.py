@@ -12,8 +12,8 @@ on a real batch (--batch-real per class) and back-propagates through the unroll 
 steps) to the latents and the lr. An autograd unroll that would not fit in memory is refused with the fix
 (--unroll constant, a --window, a smaller --batch-syn). The maths: gendistill/objectives/bptt.py.
 Learns the latents and the set's eval lr (saved as ``lr``, used by `gendistill eval`), and with --learn-labels the
-labels (saved as probabilities). Writes set.safetensors,
-grid.png, loss.png and eval.json into --output (default outputs/<run-name>).
+labels (saved as probabilities). Writes set.safetensors, grid.png, loss.png and eval.json into --output (default
+outputs/<run-name>).
 """
 
 from __future__ import annotations
