@@ -128,10 +128,15 @@ def load_teacher(directory: str | Path, expect: dict | None = None) -> tuple[nn.
                              "pass a matching --teacher or leave it out to train one")
     net = get_net(meta["net"], tuple(meta["in_shape"]), meta["num_classes"], depth=meta["depth"], width=meta["width"])
     try:
-        net.load_state_dict(load_file(str(directory / TEACHER_WEIGHTS)))
+        state = load_file(str(directory / TEACHER_WEIGHTS))
+        net.load_state_dict(state)
     except Exception as e:  # a truncated file, or the weights of another net
         raise ValueError(f"{str(directory / TEACHER_WEIGHTS)!r} does not hold the weights its config describes "
                          f"({type(e).__name__}); delete the directory to train the teacher again") from None
+    if "sha256" in meta and tensor_sha256(state) != meta["sha256"]:
+        raise ValueError(f"{str(directory / TEACHER_WEIGHTS)!r} does not have the sha256 recorded in "
+                         f"{TEACHER_CONFIG}; the file was altered or damaged, delete the directory to train the "
+                         "teacher again")
     return net.eval(), meta
 
 
@@ -139,6 +144,7 @@ def teacher_meta(cfg: TeacherConfig, space: str, in_shape, num_classes: int, dat
     """What identifies a teacher: the input it sees and how it was trained."""
     return {"format": "gendistill-sre2l-teacher-1", "net": cfg.net, "depth": cfg.depth, "width": cfg.width,
             "space": space, "in_shape": list(in_shape), "num_classes": num_classes, "dataset": dataset.get("name"),
+            "dataset_record": dataset,  # normalisation and shape: what `gendistill relabel --teacher` needs
             "backbone_sha256": backbone.weights_sha256() if space == "latent" or cfg.data == "decoded" else None,
             "training": asdict(cfg)}
 

@@ -32,6 +32,7 @@ from .nets import NetConfig, fresh_net, get_builder
 
 TEACHER_FORMAT = "1"
 WEIGHTS, CONFIG = "teacher.safetensors", "teacher.json"
+SRE2L_CONFIG = "config.json"  # the teacher folder recipes/sre2l.py writes (gendistill.sre2l): also read here
 
 
 @dataclass
@@ -153,7 +154,7 @@ def embed(net: torch.nn.Module, images: torch.Tensor, mean, std, device=None, ba
 @dataclass
 class Teacher:
     net: torch.nn.Module
-    training: NetTraining
+    training: NetTraining | dict  # a dict: an SRe2L teacher's own training record (gendistill.sre2l.TeacherConfig)
     dataset: dict  # the ``gendistill.dataset`` record of the data it was trained on
     sha256: str
     source: str
@@ -165,7 +166,8 @@ class Teacher:
 
     def record(self) -> dict:
         """What a relabelled set records about its teacher (portable: the directory's name, not its path)."""
-        return {"source": Path(self.source).name, "sha256": self.sha256, "training": asdict(self.training),
+        training = self.training if isinstance(self.training, dict) else asdict(self.training)
+        return {"source": Path(self.source).name, "sha256": self.sha256, "training": training,
                 "dataset": self.dataset.get("name"), "measured": self.measured}
 
 
@@ -207,6 +209,8 @@ def load_teacher(directory: str | Path, device=None) -> Teacher:
     """The teacher saved in ``directory``; a missing, damaged or altered one raises a one-line error."""
     d = Path(directory)
     hint = f"train one with `gendistill relabel --train-teacher --teacher {d}`"
+    if not (d / CONFIG).is_file() and (d / SRE2L_CONFIG).is_file():
+        return _sre2l_teacher(d, device, hint)
     if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
         raise FileNotFoundError(f"no teacher in {str(d)!r} (it needs {CONFIG} and {WEIGHTS}); {hint}")
     try:
@@ -233,3 +237,32 @@ def load_teacher(directory: str | Path, device=None) -> Teacher:
                          f"classes; {hint}") from None
     return Teacher(net.to(device or "cpu").eval(), training, dataset, info["sha256"], str(d),
                    dict(info.get("measured", {})))
+
+
+def _sre2l_teacher(d: Path, device, hint: str) -> Teacher:
+    """The BatchNorm teacher of an SRe2L run (``recipes/sre2l.py``'s ``<output>/teacher``) as a relabelling teacher:
+    one kind of teacher folder serves both commands. Only a teacher of images (``space: pixel``) fits: relabel feeds it
+    the set's decoded images."""
+    from .data import get_dataset
+    from .sre2l import load_teacher as load_sre2l
+
+    try:
+        net, meta = load_sre2l(d)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{str(d / SRE2L_CONFIG)!r} is not a gendistill teacher ({type(e).__name__}: {e}); "
+                         f"{hint}") from None
+    if meta.get("format") != "gendistill-sre2l-teacher-1":
+        raise ValueError(f"{str(d / SRE2L_CONFIG)!r} is not a gendistill teacher; {hint}")
+    if meta.get("space") != "pixel":
+        raise ValueError(f"the SRe2L teacher in {str(d)!r} judges {meta.get('space')} codes, not images; relabel "
+                         "decodes the set and needs a teacher of images (an sre2l run with --match-space pixel), or "
+                         f"{hint[0].lower() + hint[1:]}")
+    dataset = meta.get("dataset_record")
+    if not isinstance(dataset, dict):  # written before the record was stored: a built-in dataset's normalisation is
+        if meta.get("dataset") == "imagefolder":  # a constant of the dataset (the same for both splits)
+            raise ValueError(f"the SRe2L teacher in {str(d)!r} predates the dataset record an ImageFolder teacher "
+                             "needs (its normalisation); run recipes/sre2l.py again to train a new one")
+        dataset = get_dataset(meta["dataset"], "test").meta()
+    measured = {"test_accuracy": meta["test_accuracy"]} if "test_accuracy" in meta else {}
+    return Teacher(net.to(device or "cpu").eval(), dict(meta.get("training", {}), kind="sre2l"), dataset,
+                   meta["sha256"], str(d), measured)

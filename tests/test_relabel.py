@@ -125,3 +125,52 @@ def test_teacher_and_outputs_are_never_replaced_unasked(capsys, tmp_path, teache
     assert (teacher_dir / "teacher.safetensors").read_bytes() == before
     user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", set_file), "replace the input")
     user_error(cli(capsys, "prune", set_file, "--ipc", 1, "--out", set_file), "replace the input")
+
+
+def _sre2l_teacher(directory, space="pixel", record=True):
+    """A tiny teacher folder as recipes/sre2l.py writes it (config.json), trained on nothing."""
+    from gendistill.data import get_dataset
+    from gendistill.nets import fresh_net
+    from gendistill.sre2l import TeacherConfig, save_teacher, teacher_meta
+
+    shape = (1, 28, 28) if space == "pixel" else (4, 7, 7)
+    dataset = get_dataset("fashion-mnist", "test").meta()
+    backbone = type("Backbone", (), {"weights_sha256": lambda self: "0" * 64})()
+    meta = teacher_meta(TeacherConfig(depth=1, width=4), space, shape, 10, dataset, backbone)
+    if not record:
+        del meta["dataset_record"]
+    net = fresh_net("convnet-bn", shape, 10, torch.Generator().manual_seed(0), depth=1, width=4)
+    save_teacher(net, directory, meta)
+    return net
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_relabel_reads_an_sre2l_teacher(capsys, tmp_path, set_file, tiny_vae_dir, tiny_idx_dir, monkeypatch, record):
+    """One kind of teacher folder serves both commands: an SRe2L run's teacher relabels any set (older folders without
+    the dataset record fall back on the built-in dataset's normalisation)."""
+    monkeypatch.setenv("GENDISTILL_FASHION_MNIST_DIR", str(tiny_idx_dir))
+    net = _sre2l_teacher(tmp_path / "sre2l-teacher", record=record).eval()
+    out = tmp_path / "soft.safetensors"
+    ok(cli(capsys, "relabel", set_file, "--teacher", tmp_path / "sre2l-teacher", "--out", out, "--temperature", 2))
+    soft = SyntheticSet.load(out)
+    images = SyntheticSet.load(set_file).decode(load_backbone(str(tiny_vae_dir)))
+    with torch.no_grad():
+        want = (net(normalize(images, (0.2860,), (0.3530,))) / 2).softmax(1)
+    assert torch.allclose(soft.labels, want, atol=1e-5)
+    teacher = soft.run_meta["relabel"]["teacher"]
+    assert teacher["source"] == "sre2l-teacher" and teacher["training"]["kind"] == "sre2l"
+    assert teacher["training"]["net"] == "convnet-bn"
+
+
+def test_sre2l_teacher_refusals(capsys, tmp_path, set_file, tiny_idx_dir, monkeypatch):
+    monkeypatch.setenv("GENDISTILL_FASHION_MNIST_DIR", str(tiny_idx_dir))
+    _sre2l_teacher(tmp_path / "latent", space="latent")
+    user_error(cli(capsys, "relabel", set_file, "--teacher", tmp_path / "latent", "--out", tmp_path / "o.safetensors"),
+               "needs a teacher of images")
+    _sre2l_teacher(tmp_path / "t")
+    w = load_file(str(tmp_path / "t" / "teacher.safetensors"))
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in w.items()}, str(tmp_path / "t" /
+                                                                                   "teacher.safetensors"))
+    user_error(cli(capsys, "relabel", set_file, "--teacher", tmp_path / "t", "--out", tmp_path / "o.safetensors"),
+               "sha256")
+    assert not (tmp_path / "o.safetensors").exists()
