@@ -44,3 +44,29 @@ def test_report_table_and_plot(tmp_path):
     assert im.size == (720, 440) and len(im.getcolors(maxcolors=1 << 16) or []) > 3
     again = Results(tmp_path / "c.json", settings_of(Screening(iters=10)))  # what finished survives a restart
     assert again.has("distilled/ipc10") and again.get("distilled/ipc10")["mean"] == 0.70
+
+
+def test_plugin_targets_summary_lines(tmp_path):
+    import argparse
+
+    import plugin_targets
+
+    res = Results(tmp_path / "t.json", settings_of(Screening(iters=10)))
+    rows = {"prune/random-real-ipc5-draw0": 0.70, "prune/random-real-ipc5-draw1": 0.66, "prune/low-ipc5": 0.74,
+            "prune-budget10/low-ipc5": 0.75, "dream/uniform-40": 0.70, "dream/uniform-200": 0.78,
+            "dream/dream-40": 0.71, "dream/dream-80": 0.781, "dream/dream-120": 0.77, "dream/dream-200": 0.79}
+    for k, v in rows.items():
+        res.put(k, {"mean": v})
+    args = argparse.Namespace(dream_steps="40,80,120,200", dream_init="real")
+    lines = plugin_targets.summary(res, args)
+    assert lines[0] == "random real IPC 5: 68.00 +- 2.83 over 2 draws"
+    assert "YOCO prune --rule low: 74.00, +6.00 over random real IPC 5 (target +5: met)" in lines
+    assert "YOCO prune-budget10 --rule low: 75.00, +7.00 over random real IPC 5 (target +5: met)" in lines
+    assert lines[-1].endswith("dream reaches it at 80 steps = 40% of the steps (target <= 60%: met)")
+    res.put("dream/dream-80", {"mean": 0.70})
+    res.put("dream/dream-120", {"mean": 0.70})
+    res.put("dream/dream-200", {"mean": 0.70})
+    assert plugin_targets.summary(res, args)[-1].endswith("does not reach it within 200 steps (target <= 60%: not met)")
+    res.put("prune/low-ipc5", {"mean": 0.72})
+    assert "YOCO prune --rule low: 72.00, +4.00 over random real IPC 5 (target +5: not met)" in plugin_targets.summary(
+        res, args)
