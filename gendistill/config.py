@@ -263,12 +263,13 @@ def _config_parser(cls: type, description: str | None) -> argparse.ArgumentParse
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         if tp is bool:
-            p.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=None,
+            p.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
                            help=f"(default {default})")
         else:
             cast = flag_type(cls, f.name) if tp in (int, float, str) else str
             cast = _none_or(cast) if _optional(hints[f.name]) else cast  # "--latent-space none": the default
-            p.add_argument(flag(f.name), type=cast, default=None, help=f"(default {default})")
+            # SUPPRESS: only the flags given are set, so "--ipc none" can clear a config file's value
+            p.add_argument(flag(f.name), type=cast, default=argparse.SUPPRESS, help=f"(default {default})")
     if len(_CONFIG_PARSERS) >= 64:  # recipe modules loaded again and again (tests) make new classes: stay bounded
         _CONFIG_PARSERS.clear()
     _CONFIG_PARSERS[cls, description, recipe, generation()] = p  # building may have imported (registered) more
@@ -280,7 +281,7 @@ def parse_config(cls: type[C], argv: list[str] | None = None, description: str |
     every value is checked against the field's type and limits."""
     args = _config_parser(cls, description).parse_args(argv)
     values: dict[str, Any] = read_config_file(cls, args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    values.update({k: v for k, v in vars(args).items() if k != "config"})  # a flag given as "none" overrides too
     return cls(**values)
 
 

@@ -109,6 +109,21 @@ def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
     assert RecipeConfig().ipc == 10 and RecipeConfig(ipc_budget=1.0).ipc is None
 
 
+def test_ipc_none_clears_a_config_files_ipc_for_a_budget(tmp_path):
+    """The both-flags error's advice works: "--ipc none" drops a config file's ipc (a flag given as none overrides)."""
+    from gendistill.config import parse_config
+    from gendistill.pipeline import RecipeConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ipc: 10\nsteps: 7\n")
+    with pytest.raises(ValueError, match=r"both given; keep one \(a config file's ipc is dropped with --ipc none\)"):
+        parse_config(RecipeConfig, ["--config", str(cfg), "--ipc-budget", "10"])
+    got = parse_config(RecipeConfig, ["--config", str(cfg), "--ipc", "none", "--ipc-budget", "10"])
+    assert (got.ipc, got.ipc_budget, got.steps) == (None, 10.0, 7)
+    assert parse_config(RecipeConfig, ["--config", str(cfg)]).ipc == 10  # flags not given leave the file's values
+    assert parse_config(RecipeConfig, ["--ipc", "3"]).ipc == 3 and parse_config(RecipeConfig, []).ipc == 10
+
+
 def test_cli_init_with_a_budget_and_its_bad_inputs(capsys, tmp_path, tiny_vae_dir):
     out = tmp_path / "b.safetensors"
     # the tiny VAE's latents are 2x14x14 = 392 numbers: a budget of 1 (784 float32 numbers per class) holds 2, at
