@@ -77,6 +77,10 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool = False, resume: bo
                               "--overwrite to replace it)")
     if is_nonempty_dir(path):
         checkpoints = sorted((path / "checkpoints").glob("step_*"))
+        if checkpoints and (path / "set.safetensors").is_file():  # a finished run keeps its last checkpoint
+            raise FileExistsError(f"{flag} {str(path)!r} holds a finished run (set.safetensors, checkpoint "
+                                  f"{checkpoints[-1].name}); use --resume --steps N to extend it, --overwrite to "
+                                  f"replace it, or choose another {flag}")
         if checkpoints:
             raise FileExistsError(f"{flag} {str(path)!r} holds an interrupted run (checkpoint {checkpoints[-1].name}); "
                                   "use --resume to continue it or --overwrite to discard it")

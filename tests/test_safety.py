@@ -298,6 +298,15 @@ def test_fresh_run_into_an_interrupted_run_is_refused(tmp_path, capsys):
     assert tree(out) == before
 
 
+def test_fresh_run_into_a_finished_run_says_it_is_finished(tmp_path, capsys):
+    out = run(tmp_path / "r", "--steps", 2)
+    before = tree(out)
+    code, err = guarded(capsys, out, "--steps", 2)
+    line = one_line(err)
+    assert code == 2 and "holds a finished run (set.safetensors, checkpoint step_0000002)" in line
+    assert "use --resume --steps N to extend it, --overwrite to replace it" in line and tree(out) == before
+
+
 def test_non_empty_output_is_refused_without_overwrite(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
