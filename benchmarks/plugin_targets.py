@@ -35,12 +35,17 @@ PRUNE_SOURCES = {  # results-key prefix -> (folder, latent_dm.py size flags): th
 
 def prune_study(args, data: Data, cfg: Screening, res: Results, log) -> None:
     out = Path(args.out)
-    for prefix in args.prune_sources.split(","):
-        folder, size = PRUNE_SOURCES[prefix]
-        src = latent_dm(out / folder, size[0], args.distill_steps, log, *size[1:])
-        skey = f"{prefix}/source-{folder[3:]}"
+    sources = [(p, *PRUNE_SOURCES[p]) for p in args.prune_sources.split(",") if p]
+    sources += [(f"prune-{name}", None, path) for name, path in (item.split("=", 1) for item in args.prune_set)]
+    for prefix, folder, size in sources:
+        if folder is None:  # --prune-set NAME=PATH: an existing IPC-10 set file
+            src, folder, skey = Path(size), prefix, f"{prefix}/source"
+        else:
+            src = latent_dm(out / folder, size[0], args.distill_steps, log, *size[1:])
+            skey = f"{prefix}/source-{folder[3:]}"
         if not res.has(skey):
             res.put(skey, {**screen(*set_images(src), data, cfg), "set": str(src)})
+            log(f"{skey}: {100 * res.get(skey)['mean']:.2f}")
         for rule in ("low", "random", "high"):
             key = f"{prefix}/{rule}-ipc5"
             if res.has(key):
@@ -69,7 +74,7 @@ def summary(res: Results, args) -> list[str]:
         rand = statistics.fmean(draws)
         spread = f" +- {statistics.stdev(draws):.2f}" if len(draws) > 1 else ""
         lines.append(f"random real IPC 5: {rand:.2f}{spread} over {len(draws)} draws")
-        for prefix in PRUNE_SOURCES:
+        for prefix in [*PRUNE_SOURCES, *(f"prune-{i.split('=', 1)[0]}" for i in getattr(args, "prune_set", []))]:
             for rule in ("low", "random", "high"):
                 key = f"{prefix}/{rule}-ipc5"
                 if key in rows:
@@ -131,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=10, help="random real IPC-5 draws (a draw moves by several points)")
     p.add_argument("--prune-sources", default="prune,prune-budget10",
                    help="sets pruned to IPC 5: prune (LatentDD IPC 10), prune-budget10 (LatentDD budget 10, 40/class)")
+    p.add_argument("--prune-set", action="append", default=[], metavar="NAME=PATH",
+                   help="also prune this set file (e.g. the best IPC-10 set of another recipe); results key prune-NAME")
     p.add_argument("--distill-steps", type=int, default=200, help="LatentDD steps of the IPC-10 set that is pruned")
     p.add_argument("--dream-steps", default="40,80,120,200")
     p.add_argument("--dream-init", default="real",
