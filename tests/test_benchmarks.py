@@ -39,6 +39,8 @@ def test_time_to_accuracy_prints_the_ratio(tmp_path, tiny_vae_dir, capsys):
     assert [p["step"] for p in result["latent"]["points"]] == [0, 1, 2]
     assert result["latent"]["config"]["backbone"] == str(tiny_vae_dir)
     assert result["target"] == result["pixel"]["points"][-1]["accuracy"]
+    assert result["latent"]["setup_cpu_seconds"] > 0 and result["pixel"]["setup_cpu_seconds"] > 0
+    assert "latent set-up" in printed and "pixel  set-up" in printed
     # the pixel curve reused: only the latent run is made; other settings are refused
     again = tmp_path / "again.json"
     tta = bench("time_to_accuracy")
