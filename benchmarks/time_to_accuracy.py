@@ -23,6 +23,7 @@ run needs to reach it and ``time-to-accuracy ratio R x`` = pixel time / latent t
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -56,7 +57,10 @@ def curve(name: str, argv: list[str], args, workdir: Path) -> dict:
     marks = list(range(0, total, args.eval_every))[1:] + [total]
     for i, upto in enumerate([0] + marks):
         if upto:
-            seg = dataclasses.replace(cfg, steps=upto, resume=i > 1)
+            # a copy, not dataclasses.replace: build() resolved --ipc-budget into cfg.ipc, which a re-validation
+            # would refuse as both flags given
+            seg = copy.copy(cfg)
+            seg.steps, seg.resume = upto, i > 1
             accelerator = make_accelerator("no")  # a fresh one per segment: each registers its own optimiser and state
             c0 = time.process_time()
             state = run_distill(seg, pieces, objective, accelerator, Path(cfg.output))

@@ -48,6 +48,12 @@ def test_time_to_accuracy_prints_the_ratio(tmp_path, tiny_vae_dir, capsys):
               "--workdir", str(tmp_path), "--out", str(again), "--pixel-from", str(out),
               "--latent", "--backbone", str(tiny_vae_dir), "--match-space", "latent"])
     assert json.loads(again.read_text())["pixel"] == result["pixel"]
+    budget = tmp_path / "budget.json"  # a storage-matched latent set against the same pixel curve
+    tta.main(["--ipc", "2", "--steps", "2", "--eval-every", "1", "--eval-epochs", "1", "--batch-real", "4",
+              "--workdir", str(tmp_path), "--out", str(budget), "--pixel-from", str(out),
+              "--latent", "--backbone", str(tiny_vae_dir), "--match-space", "latent", "--ipc-budget", "1"])
+    latent = json.loads(budget.read_text())["latent"]
+    assert latent["config"]["ipc_budget"] == 1 and [p["step"] for p in latent["points"]] == [0, 1, 2]
     with pytest.raises(SystemExit, match=r"made with other settings \(eval_epochs\)"):
         tta.main(["--ipc", "2", "--steps", "2", "--eval-every", "1", "--eval-epochs", "2", "--batch-real", "4",
                   "--pixel-from", str(out), "--latent", "--backbone", str(tiny_vae_dir)])
