@@ -113,7 +113,8 @@ def report(res: Results, ipcs, coresets, out: Path) -> str:
     (out / "crossover.md").write_text(text)
     plotted = {k: v for k, v in series.items() if v}
     if plotted:
-        save_png(line_plot(plotted, title=f"Fashion-MNIST: accuracy (%) vs IPC, {res.data['settings']['label'].split(':')[0].lower()} evaluation",
+        kind = res.data["settings"]["label"].split(":")[0].lower()  # "screening" or "standard protocol"
+        save_png(line_plot(plotted, title=f"Fashion-MNIST: accuracy (%) vs IPC, {kind} evaluation",
                            xlabel="images per class", ylabel="test acc. %", logx=True, dashed=(CURVES[3],)), out
                  / "crossover.png")
     return text
