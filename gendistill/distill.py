@@ -19,10 +19,9 @@ step of a set with hundreds of latents per class costs what a step with K does. 
 ``match_space="pixel"``) runs the first N steps in the latent match space (against ``real_latents``, the cached
 latents) and the rest decode-through: cheap steps first, the decoder's view last.
 
-``syn_batch`` K > 0 matches only K latents per class per step (drawn anew each step from the shared generator, as
-DM/IDM draw real batches, so every process draws the same): only those are decoded, matched and pushed back through
-the decoder, and only they move in that step (the other rows get their values back after the optimiser step), so a
-step of a set with hundreds of latents per class costs what a step with K does.
+``quantise_aware`` matches what the set file will hold: each step the objective sees the latents quantised to the
+set's storage dtype (int8, int4, float16, bfloat16) and read back, and the gradient at those passes straight to the
+float32 latents (a straight-through estimator), so the optimisation sees the rounding the saved set will have.
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from .errors import first_line
 from .io import fsync_path, replace_dir, write_json
 from .objectives import Objective, RealBatches, StepContext
 from .state import load_state, save_state
+from .storage import get_codec
 from .synthetic import SyntheticSet
 
 MATCH_SPACES = ("latent", "pixel")
@@ -75,6 +75,8 @@ class DistillConfig(Checked):
     syn_batch: int = setting(0, min=0)
     # pixel match space: the first N steps match latents (cheap), the rest decode-through
     latent_steps: int = setting(0, min=0)
+    # match the latents as the set's storage dtype will hold them (straight-through gradient); needs a --latent-dtype
+    quantise_aware: bool = False
     checkpoint_every: int = setting(0, min=0)  # 0: only when interrupted and at the end
     log_every: int = setting(10, min=1)
     seed: int = setting(0, min=0)
@@ -383,6 +385,12 @@ def syn_rows(hard_labels: torch.Tensor, num_classes: int, per_class: int,
     return torch.cat(picked).sort().values
 
 
+def as_stored(codec, latents: torch.Tensor) -> torch.Tensor:
+    """The latents as a set file of ``codec``'s dtype holds them, read back to float32 (no gradient)."""
+    with torch.no_grad():
+        return codec.decode(codec.encode(latents.detach().float())).to(latents.device)
+
+
 def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: LatentSplit, cfg: DistillConfig,
             accelerator: Accelerator, dataset_meta: dict, workdir: str | Path | None = None, resume: bool = False,
             fingerprint: dict | None = None, real_latents: LatentSplit | None = None) -> TrainState:
@@ -392,6 +400,11 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         raise ValueError(f"unknown match space {cfg.match_space!r}; use one of {', '.join(MATCH_SPACES)}")
     if cfg.syn_batch < 0:
         raise ValueError(f"--syn-batch must be 0 (all latents) or a number of latents per class, got {cfg.syn_batch}")
+    if cfg.quantise_aware and syn.latent_dtype == "float32":
+        raise ValueError("--quantise-aware matches the latents as their storage dtype holds them, but the set is "
+                         "stored as float32; give --latent-dtype int8, int4, float16 or bfloat16, or drop "
+                         "--quantise-aware")
+    stored = get_codec(syn.latent_dtype) if cfg.quantise_aware else None
     device = accelerator.device
     space = effective_match_space(backbone.kind, cfg.match_space)
     mean, std = dataset_meta["mean"], dataset_meta["std"]
@@ -479,7 +492,8 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                 opt.zero_grad(set_to_none=True)
                 if decode_through:
                     with torch.no_grad(), accelerator.autocast():
-                        z = syn.latents.detach() if picked is None else syn.latents.detach()[picked]
+                        z = syn.latents.detach() if stored is None else as_stored(stored, syn.latents)
+                        z = z if picked is None else z[picked]
                         images = _decode_rows(backbone, z, decode_rows, cfg.vjp_chunk)
                     images.requires_grad_(True)
                     with accelerator.autocast():
@@ -496,9 +510,11 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
                             grad = torch.zeros_like(syn.latents, dtype=torch.float32).index_copy_(0, picked, grad)
                         syn.latents.grad = grad
                 else:
+                    x = syn.latents
+                    if stored is not None:  # straight through: the value the file holds, the gradient of the latents
+                        x = x + (as_stored(stored, x) - x.detach())
                     with accelerator.autocast():
-                        loss = objective(syn.latents if picked is None else syn.latents[picked], step_labels,
-                                         real_batch, ctx)
+                        loss = objective(x if picked is None else x[picked], step_labels, real_batch, ctx)
                     if loss.requires_grad:
                         accelerator.backward(loss)
                 if split:

@@ -60,8 +60,9 @@ class RecipeConfig(DataConfig, Checked):
     ipc: int | None = setting(None, min=1)  # latents per class, count-matched (None: 10, or what --ipc-budget allows)
     # storage-matched: as many latents per class as fit in B float32 images per class
     ipc_budget: float | None = setting(None, above=0)
-    # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 (optimised in float32)
+    # storage dtype of the saved latents: float32 | float16 | bfloat16 | int8 | int4 (optimised in float32)
     latent_dtype: str = setting("float32", check=get_codec)
+    quantise_aware: bool = False  # match the latents as --latent-dtype will store them (straight-through gradient)
     syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
     latent_steps: int = 0  # --match-space pixel: the first N steps match latents (cheap), the rest decode-through
     init: str = setting("real", choices=lambda: INITS.names())
@@ -93,6 +94,9 @@ class RecipeConfig(DataConfig, Checked):
         check_ipc_args(self.ipc, self.ipc_budget)
         if self.ipc is None and self.ipc_budget is None:
             self.ipc = DEFAULT_IPC
+        if self.quantise_aware and self.latent_dtype == "float32":
+            raise ValueError("--quantise-aware matches the latents as their storage dtype holds them; give "
+                             "--latent-dtype int8, int4, float16 or bfloat16, or drop --quantise-aware")
         distill_config(self)  # the loop's (DistillConfig: steps, lr, batch_real, ...)
         NetSpec(self.net, self.depth, self.width)  # the matching net's
 
@@ -211,7 +215,7 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     evaluating = cfg.eval_runs > 0
     if not (main or evaluating):
         return None
-    syn.round_trip_()  # what is evaluated is what the file holds (float16, bfloat16, int8 latents)
+    syn.round_trip_()  # what is evaluated is what the file holds (float16, bfloat16, int8, int4 latents)
     images = syn.decode(backbone)  # the set is identical on every process
     if main:
         syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(state.seconds, 1)})

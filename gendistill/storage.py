@@ -8,10 +8,12 @@ set needs to be read back) and leaves out the decoder, which is reported beside 
 are shown too, and a second budget figure counts them (``budget_ipc_with_labels``), but ``--ipc-budget`` sizes the set
 by its data alone.
 
-Storage dtypes (``LATENT_DTYPES``): ``float32``, ``float16``, ``bfloat16`` (a cast) and ``int8`` (affine per channel:
+Storage dtypes (``LATENT_DTYPES``): ``float32``, ``float16``, ``bfloat16`` (a cast), ``int8`` (affine per channel:
 for each index of the latents' dimension 1, ``q = clamp(round(z / scale) + zero_point, -128, 127)``; the file holds
 ``latents`` int8, ``latents_scale`` float32 (C,) and ``latents_zero_point`` int32 (C,); ``z ~ (q - zero_point) *
-scale``, off by at most ``scale / 2``). Latents are always optimised in float32; the dtype applies when the set is
+scale``, off by at most ``scale / 2``) and ``int4`` (the same with 16 levels, ``q`` in 0..15, two codes a byte: the
+file's ``latents`` is uint8 (N, ceil(D / 2)) for D numbers per latent, low nibble first, and ``latents_shape`` int32
+holds the latent's shape to unpack it). Latents are always optimised in float32; the dtype applies when the set is
 written.
 """
 
@@ -28,6 +30,7 @@ from .registry import Registry
 LEDGER_KEY = "gendistill.storage"
 LEDGER_VERSION = 1
 BUDGET_COUNTS = "latents"  # what --ipc-budget counts: the latents (+ their int8 scales), not labels, lr or decoder
+QUANTISATION_KEYS = ("latents_scale", "latents_zero_point", "latents_shape")  # what int8 / int4 latents need beside
 FLOAT32_BYTES = 4
 LATENT_DTYPES: Registry = Registry("latent dtype")
 
@@ -40,8 +43,9 @@ class Codec:
     dtype: torch.dtype  # of the ``latents`` tensor in the file
 
     @property
-    def itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+    def bits(self) -> int:
+        """Bits a stored latent number takes."""
+        return torch.empty((), dtype=self.dtype).element_size() * 8
 
     def overhead_bytes(self, latent_shape) -> int:
         """Bytes the set holds besides the latents themselves to read them back (int8: scales and zero points)."""
@@ -110,6 +114,60 @@ class Int8Codec(Codec):
 LATENT_DTYPES.register("int8")(Int8Codec("int8", torch.int8))
 
 
+class Int4Codec(Int8Codec):
+    """Affine per-channel 4-bit codes (0..15), packed two to a byte per latent, with the latent's shape beside."""
+
+    QMIN, QMAX = 0, 15
+
+    @property
+    def bits(self) -> int:
+        return 4
+
+    def overhead_bytes(self, latent_shape) -> int:
+        return super().overhead_bytes(latent_shape) + 4 * len(latent_shape)  # + latents_shape, int32
+
+    def params(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, zero = super().params(latents)
+        # a constant negative channel v: int8 stores q = -127; with codes 0..15 it is q = 0 and zero point 15
+        z = latents.detach()
+        flat = z.transpose(0, 1).reshape(z.shape[1], -1)
+        lo, hi = flat.min(1).values, flat.max(1).values
+        zero = torch.where((lo == hi) & (lo < 0), torch.full_like(zero, self.QMAX), zero)
+        return scale, zero
+
+    def encode(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        if latents.numel() == 0:
+            raise ValueError("an empty set cannot be stored as int4; use --latent-dtype float32")
+        if latents.ndim < 2:
+            raise ValueError(f"int4 stores latents of shape (N, C, ...), got {tuple(latents.shape)}")
+        stored = super().encode(latents)  # q in 0..15 as int8
+        q = stored["latents"].to(torch.uint8).reshape(len(latents), -1)
+        if q.shape[1] % 2:
+            q = torch.cat([q, q.new_zeros(len(q), 1)], 1)
+        packed = q[:, 0::2] | (q[:, 1::2] << 4)
+        return {**stored, "latents": packed.contiguous(),
+                "latents_shape": torch.tensor(list(latents.shape[1:]), dtype=torch.int32)}
+
+    def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
+        missing = [k for k in ("latents_shape", "latents_scale", "latents_zero_point") if k not in tensors]
+        if missing:
+            raise ValueError(f"{where} holds int4 latents but no {' or '.join(repr(k) for k in missing)} tensor to "
+                             "read them back; the file is incomplete: re-save the set (--latent-dtype int4 "
+                             "writes them)")
+        packed, shape = tensors["latents"], tensors["latents_shape"]
+        dims = [int(d) for d in shape.flatten().tolist()] if shape.dtype in (torch.int32, torch.int64) else []
+        numbers = math.prod(dims) if dims else 0
+        if packed.ndim != 2 or not dims or min(dims) < 1 or packed.shape[1] != (numbers + 1) // 2:
+            raise ValueError(f"{where}: int4 latents of {tuple(packed.shape)} bytes do not hold latents of shape "
+                             f"{tuple(shape.tolist())}; the file is inconsistent, re-save the set")
+        q = torch.stack([packed & 0x0F, packed >> 4], 2).reshape(len(packed), -1)[:, :numbers]
+        unpacked = q.to(torch.int16).reshape(len(packed), *dims)
+        return super().decode({**tensors, "latents": unpacked}, where)
+
+
+LATENT_DTYPES.register("int4")(Int4Codec("int4", torch.uint8))
+
+
 def get_codec(name: str) -> Codec:
     """The storage codec of ``name``; an unknown one is a one-line error naming the choices."""
     if name not in LATENT_DTYPES:
@@ -136,7 +194,7 @@ def image_bytes(image_shape) -> int:
 
 
 def latent_bytes(latent_shape, dtype: str) -> int:
-    return math.prod(int(s) for s in latent_shape) * get_codec(dtype).itemsize
+    return math.ceil(math.prod(int(s) for s in latent_shape) * get_codec(dtype).bits / 8)
 
 
 def latents_per_class(budget: float, latent_shape, image_shape, num_classes: int, dtype: str = "float32") -> int:
@@ -171,7 +229,7 @@ def make_ledger(tensors: dict[str, torch.Tensor], num_classes: int, image_shape,
     what = "images" if "images" in tensors and "latents" not in tensors else "latents"
     data = tensors[what]
     codec = codec_of(tensors) if what == "latents" else LATENT_DTYPES.get("float32")
-    extra = sum(tensor_bytes(tensors.get(k)) for k in ("latents_scale", "latents_zero_point"))
+    extra = sum(tensor_bytes(tensors.get(k)) for k in QUANTISATION_KEYS)
     labels = tensors.get("labels")
     soft = labels is not None and labels.ndim == 2
     unit = num_classes * image_bytes(image_shape) if num_classes and image_shape else None
@@ -181,7 +239,8 @@ def make_ledger(tensors: dict[str, torch.Tensor], num_classes: int, image_shape,
     hard = (labels.argmax(1) if soft else labels) if labels is not None and labels.numel() else None
     return {
         "version": LEDGER_VERSION,
-        what: {"count": int(data.shape[0]), "shape": list(data.shape[1:]),
+        what: {"count": int(data.shape[0]), "shape": [int(d) for d in tensors["latents_shape"].flatten().tolist()]
+               if "latents_shape" in tensors and what == "latents" else list(data.shape[1:]),  # int4: packed bytes
                "dtype": codec.name if what == "latents" else str(data.dtype).replace("torch.", ""),
                "bytes": tensor_bytes(data), "quantisation_bytes": extra},
         "labels": {"kind": "soft" if soft else "hard", "dtype": str(labels.dtype).replace("torch.", "")
@@ -224,7 +283,7 @@ def format_ledger(ledger: dict) -> list[str]:
     """The ledger as the lines ``gendistill info`` prints."""
     what = "images" if "images" in ledger else "latents"
     d, lab = ledger[what], ledger["labels"]
-    q = f" + {d['quantisation_bytes']:,} B int8 scales" if d.get("quantisation_bytes") else ""
+    q = f" + {d['quantisation_bytes']:,} B {d['dtype']} scales" if d.get("quantisation_bytes") else ""
     lines = [f"storage   {what} {d['count']} x {tuple(d['shape'])} {d['dtype']}: {d['bytes']:,} B{q}",
              f"          labels ({lab['kind']}, {lab['dtype']}): {lab['bytes']:,} B; lr: {ledger['lr_bytes']:,} B; "
              f"total {ledger['total_bytes']:,} B"]

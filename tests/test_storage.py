@@ -1,5 +1,6 @@
-"""Storage: the ledger's arithmetic, --ipc-budget, latent storage dtypes (int8 round trip), old files without a ledger,
-and the loop's per-step subsampling (--syn-batch) and latent warm-up (--latent-steps)."""
+"""Storage: the ledger's arithmetic, --ipc-budget, latent storage dtypes (int8 and int4 round trips), old files
+without a ledger, quantisation-aware matching, and the loop's per-step subsampling (--syn-batch) and latent warm-up
+(--latent-steps)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def test_ledger_arithmetic_against_hand_computed_bytes():
     q = a_set(dtype="int8").ledger()  # 7,840 B of int8 + 4 channels x (float32 scale + int32 zero point) = 32 B
     assert q["latents"]["bytes"] == 7840 and q["latents"]["quantisation_bytes"] == 32
     assert q["budget_ipc"] == pytest.approx(7872 / 31360) and q["total_bytes"] == 7872 + 320
+    # int4: 196 numbers in 98 B per latent; scales 32 B and the latent's shape, 3 x int32 = 12 B
+    q4 = a_set(dtype="int4").ledger()
+    assert q4["latents"]["bytes"] == 3920 and q4["latents"]["quantisation_bytes"] == 44
+    assert q4["latents"]["dtype"] == "int4" and q4["latents"]["shape"] == [4, 7, 7]  # not the packed bytes
     soft = a_set(soft=True, lr=0.01).ledger()  # soft labels: 40 x 10 float32; a learned lr: one float32
     assert soft["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 1600}
     assert soft["lr_bytes"] == 4 and soft["total_bytes"] == 31360 + 1600 + 4
@@ -84,6 +89,13 @@ def test_budget_to_latents_per_class():
     assert latents_per_class(10, (4, 7, 7), img, 10, "bfloat16") == 80
     # int8: 196 B a latent, and the 32 B of scales the set holds once: floor((31,360 - 32) / 1,960) = 15
     assert latents_per_class(1, (4, 7, 7), img, 10, "int8") == 15
+    # int4: 98 B a latent, 32 B of scales and 12 B of shape: floor((31,360 - 44) / 980) = 31; an odd count of numbers
+    # rounds up to whole bytes (3x3x3: 27 numbers in 14 B)
+    assert latents_per_class(1, (4, 7, 7), img, 10, "int4") == 31
+    assert latents_per_class(1, (2, 7, 7), img, 10, "int4") == 63
+    from gendistill.storage import latent_bytes
+
+    assert latent_bytes((3, 3, 3), "int4") == 14 and latent_bytes((4, 7, 7), "int4") == 98
     assert latents_per_class(1, (1, 28, 28), img, 10) == 1  # pixel space: a budget of 1 is one image
     assert latents_per_class(2.6, (1, 28, 28), img, 10) == 2
     assert resolve_ipc(None, None, (4, 7, 7), img, 10) == 10 and resolve_ipc(3, None, (4, 7, 7), img, 10) == 3
@@ -96,7 +108,7 @@ def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
     with pytest.raises(ValueError, match="positive"):
         latents_per_class(0, (4, 7, 7), (1, 28, 28), 10)
     with pytest.raises(ValueError, match="unknown --latent-dtype 'fp8'; choose one of: bfloat16, float16, "
-                                         "float32, int8"):
+                                         "float32, int4, int8"):
         get_codec("fp8")
     with pytest.raises(ValueError, match="both given"):
         resolve_ipc(3, 1.0, (4, 7, 7), (1, 28, 28), 10)
@@ -181,6 +193,60 @@ def test_int8_round_trip_is_within_half_a_step_per_channel(tmp_path):
     assert torch.allclose(SyntheticSet.load(tmp_path / "q2.safetensors").latents, back, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(4, 7, 7), (3, 3, 3)])  # an even and an odd count of numbers per latent
+def test_int4_round_trip_is_within_half_a_step_and_packs_two_codes_a_byte(tmp_path, shape):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(30, *shape, generator=g) * torch.tensor([0.1, 1.0, 10.0, 3.0][: shape[0]]).view(1, -1, 1, 1)
+    z[:, -1] = -2.5  # a constant negative channel comes back exactly (codes 0..15 hold no sign)
+    codec = get_codec("int4")
+    stored = codec.encode(z)
+    numbers = math.prod(shape)
+    assert stored["latents"].dtype == torch.uint8 and stored["latents"].shape == (30, (numbers + 1) // 2)
+    assert stored["latents_shape"].tolist() == list(shape) and stored["latents_shape"].dtype == torch.int32
+    back = codec.decode(stored)
+    assert back.shape == z.shape and back.dtype == torch.float32
+    c = shape[0]
+    spread = z.transpose(0, 1).reshape(c, -1)
+    step = (spread.max(1).values - spread.min(1).values) / 15
+    err = (back - z).abs().transpose(0, 1).reshape(c, -1).max(1).values
+    assert torch.all(err[:-1] <= step[:-1] / 2 + 1e-5), (err, step)
+    assert err[-1] <= 1e-6
+    # 16 levels per channel, no more: the codes really are 4 bits
+    assert all(len(torch.unique(back[:, i])) <= 16 for i in range(c))
+    # the low nibble is the first number: unpacking by hand gives the codes the decoder used
+    first = (stored["latents"][:, 0] & 0x0F).double()
+    zp0, s0 = stored["latents_zero_point"][0].double(), stored["latents_scale"][0].double()
+    assert torch.allclose(((first - zp0) * s0).float(), back.reshape(30, -1)[:, 0], atol=1e-6)
+    syn = SyntheticSet(z, torch.arange(10).repeat_interleave(3), dataset=FMNIST, latent_dtype="int4")
+    syn.save(tmp_path / "q.safetensors")
+    loaded = SyntheticSet.load(tmp_path / "q.safetensors")
+    assert loaded.latent_dtype == "int4" and torch.equal(loaded.latents, back)
+    loaded.save(tmp_path / "q2.safetensors")  # re-saving keeps every code
+    with safe_open(str(tmp_path / "q.safetensors"), "pt") as a, safe_open(str(tmp_path / "q2.safetensors"), "pt") as b:
+        assert torch.equal(a.get_tensor("latents"), b.get_tensor("latents"))
+    assert torch.equal(SyntheticSet(z.clone(), syn.labels, latent_dtype="int4").round_trip_().latents, back)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda t: t.pop("latents_shape"), "int4 latents but no 'latents_shape' tensor"),
+    (lambda t: t.pop("latents_scale"), "int4 latents but no 'latents_scale' tensor"),
+    (lambda t: t.__setitem__("latents_shape", torch.tensor([4, 7, 8], dtype=torch.int32)), "do not hold latents"),
+    (lambda t: t.__setitem__("latents_shape", torch.tensor([4.0, 7, 7])), "do not hold latents"),
+    (lambda t: t.__setitem__("latents_shape", torch.tensor([0, 7, 7], dtype=torch.int32)), "do not hold latents"),
+])
+def test_damaged_int4_set_is_a_one_line_error(tmp_path, capsys, damage, message):
+    path = tmp_path / "q.safetensors"
+    a_set(dtype="int4").save(path)
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    damage(tensors)
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=meta)
+    with pytest.raises(ValueError, match=message):
+        SyntheticSet.load(broken)
+    one_line_error(cli(capsys, "info", broken), message.split("'")[0].split(" tensor")[0])
+
+
 @pytest.mark.parametrize("dtype,tol", [("float16", 1e-3), ("bfloat16", 8e-3)])
 def test_float_dtypes_round_trip_within_their_precision(tmp_path, dtype, tol):
     syn = a_set(dtype=dtype)
@@ -234,8 +300,13 @@ def test_convert_rewrites_the_dtype_and_keeps_the_input(tmp_path, capsys):
     q = SyntheticSet.load(tmp_path / "q.safetensors")
     assert q.latent_dtype == "int8" and q.decoder == DECODER
     one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int8", "--out", src), "is the input file")
-    one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int4", "--out", tmp_path / "x.safetensors"),
+    one_line_error(cli(capsys, "convert", src, "--latent-dtype", "int3", "--out", tmp_path / "x.safetensors"),
                    "unknown --latent-dtype")
+    code, out, err = cli(capsys, "convert", src, "--latent-dtype", "int4", "--out", tmp_path / "h.safetensors")
+    assert code == 0 and "40 latents as int4, 4,284 B" in out, err  # 40 x 98 B + 44 B + 320 B of labels
+    assert SyntheticSet.load(tmp_path / "h.safetensors").latent_dtype == "int4"
+    code, out, err = cli(capsys, "info", tmp_path / "h.safetensors")
+    assert code == 0 and "latents 40 x (4, 7, 7) int4: 3,920 B + 44 B int4 scales" in out, err
 
 
 # ------------------------------------------------------------------------------------ many latents: subsampled steps
@@ -309,16 +380,54 @@ def test_latent_steps_warm_up_then_decode_through(tiny_vae_dir):
         _loop(backbone, latents, syn, steps=1, latent_steps=1, match_space="latent")
 
 
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_quantise_aware_steps_match_what_the_file_will_hold(tiny_vae_dir, space):
+    from gendistill.backbones import load_backbone
+
+    backbone = load_backbone(str(tiny_vae_dir), image_shape=(1, 28, 28))
+    latents = _real(shape=tuple(backbone.latent_shape))
+    real = latents if space == "latent" else _real(space="pixel")
+    dm, seen = get_dm(), []
+
+    def spy(x, labels, real_batch, ctx):
+        seen.append(x.detach().clone())
+        return dm(x, labels, real_batch, ctx)
+
+    def run(quantise_aware, dtype="int4"):
+        syn = SyntheticSet(latents.latents[::2].clone() * 3, latents.labels[::2].clone(), dataset=FMNIST,
+                           latent_dtype=dtype)
+        start = syn.latents.detach().clone()
+        seen.clear()
+        _loop(backbone, real, syn, objective=spy, steps=1, quantise_aware=quantise_aware, match_space=space,
+              batch_real=2, lr=0.1)
+        return start, syn.latents.detach()
+
+    codec = get_codec("int4")
+    start, after = run(True)
+    held = codec.decode(codec.encode(start))
+    assert not torch.allclose(held, start, atol=1e-3)  # int4 really rounds these latents
+    with torch.no_grad():
+        expect = held if space == "latent" else backbone.decode(held)
+    assert torch.allclose(seen[0], expect, atol=1e-5)  # the objective saw what the file will hold ...
+    assert (after != start).any()  # ... and the float32 latents moved by its gradient (straight through)
+    start, _ = run(False)
+    with torch.no_grad():
+        plain = start if space == "latent" else backbone.decode(start)
+    assert torch.allclose(seen[0], plain, atol=1e-5)  # without the flag: the float32 latents
+    with pytest.raises(ValueError, match="stored as float32"):
+        run(True, dtype="float32")
+
+
 @pytest.mark.slow  # end to end (a recipe run, a training or several model loads): a second or more
 def test_recipe_with_budget_dtype_and_subsampling(tmp_path, tiny_vae_dir):
     out = tmp_path / "run"
     argv = ["--output", str(out), "--backbone", str(tiny_vae_dir), "--ipc-budget", "2", "--latent-dtype", "int8",
-            "--syn-batch", "2", "--latent-steps", "1", "--steps", "2", "--batch-real", "4", "--eval-runs", "0",
-            "--depth", "2", "--width", "8"]
+            "--quantise-aware", "--syn-batch", "2", "--latent-steps", "1", "--steps", "2", "--batch-real", "4",
+            "--eval-runs", "0", "--depth", "2", "--width", "8"]
     assert load_recipe(ROOT / "recipes" / "latent_dm.py").main(argv) == 0
     syn = SyntheticSet.load(out / "set.safetensors")
     # budget 2: 2 x 3,136 B per class; an int8 2x14x14 latent is 392 B; minus 16 B of scales: floor((62,720 - 16) /
     # 3,920) = 15
     assert syn.ipc == 15 and syn.latent_dtype == "int8"
     assert syn.run_meta["ipc_budget"] == 2.0 and syn.run_meta["config"]["ipc"] == 15
-    assert syn.ledger()["budget_ipc"] <= 2.0
+    assert syn.ledger()["budget_ipc"] <= 2.0 and syn.run_meta["config"]["quantise_aware"] is True
