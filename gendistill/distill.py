@@ -309,6 +309,9 @@ def _fresh(path: Path) -> str:
     return f"delete the checkpoint {path} or start fresh with --overwrite"
 
 
+NEUTRAL_DEFAULTS = (None, False, 0)
+
+
 def _check_fingerprint(path: Path, fingerprint: dict) -> None:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{str(path / 'config.json')!r} is missing; {_fresh(path)}")
@@ -320,7 +323,9 @@ def _check_fingerprint(path: Path, fingerprint: dict) -> None:
     if not isinstance(saved, dict):
         raise ValueError(f"{str(path / 'config.json')!r} is not a run fingerprint; {_fresh(path)}")
     current = json.loads(json.dumps(fingerprint, default=str))
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    # a setting added since the checkpoint was written, at its neutral default (off, 0, none), changes nothing
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
+                  and not (k not in saved and current.get(k) in NEUTRAL_DEFAULTS))
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
         raise ValueError(f"checkpoint {path} was made with a different config ({pairs}); rerun with the same settings "

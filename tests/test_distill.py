@@ -224,6 +224,18 @@ def test_resume_with_other_config_fails(tmp_path, tiny_vae_dir):
         run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 4, "--lr", 0.5, "--resume", name="r")
 
 
+def test_resume_accepts_a_setting_added_since_at_its_neutral_default(tmp_path):
+    from gendistill.distill import _check_fingerprint
+
+    ckpt = tmp_path / "step_0000002"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"lr": 0.1, "steps": 4}))  # written before quantise_aware existed
+    _check_fingerprint(ckpt, {"lr": 0.1, "steps": 4, "quantise_aware": False, "syn_batch": 0, "new": None})
+    for changed in ({"quantise_aware": True}, {"syn_batch": 5}, {"lr": 0.2}):
+        with pytest.raises(ValueError, match=f"different config \\({next(iter(changed))}"):
+            _check_fingerprint(ckpt, {"lr": 0.1, "steps": 4, **changed})
+
+
 def test_resume_without_checkpoint_fails(tmp_path, tiny_vae_dir):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_recipe(tmp_path, "--backbone", tiny_vae_dir, "--steps", 2, "--resume", name="none")
