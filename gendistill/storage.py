@@ -76,9 +76,13 @@ class Int8Codec(Codec):
         lo, hi = flat.min(1).values, flat.max(1).values
         scale = (hi - lo) / (self.QMAX - self.QMIN)
         zero = torch.round(self.QMIN - lo / scale.clamp_min(1e-300))
-        const = scale <= 0  # a constant channel v: q = 127 (or 0 for v = 0), zero point 0, scale |v| / 127
+        # a constant channel v: scale |v| / QMAX and q - zero point = QMAX * sign(v); zero point 0, except for a
+        # negative v with unsigned codes (int4: q = 0, zero point QMAX)
+        const = scale <= 0
         scale = torch.where(const, torch.where(lo != 0, lo.abs() / self.QMAX, torch.ones_like(lo)), scale)
-        zero = torch.where(const, torch.zeros_like(zero), zero)
+        negative_zero = self.QMAX if self.QMIN >= 0 else 0
+        zero = torch.where(const, torch.where(lo < 0, torch.full_like(zero, negative_zero), torch.zeros_like(zero)),
+                           zero)
         return scale.float(), zero.to(torch.int32)
 
     @staticmethod
@@ -125,15 +129,6 @@ class Int4Codec(Int8Codec):
 
     def overhead_bytes(self, latent_shape) -> int:
         return super().overhead_bytes(latent_shape) + 4 * len(latent_shape)  # + latents_shape, int32
-
-    def params(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, zero = super().params(latents)
-        # a constant negative channel v: int8 stores q = -127; with codes 0..15 it is q = 0 and zero point 15
-        z = latents.detach()
-        flat = z.transpose(0, 1).reshape(z.shape[1], -1)
-        lo, hi = flat.min(1).values, flat.max(1).values
-        zero = torch.where((lo == hi) & (lo < 0), torch.full_like(zero, self.QMAX), zero)
-        return scale, zero
 
     def encode(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         if latents.numel() == 0:
