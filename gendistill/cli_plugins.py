@@ -14,6 +14,8 @@ from dataclasses import asdict
 
 import torch
 
+from .storage import LABEL_DTYPES
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr)
@@ -160,27 +162,54 @@ def cmd_relabel(args) -> int:
     _check_out(args)
     check_not_input(args.out, [("--teacher", args.teacher)])
     teacher = load_teacher(args.teacher, device)
-    images, labels, save = _images_of(args)
+    images, labels, save, budget_of = _images_of(args)
     dataset = teacher.dataset
     if tuple(images.shape[1:]) != tuple(dataset["image_shape"]):
         raise ValueError(f"the teacher {args.teacher!r} was trained on {dataset['name']} images of shape "
                          f"{tuple(dataset['image_shape'])}, the set holds {tuple(images.shape[1:])}; use a teacher of "
                          "the set's dataset")
-    probs = teacher.probs(images, device, temperature=args.temperature)
+    probs = teacher.probs(images, device, temperature=args.temperature).to(LABEL_DTYPES[args.label_dtype])
     if (labels.ndim == 2 and labels.shape[1] != probs.shape[1]) or (labels.ndim == 1 and len(labels)
                                                                     and int(labels.max()) >= probs.shape[1]):
         raise ValueError(f"the teacher has {probs.shape[1]} classes, the set's labels do not fit them; use a teacher "
                          "of the set's dataset")
     hard = labels.argmax(1) if labels.ndim == 2 else labels
-    record = {"teacher": teacher.record(), "temperature": args.temperature,
+    keep = None if args.ipc_budget is None else _fit_budget(args, budget_of, probs, hard)
+    if keep is not None:
+        probs, labels, hard = probs[keep], labels[keep], hard[keep]
+    record = {"teacher": teacher.record(), "temperature": args.temperature, "label_dtype": args.label_dtype,
               "label_bytes": probs.numel() * probs.element_size(),
               "previous_label_bytes": labels.numel() * labels.element_size(),
               "agreement": float((probs.argmax(1) == hard).float().mean()) if len(hard) else 1.0}
-    save(probs, record)
-    print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, float32: "
+    if keep is not None:
+        kept_hard = hard.bincount(minlength=budget_of["num_classes"])
+        record.update(ipc_budget=args.ipc_budget, ipc=int(kept_hard.max()), kept=keep.tolist(),
+                      source_count=len(images))
+    save(probs, record, keep)
+    trimmed = "" if keep is None else (f"; kept the first {record['ipc']} latents of each class ({len(keep)} of "
+                                       f"{len(images)}) to fit --ipc-budget {args.ipc_budget:g}")
+    print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, {args.label_dtype}: "
           f"{record['label_bytes']:,} bytes; the labels it replaced took {record['previous_label_bytes']:,}); the "
-          f"teacher's argmax agrees with the old labels on {100 * record['agreement']:.1f} %")
+          f"teacher's argmax agrees with the old labels on {100 * record['agreement']:.1f} %{trimmed}")
     return 0
+
+
+def _fit_budget(args, budget_of: dict | None, probs: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """``relabel --ipc-budget``: the indices of the first k samples of each class (in the set's order), k the most
+    that fit the budget with their soft labels counted (``gendistill.storage.latents_per_class``)."""
+    from .storage import latents_per_class
+
+    if budget_of is None:
+        raise ValueError("--ipc-budget trims a set file (latents); a decoded-images file has no latents to count, "
+                         "relabel the set instead")
+    c = budget_of["num_classes"]
+    k = latents_per_class(args.ipc_budget, budget_of["latent_shape"], budget_of["image_shape"], c,
+                          budget_of["dtype"], label_bytes=probs.shape[1] * probs.element_size(),
+                          extra_bytes=budget_of["lr_bytes"])
+    per_class = [torch.nonzero(hard == i).flatten() for i in range(c)]
+    if all(len(p) <= k for p in per_class):
+        return None  # it fits as it is
+    return torch.cat([p[:k] for p in per_class]).sort().values
 
 
 def _images_of(args):
@@ -198,7 +227,7 @@ def _images_of(args):
         if "images" not in tensors or "labels" not in tensors:
             raise ValueError(f"{args.file!r} is marked decoded but lacks 'images' or 'labels'; re-export it")
 
-        def save_decoded(labels, record):
+        def save_decoded(labels, record, keep=None):
             from .storage import LEDGER_KEY, make_ledger
 
             run = {**json.loads(meta.get("gendistill.run", "{}")), "relabel": record}
@@ -208,15 +237,21 @@ def _images_of(args):
             save_safetensors(new, args.out, {**meta, "gendistill.run": json.dumps(run, sort_keys=True, default=str),
                                              LEDGER_KEY: json.dumps(ledger, sort_keys=True)})
 
-        return tensors["images"].float(), tensors["labels"], save_decoded
+        return tensors["images"].float(), tensors["labels"], save_decoded, None
     syn, backbone = _load_set(args)
     backbone.to(_device())
     images = syn.decode(backbone).cpu()
 
-    def save_set(labels, record):
-        derived_set(syn, {**syn.run_meta, "relabel": record}, labels=labels).save(args.out)
+    def save_set(labels, record, keep=None):
+        run = {**syn.run_meta, "relabel": record}
+        if keep is not None:
+            run["ipc"] = record["ipc"]
+        derived_set(syn, run, keep=keep, labels=labels).save(args.out)
 
-    return images, syn.labels.detach().cpu(), save_set
+    budget_of = {"latent_shape": tuple(syn.latents.shape[1:]), "image_shape": syn.dataset_meta["image_shape"],
+                 "num_classes": syn.num_classes, "dtype": syn.latent_dtype,
+                 "lr_bytes": 0 if syn.lr is None else 4}
+    return images, syn.labels.detach().cpu(), save_set, budget_of
 
 
 # ---------------------------------------------------------------------------------------- eval --scores
@@ -393,6 +428,11 @@ def add_commands(sub) -> None:
     s.add_argument("--teacher", required=True, help="teacher directory (teacher.safetensors + teacher.json)")
     s.add_argument("--out", default=None)
     s.add_argument("--temperature", type=checked_type(float, above=0), default=1.0, help="softmax(logits / T)")
+    s.add_argument("--label-dtype", default="float32", choices=list(LABEL_DTYPES),
+                   help="how the probabilities are stored (float16 / bfloat16: half the bytes of float32)")
+    s.add_argument("--ipc-budget", type=checked_type(float, above=0), default=None,
+                   help="keep the first k latents of each class, k the most that fit this many float32 images per "
+                        "class with the soft labels counted (docs/storage.md)")
     s.add_argument("--train-teacher", action="store_true",
                    help="train a teacher on the dataset's train split and save it to --teacher")
     s.add_argument("--test-teacher", action="store_true", help="with --train-teacher: record its test-split accuracy")

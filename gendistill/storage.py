@@ -33,6 +33,7 @@ BUDGET_COUNTS = "latents"  # what --ipc-budget counts: the latents (+ their int8
 QUANTISATION_KEYS = ("latents_scale", "latents_zero_point", "latents_shape")  # what int8 / int4 latents need beside
 FLOAT32_BYTES = 4
 LATENT_DTYPES: Registry = Registry("latent dtype")
+LABEL_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # soft labels' storage
 
 
 @dataclass(frozen=True)
@@ -192,21 +193,25 @@ def latent_bytes(latent_shape, dtype: str) -> int:
     return math.ceil(math.prod(int(s) for s in latent_shape) * get_codec(dtype).bits / 8)
 
 
-def latents_per_class(budget: float, latent_shape, image_shape, num_classes: int, dtype: str = "float32") -> int:
+def latents_per_class(budget: float, latent_shape, image_shape, num_classes: int, dtype: str = "float32",
+                      label_bytes: int = 0, extra_bytes: int = 0) -> int:
     """How many latents per class fit in ``budget`` float32 images per class at storage ``dtype``: the set's latents
     (with int8's per-channel scales, which the set holds once) may not take more than ``budget x num_classes`` images'
-    bytes. Labels are not counted (see the module docstring). An impossible budget is a one-line ValueError."""
+    bytes. Hard labels are not counted (see the module docstring); a soft-labelled set counts ``label_bytes`` per
+    latent and ``extra_bytes`` once (its lr), as ``gendistill relabel --ipc-budget`` does. An impossible budget is a
+    one-line ValueError."""
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise ValueError(f"--ipc-budget must be a positive number of float32 images per class, got {budget!r}")
     codec = get_codec(dtype)
-    per_latent = latent_bytes(latent_shape, dtype)
+    per_latent = latent_bytes(latent_shape, dtype) + label_bytes
+    fixed = codec.overhead_bytes(latent_shape) + extra_bytes
     allowed = budget * num_classes * image_bytes(image_shape)
-    n = math.floor((allowed - codec.overhead_bytes(latent_shape)) / (num_classes * per_latent) + 1e-9)
+    n = math.floor((allowed - fixed) / (num_classes * per_latent) + 1e-9)
     if n < 1:
-        need = (num_classes * per_latent + codec.overhead_bytes(latent_shape)) / (num_classes
-                                                                                  * image_bytes(image_shape))
+        need = (num_classes * per_latent + fixed) / (num_classes * image_bytes(image_shape))
+        what = f"{tuple(latent_shape)} {dtype} latent" + (f" and its {label_bytes} B label" if label_bytes else "")
         raise ValueError(f"--ipc-budget {budget:g} holds {budget * image_bytes(image_shape):,.0f} bytes per class, "
-                         f"less than one {tuple(latent_shape)} {dtype} latent ({per_latent:,} bytes); use --ipc-budget "
+                         f"less than one {what} ({per_latent:,} bytes); use --ipc-budget "
                          f"{math.ceil(need * 1000) / 1000:g} or more, or a smaller --latent-dtype")
     return n
 

@@ -4,6 +4,7 @@ counted."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from gendistill.backbones import load_backbone
 from gendistill.cli import main
 from gendistill.data import normalize
+from gendistill.storage import latents_per_class
 from gendistill.synthetic import SyntheticSet
 from gendistill.teacher import load_teacher
 
@@ -82,6 +84,48 @@ def test_relabel_writes_teacher_probabilities(capsys, tmp_path, teacher_dir, set
     ledger = info["storage"]  # the storage ledger counts the soft labels' bytes
     assert ledger["labels"] == {"kind": "soft", "dtype": "float32", "bytes": 20 * 10 * 4} and not ledger["computed"]
     assert ledger["total_bytes"] == ledger["latents"]["bytes"] + 800 + ledger["lr_bytes"]
+
+
+def test_relabel_half_precision_labels(capsys, tmp_path, teacher_dir, set_file):
+    full, half = tmp_path / "f32.safetensors", tmp_path / "f16.safetensors"
+    ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", full))
+    text = ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", half, "--label-dtype", "float16"))
+    f32, f16 = SyntheticSet.load(full), SyntheticSet.load(half)
+    assert f16.labels.dtype == torch.float16 and "float16" in text and f"{20 * 10 * 2:,} bytes" in text
+    assert torch.allclose(f16.labels.float(), f32.labels, atol=1e-3) and not torch.equal(f16.labels.float(), f32.labels)
+    info = json.loads(ok(cli(capsys, "info", half, "--json")))
+    assert info["storage"]["labels"] == {"kind": "soft", "dtype": "float16", "bytes": 20 * 10 * 2}
+    assert f16.run_meta["relabel"]["label_dtype"] == "float16"
+
+
+def test_relabel_fits_a_budget_with_the_soft_labels_counted(capsys, tmp_path, teacher_dir, set_file):
+    src = SyntheticSet.load(set_file)
+    shape, image_shape = tuple(src.latents.shape[1:]), src.dataset_meta["image_shape"]
+    code, label, unit = math.prod(shape) * 4, 10 * 2, 10 * math.prod(image_shape) * 4
+    one = 10 * (code + label) / unit  # exactly one latent per class with its float16 label
+    assert latents_per_class(one, shape, image_shape, 10, label_bytes=label) == 1
+    out = tmp_path / "trim.safetensors"
+    text = ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", out, "--label-dtype", "float16",
+                  "--ipc-budget", one * 1.5))  # 1.5 latents' worth: still one per class
+    soft = SyntheticSet.load(out)
+    first = torch.stack([torch.nonzero(src.labels == c).flatten()[0] for c in range(10)])
+    assert torch.equal(soft.latents, src.latents[first]) and len(soft) == 10 and soft.labels.dtype == torch.float16
+    assert "kept the first 1 latents of each class (10 of 20)" in text
+    record = soft.run_meta["relabel"]
+    assert record["kept"] == first.tolist() and record["ipc_budget"] == pytest.approx(one * 1.5)
+    assert soft.run_meta["ipc"] == 1 and record["source_count"] == 20
+    ledger = json.loads(ok(cli(capsys, "info", out, "--json")))["storage"]
+    assert ledger["budget_ipc_with_labels"] == pytest.approx(one) and ledger["latents"]["count"] == 10
+    roomy = tmp_path / "all.safetensors"  # two per class fit: nothing is dropped
+    text = ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", roomy, "--ipc-budget", 100))
+    assert len(SyntheticSet.load(roomy)) == 20 and "kept" not in text
+    user_error(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", tmp_path / "x.safetensors",
+                   "--label-dtype", "float16", "--ipc-budget", one / 2), "and its 20 B label")
+    images = tmp_path / "images.safetensors"
+    ok(cli(capsys, "export", set_file, "--out", images))
+    user_error(cli(capsys, "relabel", images, "--teacher", teacher_dir, "--out", tmp_path / "x.safetensors",
+                   "--ipc-budget", 1), "decoded-images file")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_relabel_decoded_images_file(capsys, tmp_path, teacher_dir, set_file):
