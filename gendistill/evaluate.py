@@ -97,7 +97,9 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
         get_builder(arch)  # an unknown name raises now, not after the archs before it have trained
     mean, std = test.mean, test.std
     result = {"protocol": PROTOCOL, "settings": asdict(cfg), "dataset": test.name, "num_images": len(images),
-              "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr, "archs": {}}
+              "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr,
+              # images in an epoch's last step: a small one (256 k + 4 images) costs points (docs/results.md, section 9)
+              "last_batch": (len(images) - 1) % cfg.batch + 1 if len(images) else 0, "archs": {}}
     start = time.time()
     for arch in archs or [cfg.arch]:
         mine = {}

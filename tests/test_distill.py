@@ -298,6 +298,10 @@ def test_evaluate_returns_protocol_fields(tiny_idx_dir):
     assert set(r) >= {"mean", "std", "settings", "protocol", "archs", "num_images", "seconds"}
     assert r["settings"]["lr"] == 0.01 and r["settings"]["momentum"] == 0.9 and r["settings"]["weight_decay"] == 5e-4
     assert r["settings"]["batch"] == 256 and r["num_images"] == 20 and len(r["archs"]["convnet"]["accs"]) == 2
+    assert r["last_batch"] == 20  # all 20 images in each step
+    x, y = train.float_images(idx), train.labels[idx]
+    assert evaluate(x, y, test, EvalConfig(epochs=1, runs=1, batch=8))["last_batch"] == 4  # 8 + 8 + 4
+    assert evaluate(x[:16], y[:16], test, EvalConfig(epochs=1, runs=1, batch=8))["last_batch"] == 8
     soft = torch.nn.functional.one_hot(train.labels[idx], 10).float()
     assert 0 <= evaluate(train.float_images(idx), soft, test, cfg)["mean"] <= 1
 
