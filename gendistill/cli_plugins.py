@@ -132,6 +132,7 @@ def cmd_prune(args) -> int:
 def cmd_relabel(args) -> int:
     from .cli import _check_out, _device
     from .data import get_dataset
+    from .evaluate import EvalConfig
     from .io import check_parent
     from .outputs import check_not_input, refuse_existing
     from .teacher import load_teacher, save_teacher, train_teacher
@@ -188,6 +189,9 @@ def cmd_relabel(args) -> int:
     save(probs, record, keep)
     trimmed = "" if keep is None else (f"; kept the first {record['ipc']} latents of each class ({len(keep)} of "
                                        f"{len(images)}) to fit --ipc-budget {args.ipc_budget:g}")
+    if keep is not None and (last := (len(keep) - 1) % EvalConfig.batch + 1) < EvalConfig.batch // 8:
+        trimmed += (f" (under the protocol's batch {EvalConfig.batch} each epoch ends with a step on {last} images, "
+                    "which costs accuracy: docs/protocol.md)")
     print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, {args.label_dtype}: "
           f"{record['label_bytes']:,} bytes; the labels it replaced took {record['previous_label_bytes']:,}); the "
           f"teacher's argmax agrees with the old labels on {100 * record['agreement']:.1f} %{trimmed}")

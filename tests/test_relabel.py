@@ -111,6 +111,7 @@ def test_relabel_fits_a_budget_with_the_soft_labels_counted(capsys, tmp_path, te
     first = torch.stack([torch.nonzero(src.labels == c).flatten()[0] for c in range(10)])
     assert torch.equal(soft.latents, src.latents[first]) and len(soft) == 10 and soft.labels.dtype == torch.float16
     assert "kept the first 1 latents of each class (10 of 20)" in text
+    assert "ends with a step on 10 images" in text  # the protocol's last batch, which a trimmed set should mind
     record = soft.run_meta["relabel"]
     assert record["kept"] == first.tolist() and record["ipc_budget"] == pytest.approx(one * 1.5)
     assert soft.run_meta["ipc"] == 1 and record["source_count"] == 20
