@@ -189,7 +189,7 @@ def cmd_relabel(args) -> int:
     save(probs, record, keep)
     trimmed = "" if keep is None else (f"; kept the first {record['ipc']} latents of each class ({len(keep)} of "
                                        f"{len(images)}) to fit --ipc-budget {args.ipc_budget:g}")
-    if keep is not None and (last := (len(keep) - 1) % EvalConfig.batch + 1) < EvalConfig.batch // 8:
+    if keep is not None and len(keep) > EvalConfig.batch and (last := len(keep) % EvalConfig.batch) and last < 32:
         trimmed += (f" (under the protocol's batch {EvalConfig.batch} each epoch ends with a step on {last} images, "
                     "which costs accuracy: docs/protocol.md)")
     print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, {args.label_dtype}: "

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from gendistill.backbones import load_backbone
 from gendistill.cli import main
 from gendistill.data import normalize
+from gendistill.select import derived_set
 from gendistill.storage import latents_per_class
 from gendistill.synthetic import SyntheticSet
 from gendistill.teacher import load_teacher
@@ -111,7 +112,7 @@ def test_relabel_fits_a_budget_with_the_soft_labels_counted(capsys, tmp_path, te
     first = torch.stack([torch.nonzero(src.labels == c).flatten()[0] for c in range(10)])
     assert torch.equal(soft.latents, src.latents[first]) and len(soft) == 10 and soft.labels.dtype == torch.float16
     assert "kept the first 1 latents of each class (10 of 20)" in text
-    assert "ends with a step on 10 images" in text  # the protocol's last batch, which a trimmed set should mind
+    assert "ends with a step" not in text  # 10 images are one batch; 260 would end each epoch with a 4-image step
     record = soft.run_meta["relabel"]
     assert record["kept"] == first.tolist() and record["ipc_budget"] == pytest.approx(one * 1.5)
     assert soft.run_meta["ipc"] == 1 and record["source_count"] == 20
@@ -127,6 +128,20 @@ def test_relabel_fits_a_budget_with_the_soft_labels_counted(capsys, tmp_path, te
     user_error(cli(capsys, "relabel", images, "--teacher", teacher_dir, "--out", tmp_path / "x.safetensors",
                    "--ipc-budget", 1), "decoded-images file")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_relabel_budget_names_a_small_last_batch(capsys, tmp_path, teacher_dir, set_file):
+    two = SyntheticSet.load(set_file)  # 2 per class: repeat them to 27 per class (270 latents)
+    keep = torch.cat([torch.nonzero(two.labels == c).flatten().repeat(14)[:27] for c in range(10)])
+    big = tmp_path / "big.safetensors"
+    derived_set(two, dict(two.run_meta), keep=keep).save(big)
+    src = SyntheticSet.load(big)
+    shape, image_shape = tuple(src.latents.shape[1:]), src.dataset_meta["image_shape"]
+    b26 = 26 * 10 * (math.prod(shape) * 4 + 40) / (10 * math.prod(image_shape) * 4)  # 26 per class, float32 labels
+    text = ok(cli(capsys, "relabel", big, "--teacher", teacher_dir, "--out", tmp_path / "x.safetensors",
+                  "--ipc-budget", b26))
+    assert "(260 of 270)" in text and "ends with a step on 4 images" in text
+    assert len(SyntheticSet.load(tmp_path / "x.safetensors")) == 260
 
 
 def test_relabel_decoded_images_file(capsys, tmp_path, teacher_dir, set_file):
