@@ -198,9 +198,10 @@ def cmd_relabel(args) -> int:
     return 0
 
 
-def _fit_budget(args, budget_of: dict | None, probs: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+def _fit_budget(args, budget_of: dict | None, probs: torch.Tensor, hard: torch.Tensor) -> torch.Tensor | None:
     """``relabel --ipc-budget``: the indices of the first k samples of each class (in the set's order), k the most
-    that fit the budget with their soft labels counted (``gendistill.storage.latents_per_class``)."""
+    that fit the budget with their soft labels counted (``gendistill.storage.latents_per_class``); None when the whole
+    set fits."""
     from .storage import latents_per_class
 
     if budget_of is None:
@@ -217,7 +218,8 @@ def _fit_budget(args, budget_of: dict | None, probs: torch.Tensor, hard: torch.T
 
 
 def _images_of(args):
-    """A set's (or decoded-images file's) images in [0, 1], labels, and a ``save(new_labels, record)`` writing --out."""
+    """A set's (or decoded-images file's) images in [0, 1], labels, a ``save(new_labels, record, keep=None)`` writing
+    --out (the samples ``keep`` only, when given) and what ``--ipc-budget`` needs to size a set (None for images)."""
     import json
 
     from .cli import _device, _load_set
