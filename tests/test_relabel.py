@@ -87,7 +87,7 @@ def test_relabel_writes_teacher_probabilities(capsys, tmp_path, teacher_dir, set
     assert ledger["total_bytes"] == ledger["latents"]["bytes"] + 800 + ledger["lr_bytes"]
 
 
-def test_relabel_half_precision_labels(capsys, tmp_path, teacher_dir, set_file):
+def test_relabel_half_precision_labels(capsys, tmp_path, teacher_dir, set_file, tiny_idx_dir, monkeypatch):
     full, half = tmp_path / "f32.safetensors", tmp_path / "f16.safetensors"
     ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", full))
     text = ok(cli(capsys, "relabel", set_file, "--teacher", teacher_dir, "--out", half, "--label-dtype", "float16"))
@@ -97,6 +97,10 @@ def test_relabel_half_precision_labels(capsys, tmp_path, teacher_dir, set_file):
     info = json.loads(ok(cli(capsys, "info", half, "--json")))
     assert info["storage"]["labels"] == {"kind": "soft", "dtype": "float16", "bytes": 20 * 10 * 2}
     assert f16.run_meta["relabel"]["label_dtype"] == "float16"
+    monkeypatch.setenv("GENDISTILL_FASHION_MNIST_DIR", str(tiny_idx_dir))
+    ok(cli(capsys, "eval", half, "--epochs", 1, "--runs", 1, "--out", tmp_path / "e.json"))  # trains on them
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["soft_labels"] is True and 0 <= result["mean"] <= 1 and result["last_batch"] == 20
 
 
 def test_relabel_fits_a_budget_with_the_soft_labels_counted(capsys, tmp_path, teacher_dir, set_file):
