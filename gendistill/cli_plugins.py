@@ -132,7 +132,7 @@ def cmd_prune(args) -> int:
 def cmd_relabel(args) -> int:
     from .cli import _check_out, _device
     from .data import get_dataset
-    from .evaluate import EvalConfig
+    from .evaluate import EvalConfig, last_batch
     from .io import check_parent
     from .outputs import check_not_input, refuse_existing
     from .teacher import load_teacher, save_teacher, train_teacher
@@ -189,7 +189,7 @@ def cmd_relabel(args) -> int:
     save(probs, record, keep)
     trimmed = "" if keep is None else (f"; kept the first {record['ipc']} latents of each class ({len(keep)} of "
                                        f"{len(images)}) to fit --ipc-budget {args.ipc_budget:g}")
-    if keep is not None and len(keep) > EvalConfig.batch and (last := len(keep) % EvalConfig.batch) and last < 32:
+    if keep is not None and len(keep) > EvalConfig.batch and (last := last_batch(len(keep))) < 32:
         trimmed += (f" (under the protocol's batch {EvalConfig.batch} each epoch ends with a step on {last} images, "
                     "which costs accuracy: docs/protocol.md)")
     print(f"wrote {args.out}: {len(probs)} soft labels ({probs.shape[1]} classes, {args.label_dtype}: "
@@ -225,6 +225,7 @@ def _images_of(args):
     from .cli import _device, _load_set
     from .io import load_safetensors, save_safetensors
     from .select import derived_set
+    from .storage import tensor_bytes
     from .synthetic import read_metadata
 
     tensors, meta = load_safetensors(args.file)
@@ -256,7 +257,7 @@ def _images_of(args):
 
     budget_of = {"latent_shape": tuple(syn.latents.shape[1:]), "image_shape": syn.dataset_meta["image_shape"],
                  "num_classes": syn.num_classes, "dtype": syn.latent_dtype,
-                 "lr_bytes": 0 if syn.lr is None else 4}
+                 "lr_bytes": tensor_bytes(syn.stored_tensors().get("lr"))}
     return images, syn.labels.detach().cpu(), save_set, budget_of
 
 

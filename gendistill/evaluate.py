@@ -38,6 +38,12 @@ class EvalConfig(Checked):
     test_batch: int = setting(1000, min=1)
 
 
+def last_batch(n: int, batch: int = EvalConfig.batch) -> int:
+    """Images in the last step of an epoch over ``n`` images: the protocol keeps a partial batch, and a small one
+    (256 k + 4 images) costs accuracy (docs/protocol.md)."""
+    return (n - 1) % batch + 1 if n else 0
+
+
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y.float() if y.ndim == 2 else y)
 
@@ -98,8 +104,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
     mean, std = test.mean, test.std
     result = {"protocol": PROTOCOL, "settings": asdict(cfg), "dataset": test.name, "num_images": len(images),
               "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr,
-              # images in an epoch's last step: a small one (256 k + 4 images) costs points (docs/results.md, section 9)
-              "last_batch": (len(images) - 1) % cfg.batch + 1 if len(images) else 0, "archs": {}}
+              "last_batch": last_batch(len(images), cfg.batch), "archs": {}}
     start = time.time()
     for arch in archs or [cfg.arch]:
         mine = {}
