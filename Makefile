@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# glibc's allocator: keep large tensors in the heap instead of a fresh zero-filled mmap each time (a CPU run spends
+# about as long in the kernel as in PyTorch otherwise; benchmarks/cpu_allocator.py, docs/recipes.md)
+MALLOC    := MALLOC_MMAP_THRESHOLD_=$${MALLOC_MMAP_THRESHOLD_:-4294967296} MALLOC_TRIM_THRESHOLD_=$${MALLOC_TRIM_THRESHOLD_:-4294967296}
+
 demo: setup
-	. $(VENV)/bin/activate && OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(THREADS)} accelerate launch recipes/latent_dm.py
+	. $(VENV)/bin/activate && $(MALLOC) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(THREADS)} accelerate launch recipes/latent_dm.py
 
 # PYTHONDONTWRITEBYTECODE= : keep Python's bytecode cache on even where the environment turns it off, or pytest
 # re-parses and rewrites every test module on every run (~3 s of each worker's start-up on a 2-core machine)

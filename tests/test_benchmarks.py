@@ -77,3 +77,19 @@ def test_eval_autoencoder_psnr_only(tmp_path, tiny_vae_dir, capsys):
     result = json.loads(out.read_text())
     assert result["test_images"] == 20 and result["psnr_db"] > 0 and "classifier_acc_real" not in result
     assert capsys.readouterr().out.strip().endswith(f"PSNR {result['psnr_db']:.2f} dB")
+
+
+def test_cpu_allocator_runs_the_command_with_and_without_the_tuned_allocator(capsys, monkeypatch):
+    alloc = bench("cpu_allocator")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "123")  # the default run must not inherit the user's setting
+    probe = "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))"
+    assert alloc.run([sys.executable, "-c", probe], tuned=False)["stdout"] == "None None\n"
+    tuned = alloc.run([sys.executable, "-c", probe], tuned=True)
+    assert tuned["stdout"] == f"{4 << 30} {4 << 30}\n" and tuned["user"] >= 0 and tuned["peak_mib"] > 0
+    assert alloc.main(["--", sys.executable, "-c", probe]) == 0
+    printed = capsys.readouterr().out
+    assert "allocator speed ratio" in printed and "different results" in printed  # the two environments differ
+    with pytest.raises(SystemExit, match="exited 3"):
+        alloc.main(["--", sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(SystemExit):
+        alloc.main([])  # neither a set nor a command
