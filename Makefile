@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # glibc's allocator: keep large tensors in the heap instead of a fresh zero-filled mmap each time (a CPU run spends
-# about as long in the kernel as in PyTorch otherwise; benchmarks/cpu_allocator.py, docs/recipes.md)
+# 42-46% of its CPU time in the kernel otherwise; benchmarks/cpu_allocator.py, docs/recipes.md)
 MALLOC    := MALLOC_MMAP_THRESHOLD_=$${MALLOC_MMAP_THRESHOLD_:-4294967296} MALLOC_TRIM_THRESHOLD_=$${MALLOC_TRIM_THRESHOLD_:-4294967296}
 
 demo: setup
