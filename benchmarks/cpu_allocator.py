@@ -1,9 +1,9 @@
 """CPU runs: what glibc's allocator settings cost. The same command twice in one run, with glibc's defaults and with
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` raised to 4 GiB (the settings ``make demo`` uses).
 
-With the defaults, every tensor above the (dynamic) mmap threshold, such as a batch's activations, is a fresh
-``mmap`` that the kernel zero-fills page by page and ``munmap`` gives back at once, so a CPU evaluation spends 42-46%
-of its CPU time in the kernel (measured here). The raised thresholds keep that memory in the heap for reuse, at the price of a
+With the defaults, every tensor above the (dynamic) mmap threshold, such as a batch's activations, is a fresh ``mmap``
+that the kernel zero-fills page by page and ``munmap`` gives back at once, so a CPU evaluation spends 42-46% of its CPU
+time in the kernel (measured here). The raised thresholds keep that memory in the heap for reuse, at the price of a
 higher resident peak. Both runs must print the same thing (the settings change speed, not results); the script prints
 each run's user, system and wall seconds and peak resident memory, then ``allocator speed ratio R x`` (CPU seconds of
 the default run over those of the tuned one) and the wall ratio.
