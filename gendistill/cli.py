@@ -319,7 +319,7 @@ def cmd_eval(args) -> int:
     from accelerate import Accelerator
 
     from .data import DataConfig, load_split
-    from .evaluate import EvalConfig, evaluate
+    from .evaluate import EvalConfig, EvalState, evaluate
     from .io import check_parent, write_json
     from .synthetic import read_set_file
 
@@ -347,8 +347,11 @@ def cmd_eval(args) -> int:
         from .cli_plugins import check_score_args
 
         check_score_args(args, labels, name)
+    out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
+    # an interrupted evaluation continues where it stopped when the same command is run again
+    state = EvalState.of(out + ".partial", images, labels, test, cfg, lr, every=args.state_every)
     result = evaluate(images, labels, test, cfg, lr=lr, archs=args.arch, progress=accelerator.is_local_main_process,
-                      accelerator=accelerator)
+                      accelerator=accelerator, state=state)
     if not accelerator.is_main_process:
         return 0
     result["set"] = args.file
@@ -356,8 +359,8 @@ def cmd_eval(args) -> int:
         from .cli_plugins import eval_scores
 
         result["scores"] = eval_scores(args, images, labels, lr, name, cfg, args.arch[0], _device())
-    out = args.out or str(Path(args.file).with_suffix("")) + ".eval.json"
     write_json(result, out)
+    state.clear()
     for arch, r in result["archs"].items():
         print(f"{arch}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} % over {cfg.runs} runs, {cfg.epochs} epochs "
               f"({name} test split) -> {out}")
@@ -450,6 +453,17 @@ def _arch_list(text: str) -> list[str]:
     return archs
 
 
+def _seconds(text: str) -> float:
+    """``--state-every``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more, e.g. 60)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .backbones import DEFAULT_BACKBONE
@@ -537,7 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=flag_type(EvalConfig, "seed"), default=EvalConfig.seed)
     add_data_flags(s, DataConfig(dataset=None), "test split to use (default: the one recorded)", choices=False)
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
-    s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json)")
+    s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json); OUT.partial/ holds the "
+                   "progress until it is written: run the same command again to continue an interrupted evaluation")
+    s.add_argument("--state-every", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="save each network's training state to OUT.partial/ at the first epoch end after this many "
+                   "seconds (default 60; 0: every epoch)")
     _add_backbone_flags(s)
     from .cli_plugins import add_score_flags
 

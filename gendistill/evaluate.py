@@ -7,7 +7,10 @@ labels; test each on the real test split; report mean and std of the accuracies.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +47,104 @@ def last_batch(n: int, batch: int = EvalConfig.batch) -> int:
     return (n - 1) % batch + 1 if n else 0
 
 
+class RunCheckpoint:
+    """One network's training state in ``path``: written at the end of an epoch once ``every`` seconds have passed since
+    the last write (0: every epoch), read back when an interrupted evaluation continues. Safetensors, no pickle."""
+
+    def __init__(self, path: str | Path, every: float = 60.0):
+        self.path, self.every = Path(path), float(every)
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def save(self, state: dict) -> None:
+        from .state import save_state
+
+        save_state(state, self.path)
+        self._last = time.monotonic()
+
+    def load(self) -> dict | None:
+        from .state import load_state
+
+        if not self.path.exists():
+            return None
+        state = load_state(self.path, "evaluation state")
+        if not (isinstance(state, dict) and {"epoch", "net", "optimizer", "generator"} <= set(state)):
+            raise ValueError(f"{str(self.path)!r} is not a network's evaluation state; remove it to train that network "
+                             "from the start")
+        return state
+
+
+class EvalState:
+    """Where an evaluation keeps its progress, so that an interrupted one continues where it stopped: each network's
+    training state (:class:`RunCheckpoint`) and, once tested, its accuracy. A file belongs to one network of one
+    computation (the images, labels, settings, lr and test split, hashed into its name): files of other computations
+    in the same folder are never read, so a changed setting starts afresh instead of mixing runs."""
+
+    def __init__(self, directory: str | Path, key: dict, every: float = 60.0):
+        self.dir, self.every = Path(directory), float(every)
+        self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.runs: set[tuple[str, int]] = set()  # the networks an evaluation asked for: clear() removes their files
+
+    @classmethod
+    def of(cls, directory: str | Path, images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig,
+           lr: float | None = None, every: float = 60.0) -> EvalState:
+        """The progress folder of evaluating ``images`` with ``cfg`` (and ``lr``) on ``test``: pass it to
+        :func:`evaluate`, and :meth:`clear` it once the result is written."""
+        return cls(directory, state_key(images, labels, test, cfg, lr), every)
+
+    def _stem(self, arch: str, run: int) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in arch)
+        return self.dir / f"{safe}-run{run}-{self.key}"
+
+    def done(self, arch: str, run: int) -> float | None:
+        path = self._stem(arch, run).with_suffix(".json")
+        if not path.exists():
+            return None
+        try:
+            acc = json.loads(path.read_text())["accuracy"]
+        except (ValueError, KeyError, TypeError):
+            acc = None
+        if not (isinstance(acc, (int, float)) and 0 <= acc <= 1):
+            raise ValueError(f"{str(path)!r} does not hold a network's accuracy; remove it to train that network again")
+        return float(acc)
+
+    def checkpoint(self, arch: str, run: int) -> RunCheckpoint:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return RunCheckpoint(self._stem(arch, run).with_suffix(".safetensors"), self.every)
+
+    def mark_done(self, arch: str, run: int, accuracy: float) -> None:
+        from .io import write_json
+
+        path = self._stem(arch, run)
+        write_json({"accuracy": accuracy}, path.with_suffix(".json"))
+        path.with_suffix(".safetensors").unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove the files of the networks evaluated (call it once the result is written) and the folder, if nothing
+        else is left in it."""
+        for arch, run in self.runs:
+            for suffix in (".json", ".safetensors"):
+                self._stem(arch, run).with_suffix(suffix).unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:  # missing, or it holds another computation's progress: left as it is
+            pass
+
+
+def _sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def state_key(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig,
+              lr: float | None) -> dict:
+    """What one network's training depends on (``cfg.runs`` does not: adding runs keeps the finished ones)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "runs"}
+    return {"protocol": PROTOCOL, "settings": settings, "lr": lr, "images": _sha256(images.float()),
+            "labels": _sha256(labels), "test": [test.name, len(test)], "torch": torch.__version__}
+
+
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y.float() if y.ndim == 2 else y)
 
@@ -60,16 +161,36 @@ def test_accuracy(net: torch.nn.Module, test: ImageDataset, mean, std, device, b
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig,
                    generator: torch.Generator, device, mean, std, lr: float | None = None, arch: str
-                   | None = None) -> float:
-    """One fresh network trained on ``images`` (N, C, H, W) in [0, 1]; its accuracy on ``test``."""
+                   | None = None, checkpoint: RunCheckpoint | None = None) -> float:
+    """One fresh network trained on ``images`` (N, C, H, W) in [0, 1]; its accuracy on ``test``.
+
+    ``checkpoint``: the network's state is saved there at the end of an epoch when it is due, and training continues
+    from the state found there; the continued network is the one an uninterrupted run trains, bit for bit (the same
+    threads and device)."""
     num_classes = test.num_classes
     net = fresh_net(arch or cfg.arch, tuple(images.shape[1:]), num_classes, generator).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr or cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
+    start = 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        start = saved["epoch"]
+        if not (isinstance(start, int) and 0 < start < cfg.epochs):
+            raise ValueError(f"{str(checkpoint.path)!r} holds epoch {start!r} of a {cfg.epochs}-epoch run; remove it "
+                             "to train that network from the start")
+        try:
+            net.load_state_dict(saved["net"])
+            opt.load_state_dict(saved["optimizer"])
+            generator.set_state(saved["generator"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            reason = str(e).splitlines()[0][:120]
+            raise ValueError(f"{str(checkpoint.path)!r} is not the state of this network ({reason}); remove it to "
+                             "train that network from the start") from None
+        sched.last_epoch = start  # the lr itself comes back with the optimiser's state
     augment = get_augment(cfg.augment)
     x_all, y_all = normalize(images.to(device), mean, std), labels.to(device)
     net.train()
-    for _ in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         order = torch.randperm(len(x_all), generator=generator).to(device)
         for i in range(0, len(order), cfg.batch):
             b = order[i : i + cfg.batch]
@@ -79,13 +200,20 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDatase
             loss.backward()
             opt.step()
         sched.step()
+        if checkpoint is not None and epoch + 1 < cfg.epochs and checkpoint.due():
+            checkpoint.save({"epoch": epoch + 1, "net": net.state_dict(), "optimizer": opt.state_dict(),
+                             "generator": generator.get_state()})
     return test_accuracy(net, test, mean, std, device, cfg.test_batch)
 
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig | None = None,
              device=None, lr: float | None = None, archs: list[str] | None = None, progress: bool = True,
-             accelerator=None) -> dict:
+             accelerator=None, state: EvalState | None = None) -> dict:
     """The standard protocol: mean and std test accuracy of ``cfg.runs`` fresh nets per architecture.
+
+    ``state`` (:meth:`EvalState.of`): keep the progress there, so that the same call after an interruption continues
+    it; ``result["continued"]`` then lists what was taken up (``from_epoch`` = ``cfg.epochs`` for a network already
+    tested). The caller clears it once the result is written.
 
     With an ``accelerator`` of several processes (every one calls this with the same set), process r trains runs
     r, r + P, ... and the accuracies are gathered: every process returns the whole result, equal to one process's,
@@ -105,23 +233,43 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
     result = {"protocol": PROTOCOL, "settings": asdict(cfg), "dataset": test.name, "num_images": len(images),
               "soft_labels": labels.ndim == 2, "lr_used": lr or cfg.lr,
               "last_batch": last_batch(len(images), cfg.batch), "archs": {}}
+    continued = []
     start = time.time()
     for arch in archs or [cfg.arch]:
-        mine = {}
+        mine, taken_up = {}, []
         bar = tqdm(range(rank, cfg.runs, world), desc=f"evaluate {arch}", disable=not progress, dynamic_ncols=True,
                    leave=False)
+        if state is not None:  # every process's networks: the main process clears them all
+            state.runs.update((arch, run) for run in range(cfg.runs))
         for run in bar:
-            g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
-            mine[run] = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch)
+            acc = state.done(arch, run) if state else None
+            if acc is not None:
+                taken_up.append({"arch": arch, "run": run, "from_epoch": cfg.epochs})
+            else:
+                ck = state.checkpoint(arch, run) if state else None
+                if ck is not None and ck.path.exists():
+                    taken_up.append({"arch": arch, "run": run, "from_epoch": ck.load()["epoch"]})
+                    if progress:
+                        tqdm.write(f"evaluate {arch}: network {run} continues from epoch {taken_up[-1]['from_epoch']} "
+                                   f"of {cfg.epochs} ({ck.path})", file=sys.stderr)
+                g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
+                acc = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch, checkpoint=ck)
+                if state:
+                    state.mark_done(arch, run, acc)
+            mine[run] = acc
             bar.set_postfix(accs=" ".join(f"{100 * a:.2f}" for a in mine.values()))
         if world > 1:
             from accelerate.utils import gather_object
 
             mine = dict(gather_object(list(mine.items())))
+            taken_up = [c for part in gather_object([taken_up]) for c in part]
+        continued += taken_up
         accs = [mine[run] for run in range(cfg.runs)]
         result["archs"][arch] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs)}
     first = result["archs"][(archs or [cfg.arch])[0]]
     result.update(mean=first["mean"], std=first["std"], seconds=round(time.time() - start, 1))
+    if continued:
+        result["continued"] = sorted(continued, key=lambda c: (c["arch"], c["run"]))
     return result
 
 

@@ -16,7 +16,7 @@ from .cache import LatentSplit, cached_latents, image_split
 from .config import Checked, check_config, setting
 from .data import DataConfig, ImageDataset, load_split
 from .distill import DistillConfig, Interrupted, TrainState, all_processes_ok, distill, make_accelerator
-from .evaluate import EvalConfig, evaluate
+from .evaluate import EvalConfig, EvalState, evaluate
 from .experts import NetSpec
 from .io import write_json
 from .nets.registry import get_builder
@@ -226,12 +226,16 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
         return None
     ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed)
     lr = float(syn.lr.detach()) if syn.lr is not None else None
-    result = evaluate(images.cpu() if accelerator.device.type == "cpu" else images, syn.labels, pieces.test, ecfg,
-                      lr=lr, progress=accelerator.is_local_main_process, accelerator=accelerator)
+    images = images.cpu() if accelerator.device.type == "cpu" else images
+    # an evaluation stopped part-way continues under --resume (the networks already tested are not trained again)
+    state = EvalState.of(outdir / "eval.json.partial", images, syn.labels, pieces.test, ecfg, lr)
+    result = evaluate(images, syn.labels, pieces.test, ecfg, lr=lr, progress=accelerator.is_local_main_process,
+                      accelerator=accelerator, state=state)
     if not main:
         return None
     result["set"] = str(final / "set.safetensors")
     write_json(result, outdir / "eval.json")
+    state.clear()
     accelerator.print(json.dumps({k: result[k] for k in ("mean", "std", "seconds")}))
     return result
 

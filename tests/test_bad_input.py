@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -930,10 +931,21 @@ def test_disk_full_while_writing_json(capsys, tmp_path, inputs, roots, monkeypat
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write_text(self, *args, **kwargs)
 
-    monkeypatch.setattr(gio.Path, "write_text", full_disk)
-    before = snapshot(*roots)
-    code, err = run_cli(capsys, ["eval", inputs / "images.safetensors", "--epochs", 1, "--runs", 1, "--out", out])
+    args = ["eval", inputs / "images.safetensors", "--epochs", 1, "--runs", 1, "--out", out]
+    with monkeypatch.context() as m:
+        m.setattr(gio.Path, "write_text", full_disk)
+        before = snapshot(*roots)
+        code, err = run_cli(capsys, args)
+    # the trained network's accuracy is kept in result.json.partial/, so that the work is not lost: the same command
+    # finishes without training it again (tests/test_eval_resume.py)
+    partial = tmp_path / "result.json.partial"
+    shutil.move(partial, tmp_path.parent / f"{tmp_path.name}-kept")
     assert_refused(code, err, "No space left on device", before, roots, after_work=True)
+    shutil.move(tmp_path.parent / f"{tmp_path.name}-kept", partial)
+    code, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert json.loads(out.read_text())["continued"] == [{"arch": "convnet", "run": 0, "from_epoch": 1}]
+    assert not partial.exists()
 
 
 # ----------------------------------------------------------------------------------------------- as a user runs them
