@@ -161,12 +161,12 @@ def test_accuracy(net: torch.nn.Module, test: ImageDataset, mean, std, device, b
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg: EvalConfig,
                    generator: torch.Generator, device, mean, std, lr: float | None = None, arch: str
-                   | None = None, checkpoint: RunCheckpoint | None = None) -> float:
+                   | None = None, checkpoint: RunCheckpoint | None = None, on_epoch=None) -> float:
     """One fresh network trained on ``images`` (N, C, H, W) in [0, 1]; its accuracy on ``test``.
 
     ``checkpoint``: the network's state is saved there at the end of an epoch when it is due, and training continues
     from the state found there; the continued network is the one an uninterrupted run trains, bit for bit (the same
-    threads and device)."""
+    threads and device). ``on_epoch(done)`` is called after each epoch (a progress bar's hook)."""
     num_classes = test.num_classes
     net = fresh_net(arch or cfg.arch, tuple(images.shape[1:]), num_classes, generator).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr or cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -200,6 +200,8 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: ImageDatase
             loss.backward()
             opt.step()
         sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
         if checkpoint is not None and epoch + 1 < cfg.epochs and checkpoint.due():
             checkpoint.save({"epoch": epoch + 1, "net": net.state_dict(), "optimizer": opt.state_dict(),
                              "generator": generator.get_state()})
@@ -253,7 +255,13 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
                         tqdm.write(f"evaluate {arch}: network {run} continues from epoch {taken_up[-1]['from_epoch']} "
                                    f"of {cfg.epochs} ({ck.path})", file=sys.stderr)
                 g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
-                acc = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch, checkpoint=ck)
+                done = " ".join(f"{100 * a:.2f}" for a in mine.values())
+
+                def shown(epoch, bar=bar, before=f"accs={done} " if done else ""):  # a network can take hours on a CPU
+                    bar.set_postfix_str(f"{before}epoch {epoch}/{cfg.epochs}")
+
+                acc = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch, checkpoint=ck,
+                                     on_epoch=shown if progress else None)
                 if state:
                     state.mark_done(arch, run, acc)
             mine[run] = acc

@@ -170,6 +170,7 @@ def test_cli_eval_continues_when_run_again(capsys, tmp_path, tiny_vae_dir, monke
     code, stdout, err = cli(capsys, *args)
     assert code == 0, err
     assert "network 1 continues from epoch 1 of 2" in err
+    assert "epoch 2/2" in err  # the bar shows a network's epochs
     result = json.loads(out.read_text())
     assert result["continued"] == [{"arch": "convnet", "run": 0, "from_epoch": 2},
                                    {"arch": "convnet", "run": 1, "from_epoch": 1}]
