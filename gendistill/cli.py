@@ -241,7 +241,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .io import atomic_dir, check_parent, save_safetensors
+    from .io import atomic_dir, check_parent, safe_name, save_safetensors
     from .outputs import refuse_existing
 
     check_parent(args.out)
@@ -279,7 +279,7 @@ def cmd_export(args) -> int:
         hard = syn.hard_labels.cpu()
         with atomic_dir(args.out) as tmp:
             for c, name in enumerate(names):
-                folder = tmp / f"{c:03d}_{_safe(name)}"
+                folder = tmp / f"{c:03d}_{safe_name(name)}"
                 folder.mkdir()
                 for j, i in enumerate((hard == c).nonzero().flatten().tolist()):
                     a = (images[i].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
@@ -308,10 +308,6 @@ def cmd_convert(args) -> int:
           f"{before['total_bytes']:,} B {before['latents']['dtype']}), budget {after['budget_ipc']:.4g} "
           "images per class")
     return 0
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def cmd_eval(args) -> int:

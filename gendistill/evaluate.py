@@ -54,6 +54,7 @@ class RunCheckpoint:
     def __init__(self, path: str | Path, every: float = 60.0):
         self.path, self.every = Path(path), float(every)
         self._last = time.monotonic()
+        self._loaded = None  # read once: the evaluation reports the epoch, then training continues from it
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every
@@ -62,17 +63,20 @@ class RunCheckpoint:
         from .state import save_state
 
         save_state(state, self.path)
-        self._last = time.monotonic()
+        self._last, self._loaded = time.monotonic(), None
 
     def load(self) -> dict | None:
         from .state import load_state
 
+        if self._loaded is not None:
+            return self._loaded
         if not self.path.exists():
             return None
         state = load_state(self.path, "evaluation state")
         if not (isinstance(state, dict) and {"epoch", "net", "optimizer", "generator"} <= set(state)):
             raise ValueError(f"{str(self.path)!r} is not a network's evaluation state; remove it to train that network "
                              "from the start")
+        self._loaded = state
         return state
 
 
@@ -95,8 +99,9 @@ class EvalState:
         return cls(directory, state_key(images, labels, test, cfg, lr), every)
 
     def _stem(self, arch: str, run: int) -> Path:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in arch)
-        return self.dir / f"{safe}-run{run}-{self.key}"
+        from .io import safe_name
+
+        return self.dir / f"{safe_name(arch)}-run{run}-{self.key}"
 
     def done(self, arch: str, run: int) -> float | None:
         path = self._stem(arch, run).with_suffix(".json")

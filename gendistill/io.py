@@ -21,6 +21,11 @@ from safetensors.torch import save_file
 from .errors import first_line
 
 
+def safe_name(name: str) -> str:
+    """``name`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_`` (for file names)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
 def check_parent(path: str | os.PathLike) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
