@@ -97,6 +97,9 @@ class RecipeConfig(DataConfig, Checked):
         if self.quantise_aware and self.latent_dtype == "float32":
             raise ValueError("--quantise-aware matches the latents as their storage dtype holds them; give "
                              "--latent-dtype int8, int4, float16 or bfloat16, or drop --quantise-aware")
+        if self.quantise_aware and self.latent_dtype.startswith("vq"):
+            raise ValueError(f"--quantise-aware does not support --latent-dtype {self.latent_dtype}: its codebook is "
+                             "fitted to the whole set when it is saved; use int8 or int4, or drop --quantise-aware")
         distill_config(self)  # the loop's (DistillConfig: steps, lr, batch_real, ...)
         NetSpec(self.net, self.depth, self.width)  # the matching net's
 
@@ -215,7 +218,7 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     evaluating = cfg.eval_runs > 0
     if not (main or evaluating):
         return None
-    syn.round_trip_()  # what is evaluated is what the file holds (float16, bfloat16, int8, int4 latents)
+    syn.round_trip_()  # what is evaluated is what the file holds (float16, bfloat16, int8, int4, vq latents)
     images = syn.decode(backbone)  # the set is identical on every process
     if main:
         syn.save(outdir / "set.safetensors", run={"steps_done": state.step, "distill_seconds": round(state.seconds, 1)})

@@ -205,7 +205,9 @@ def stored_latents(path, tensors: dict[str, torch.Tensor]):
     """``(codec, float32 latents)``: a set file's latents read back from their storage dtype (gendistill.storage)."""
     try:
         codec = codec_of(tensors)
-    except ValueError:
+    except ValueError as e:
+        if "latents_codebook" in tensors:
+            raise ValueError(f"{str(path)!r}: {e}") from None
         dtype = str(tensors["latents"].dtype).replace("torch.", "")
         raise ValueError(f"{str(path)!r}: tensor 'latents' is stored as {dtype}, which gendistill does not read "
                          f"(supported: {', '.join(LATENT_DTYPES.names())}); re-create the file") from None
