@@ -393,6 +393,10 @@ def test_convert_rewrites_the_dtype_and_keeps_the_input(tmp_path, capsys):
     assert SyntheticSet.load(tmp_path / "h.safetensors").latent_dtype == "int4"
     code, out, err = cli(capsys, "info", tmp_path / "h.safetensors")
     assert code == 0 and "latents 40 x (4, 7, 7) int4: 3,920 B + 44 B int4 scales" in out, err
+    code, out, err = cli(capsys, "convert", src, "--latent-dtype", "vq8", "--out", tmp_path / "v.safetensors")
+    assert code == 0 and "40 latents as vq8, 6,388 B" in out, err  # 40 x 49 B + 4,096 + 12 B + 320 B of labels
+    code, out, err = cli(capsys, "info", tmp_path / "v.safetensors")
+    assert code == 0 and "latents 40 x (4, 7, 7) vq8: 1,960 B + 4,108 B vq8 codebook" in out, err
 
 
 # ------------------------------------------------------------------------------------ many latents: subsampled steps
