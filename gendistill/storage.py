@@ -176,7 +176,7 @@ class Int4Codec(Int8Codec):
 LATENT_DTYPES.register("int4")(Int4Codec("int4", torch.uint8))
 
 
-def kmeans(vectors: torch.Tensor, k: int, iters: int = 25, fit_at_most: int = 200_000, chunk: int = 65_536,
+def fit_codebook(vectors: torch.Tensor, k: int, iters: int = 25, fit_at_most: int = 200_000, chunk: int = 65_536,
            seed: int = 0) -> torch.Tensor:
     """A (k, D) codebook of ``vectors`` (M, D) by Lloyd's k-means in float64: starts at ``k`` distinct vectors drawn
     with a fixed seed, refits on at most ``fit_at_most`` of them, and moves an emptied centre to the vector farthest
@@ -257,7 +257,7 @@ class VQCodec(Codec):
         z = latents.detach().float().cpu()
         channels = z.shape[1]
         vectors = z.movedim(1, -1).reshape(-1, channels)
-        book = kmeans(vectors, self.size)
+        book = fit_codebook(vectors, self.size)
         q = nearest(vectors.double(), book.double())[1].to(torch.uint8).reshape(len(z), -1)
         if self.index_bits == 4:
             if q.shape[1] % 2:

@@ -237,16 +237,22 @@ def test_int4_round_trip_is_within_half_a_step_and_packs_two_codes_a_byte(tmp_pa
     (lambda t: t.__setitem__("latents_shape", torch.tensor([0, 7, 7], dtype=torch.int32)), "do not hold latents"),
 ])
 def test_damaged_int4_set_is_a_one_line_error(tmp_path, capsys, damage, message):
+    broken = damaged_set(tmp_path, "int4", damage)
+    with pytest.raises(ValueError, match=message):
+        SyntheticSet.load(broken)
+    one_line_error(cli(capsys, "info", broken), message.split("'")[0].split(" tensor")[0])
+
+
+def damaged_set(tmp_path, dtype: str, damage):
+    """A set file of ``dtype`` whose tensors ``damage`` changed (metadata kept)."""
     path = tmp_path / "q.safetensors"
-    a_set(dtype="int4").save(path)
+    a_set(dtype=dtype).save(path)
     with safe_open(str(path), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     damage(tensors)
     broken = tmp_path / "broken.safetensors"
     save_file(tensors, str(broken), metadata=meta)
-    with pytest.raises(ValueError, match=message):
-        SyntheticSet.load(broken)
-    one_line_error(cli(capsys, "info", broken), message.split("'")[0].split(" tensor")[0])
+    return broken
 
 
 def correlated_latents(n, shape=(4, 7, 7), seed=2):
@@ -321,13 +327,7 @@ def test_vq_budget_arithmetic_and_few_distinct_vectors():
     (lambda t: t.__setitem__("latents_shape", torch.tensor([4, 7, 8], dtype=torch.int32)), "do not hold latents"),
 ])
 def test_damaged_vq_set_is_a_one_line_error(tmp_path, capsys, damage, message):
-    path = tmp_path / "q.safetensors"
-    a_set(dtype="vq8").save(path)
-    with safe_open(str(path), "pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    damage(tensors)
-    broken = tmp_path / "broken.safetensors"
-    save_file(tensors, str(broken), metadata=meta)
+    broken = damaged_set(tmp_path, "vq8", damage)
     with pytest.raises(ValueError, match=message):
         SyntheticSet.load(broken)
     one_line_error(cli(capsys, "info", broken), message.split("|")[-1].split("'")[0].split(" tensor")[0])
