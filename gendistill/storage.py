@@ -301,6 +301,9 @@ def get_codec(name: str) -> Codec:
 def codec_of(tensors: dict[str, torch.Tensor]) -> Codec:
     """The codec a file's ``latents`` tensor was written with (from its dtype)."""
     dtype = tensors["latents"].dtype
+    if dtype == torch.uint8 and not any(k in tensors for k in QUANTISATION_KEYS[:2] + ("latents_codebook",)):
+        raise ValueError("the set holds packed uint8 latents but neither 'latents_scale' (int4) nor 'latents_codebook' "
+                         "(vq8, vq4) to read them back; the file is incomplete: re-save the set")
     for name in LATENT_DTYPES.names():
         if LATENT_DTYPES.get(name).claims(tensors):
             return LATENT_DTYPES.get(name)

@@ -207,7 +207,7 @@ def stored_latents(path, tensors: dict[str, torch.Tensor]):
     try:
         codec = codec_of(tensors)
     except ValueError as e:
-        if "latents_codebook" in tensors:
+        if "latents_codebook" in tensors or tensors["latents"].dtype == torch.uint8:  # a damaged int4/vq file
             raise ValueError(f"{str(path)!r}: {e}") from None
         dtype = str(tensors["latents"].dtype).replace("torch.", "")
         raise ValueError(f"{str(path)!r}: tensor 'latents' is stored as {dtype}, which gendistill does not read "

@@ -320,7 +320,7 @@ def test_vq_budget_arithmetic_and_few_distinct_vectors():
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda t: t.pop("latents_codebook"), "int4 latents but no 'latents_shape' tensor|int4 latents but no"),
+    (lambda t: t.pop("latents_codebook"), "uint8 latents but neither 'latents_scale' \\(int4\\) nor"),
     (lambda t: t.pop("latents_shape"), "vq8 latents but no 'latents_shape' tensor"),
     (lambda t: t.__setitem__("latents_codebook", torch.zeros(100, 4)), "matches no vq storage dtype"),
     (lambda t: t.__setitem__("latents_codebook", torch.zeros(256, 3)), "do not hold latents"),
