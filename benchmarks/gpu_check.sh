@@ -11,11 +11,15 @@
 #                                     VAE) in 2 processes on the one GPU vs 1: max abs difference of the two sets, and the
 #                                     2-process step time / 1-process
 #   speed                             benchmarks/dm_speed.py: latent vs pixel DM seconds per iteration
+#   eval-NAME-sS                      only with GPU_CHECK_EVAL_SETS: `gendistill eval SET --epochs E --runs 1 --seed S`
+#                                     for each set and seed, all at once on the one GPU (the sets too large to evaluate
+#                                     on a CPU: a budget-50 vq8 set's networks train on 31,910 images)
 #
 # Settings (environment): GPU_CHECK_STEPS (50), GPU_CHECK_EVAL_EPOCHS (300), GPU_CHECK_PARITY_STEPS (10),
 # GPU_CHECK_TOL (1e-4, max abs difference counted as parity), GPU_CHECK_OUT (a new temporary folder),
 # GPU_CHECK_RECIPE_ARGS (extra flags for the demos), GPU_CHECK_PARITY_ARGS (for benchmarks/dm_multiprocess.py),
-# GPU_CHECK_SPEED_ARGS (--steps 20), GPU_CHECK_BACKEND (gloo: NCCL refuses two ranks on one GPU;
+# GPU_CHECK_SPEED_ARGS (--steps 20), GPU_CHECK_EVAL_SETS (space-separated set files), GPU_CHECK_EVAL_SEEDS (0 1 2),
+# GPU_CHECK_EVAL_LIMIT (seconds each evaluation may run: 1800), GPU_CHECK_BACKEND (gloo: NCCL refuses two ranks on one GPU;
 # nccl on a machine with a GPU per process). Exits 1 when any check fails, 2 when there is no CUDA device.
 set -u -o pipefail
 
@@ -47,6 +51,10 @@ elif [ "${GPU_CHECK_ALLOW_CPU:-0}" = 1 ]; then
     ONE=(--cpu --num_processes 1)
 else
     echo "check cuda: FAIL no CUDA device (torch.cuda.is_available() is False); run this on a GPU machine, or set GPU_CHECK_ALLOW_CPU=1 for a CPU smoke run"
+    exit 2
+fi
+if ! missing=$("$PY" -c "import gendistill, diffusers, accelerate" 2>&1 | tail -1); then
+    echo "check imports: FAIL $missing (install the project, or put its wheels on this machine: pip install --no-deps WHEELS)"
     exit 2
 fi
 echo "gpu_check: $DEVICE; outputs in $OUT"
@@ -116,6 +124,26 @@ if [ $rc = 0 ]; then
 else
     report speed FAIL "exit $rc ($(grep -E 'Error|error' "$OUT/speed.log" | tail -1 | cut -c1-200); log $OUT/speed.log)"
 fi
+
+# ------------------------------------------------------------------------------------------------- sets on fresh networks
+eval_names=()
+for set_ in ${GPU_CHECK_EVAL_SETS:-}; do
+    for seed in ${GPU_CHECK_EVAL_SEEDS:-0 1 2}; do
+        name=eval-$(basename "$(dirname "$set_")")-s$seed
+        [ "$(basename "$set_")" = set.safetensors ] || name=eval-$(basename "$set_" .safetensors)-s$seed
+        eval_names+=("$name")
+        timeout "${GPU_CHECK_EVAL_LIMIT:-1800}" "$PY" -m gendistill eval "$set_" --epochs "$EPOCHS" --runs 1 \
+            --seed "$seed" --out "$OUT/$name.json" >"$OUT/$name.log" 2>&1 &
+    done
+done
+wait
+for name in "${eval_names[@]}"; do
+    if [ -f "$OUT/$name.json" ]; then
+        report "$name" ok "$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print(f\"accuracy {100 * r['mean']:.2f}% (1 net, {r['num_images']} images), {r['seconds']:.0f} s\")" "$OUT/$name.json")"
+    else
+        report "$name" FAIL "no result ($(grep -E 'Error|error' "$OUT/$name.log" | tail -1 | cut -c1-200); log $OUT/$name.log)"
+    fi
+done
 
 echo "gpu_check: $failures check(s) failed; logs in $OUT"
 [ $failures = 0 ]
