@@ -49,6 +49,7 @@ from .config import Checked, setting
 from .data import normalize
 from .errors import first_line
 from .io import fsync_path, replace_dir, write_json
+from .metric import METRICS, channel_mix, decoder_metric
 from .objectives import Objective, RealBatches, StepContext
 from .state import load_state, save_state
 from .storage import get_codec
@@ -77,6 +78,9 @@ class DistillConfig(Checked):
     latent_steps: int = setting(0, min=0)
     # match the latents as the set's storage dtype will hold them (straight-through gradient); needs a --latent-dtype
     quantise_aware: bool = False
+    # latent match space: what the objective sees of a latent. identity: the latent; decoder: M z, M the square root
+    # of the decoder's metric on the latent channels (gendistill.metric), so channels weigh what they move in the image
+    latent_metric: str = setting("identity", choices=METRICS)
     checkpoint_every: int = setting(0, min=0)  # 0: only when interrupted and at the end
     log_every: int = setting(10, min=1)
     seed: int = setting(0, min=0)
@@ -390,6 +394,19 @@ def syn_rows(hard_labels: torch.Tensor, num_classes: int, per_class: int,
     return torch.cat(picked).sort().values
 
 
+def cached_metric(backbone: Backbone, real: LatentSplit) -> torch.Tensor:
+    """``decoder_metric`` of ``backbone`` at ``real``'s latents, computed once per (backbone, split) pair: a run that
+    continues in segments (a resume in the same process, ``benchmarks/time_to_accuracy.py``) pays for it once."""
+    if real.space != "latent":
+        raise ValueError("--latent-metric decoder needs cached latents of a backbone with a decoder (vae); drop "
+                         "--latent-metric")
+    memo = real.__dict__.setdefault("_decoder_metrics", {})
+    key = (id(backbone), backbone.weights_sha256())
+    if key not in memo:
+        memo[key] = decoder_metric(backbone, real.latents)
+    return memo[key]
+
+
 def as_stored(codec, latents: torch.Tensor) -> torch.Tensor:
     """The latents as a set file of ``codec``'s dtype holds them, read back to float32 (no gradient)."""
     with torch.no_grad():
@@ -424,12 +441,20 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
             raise ValueError("--latent-steps warms up in the latent match space before decode-through: it needs "
                              "--match-space pixel and a backbone with a latent cache (vae); drop --latent-steps")
         reals["latent"] = real_latents
+    if cfg.latent_metric != "identity" and "latent" not in reals:
+        raise ValueError(f"--latent-metric {cfg.latent_metric} shapes what latent-space matching sees, but this run "
+                         f"matches in {space} space only; use --match-space latent (or --latent-steps), or drop "
+                         "--latent-metric")
     setups = {}  # match space -> (decode-through?, the objective's input shape, its transform, the real split)
     for name, part in reals.items():
+        if name == "pixel":
+            transform = lambda x: normalize(x, mean, std)  # noqa: E731
+        elif cfg.latent_metric == "decoder":
+            transform = channel_mix(cached_metric(backbone, part))
+        else:
+            transform = lambda x: x  # noqa: E731
         setups[name] = (name == "pixel" and backbone.kind != "pixel",
-                        tuple(backbone.image_shape if name == "pixel" else backbone.latent_shape),
-                        (lambda x: normalize(x, mean, std)) if name == "pixel" else (lambda x: x),
-                        part)
+                        tuple(backbone.image_shape if name == "pixel" else backbone.latent_shape), transform, part)
     final_space = space
     parallel = getattr(objective, "parallel", "replicas")
     if parallel not in PARALLEL_MODES:

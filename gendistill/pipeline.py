@@ -19,6 +19,7 @@ from .distill import DistillConfig, Interrupted, TrainState, all_processes_ok, d
 from .evaluate import EvalConfig, EvalState, evaluate
 from .experts import NetSpec
 from .io import write_json
+from .metric import METRICS
 from .nets.registry import get_builder
 from .objectives import Objective
 from .outputs import RunOutput, staging_path
@@ -65,6 +66,8 @@ class RecipeConfig(DataConfig, Checked):
     quantise_aware: bool = False  # match the latents as --latent-dtype will store them (straight-through gradient)
     syn_batch: int = 0  # latents per class matched (and decoded) per step, drawn anew each step; 0: all of them
     latent_steps: int = 0  # --match-space pixel: the first N steps match latents (cheap), the rest decode-through
+    # latent-space matching sees the latents through the decoder's channel metric (decoder) or as they are (identity)
+    latent_metric: str = setting("identity", choices=METRICS)
     init: str = setting("real", choices=lambda: INITS.names())
     steps: int = 1000
     lr: float = 0.05  # of the latents
