@@ -24,7 +24,7 @@ METRICS = ("identity", "decoder")
 
 @torch.no_grad()
 def decoder_metric(backbone: Backbone, latents: torch.Tensor, samples: int = 64, eps: float = 0.02,
-                   seed: int = 0) -> torch.Tensor:
+                   seed: int = 0, chunk: int = 16) -> torch.Tensor:
     """M = G^(1/2) (C x C, C = ``latents.shape[1]``) of the decoder's channel metric at ``samples`` of ``latents``
     (real latents, N x C x ...), normalised so that trace(M S M^T) = trace(S), S the channels' covariance."""
     if latents.dim() < 2 or len(latents) < 2:
@@ -37,11 +37,15 @@ def decoder_metric(backbone: Backbone, latents: torch.Tensor, samples: int = 64,
     r = torch.randn((len(z), 1, *z.shape[2:]), generator=gen) * (eps * float(z.std()))
     device = next(backbone.parameters(), z).device
     z, r = z.to(device), r.to(device)
+
+    def decode(x: torch.Tensor) -> torch.Tensor:  # in chunks: a large backbone's activations stay bounded
+        return torch.cat([backbone.decode(x[i : i + chunk]).float() for i in range(0, len(x), chunk)])
+
     cols = []
     for c in range(channels):
         step = torch.zeros_like(z)
         step[:, c : c + 1] = r
-        cols.append(((backbone.decode(z + step).float() - backbone.decode(z - step).float()) / 2).flatten(1))
+        cols.append(((decode(z + step) - decode(z - step)) / 2).flatten(1))
     y = torch.stack(cols, 1).double()  # (n, C, pixels): the image change of the same pattern in each channel
     g = torch.einsum("ncp,ndp->cd", y, y) / r.double().pow(2).sum()
     values, vectors = torch.linalg.eigh(g)
