@@ -345,11 +345,19 @@ def classify(net: torch.nn.Module, images: torch.Tensor, mean, std, device=None,
 
 
 @torch.no_grad()
-def reconstruct(backbone, images: torch.Tensor, device=None, batch: int = 500) -> torch.Tensor:
-    """decode(encode(x)) in [0, 1] on the CPU, in batches: how much of an image a backbone's latent keeps."""
+def reconstruct(backbone, images: torch.Tensor, device=None, batch: int = 500, codec=None) -> torch.Tensor:
+    """decode(encode(x)) in [0, 1] on the CPU, in batches: how much of an image a backbone's latent keeps. With a
+    storage ``codec`` (``gendistill.storage.get_codec``), the codes of all the images are stored as one set of that
+    dtype would be (its scales or codebook fitted to all of them) and read back before decoding."""
     device = device or images.device
-    return torch.cat([backbone.decode(backbone.encode(images[i : i + batch].to(device))).float().clamp(0, 1).cpu()
-                      for i in range(0, len(images), batch)])
+    if codec is None or codec.name == "float32":
+        return torch.cat([backbone.decode(backbone.encode(images[i : i + batch].to(device))).float().clamp(0, 1).cpu()
+                          for i in range(0, len(images), batch)])
+    codes = torch.cat([backbone.encode(images[i : i + batch].to(device)).float().cpu()
+                       for i in range(0, len(images), batch)])
+    codes = codec.decode(codec.encode(codes))
+    return torch.cat([backbone.decode(codes[i : i + batch].to(device)).float().clamp(0, 1).cpu()
+                      for i in range(0, len(codes), batch)])
 
 
 def within_class_spread(images: torch.Tensor, labels: torch.Tensor, per_class: int = 200) -> list[float]:

@@ -69,6 +69,43 @@ def test_decoder_ceiling_writes_its_json(tmp_path, tiny_vae_dir):
     assert 0 <= result["decoded"]["mean"] <= 1
 
 
+@pytest.mark.slow  # trains a net on 40 raw images
+def test_decoder_ceiling_only_raw_skips_the_backbone_images(tmp_path, tiny_vae_dir):
+    out = tmp_path / "raw.json"
+    bench("decoder_ceiling").main(["--backbone", str(tiny_vae_dir), "--epochs", "1", "--limit", "40", "--only", "raw",
+                                   "--latent-dtype", "int4", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert "raw" in result and "decoded" not in result and result["psnr_db"] is None
+    assert result["latent_dtype"] == "int4"
+
+
+def test_decoder_ceiling_rejects_an_unknown_dtype(tiny_vae_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench("decoder_ceiling").main(["--backbone", str(tiny_vae_dir), "--latent-dtype", "int3"])
+    assert e.value.code == 2 and "unknown --latent-dtype 'int3'" in capsys.readouterr().err
+
+
+def test_reconstruct_through_a_storage_codec(tiny_vae_dir):
+    """A storage class's ceiling: the codes of all the images stored as one set of that dtype, read back, decoded."""
+    import torch
+
+    from gendistill.backbones import load_backbone
+    from gendistill.evaluate import psnr, reconstruct
+    from gendistill.storage import get_codec
+
+    vae = load_backbone(str(tiny_vae_dir), image_shape=(1, 28, 28))
+    images = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain = reconstruct(vae, images, batch=7)
+    assert torch.equal(reconstruct(vae, images, batch=7, codec=get_codec("float32")), plain)
+    codes = torch.cat([vae.encode(images[i : i + 7]) for i in range(0, 30, 7)])
+    int4 = get_codec("int4")
+    expected = vae.decode(int4.decode(int4.encode(codes))).float().clamp(0, 1)
+    got = reconstruct(vae, images, batch=7, codec=int4)
+    assert got.shape == plain.shape and torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-4)  # 16 levels a channel move the decoding
+    assert psnr(got, plain) > 20  # but not far
+
+
 def test_eval_autoencoder_psnr_only(tmp_path, tiny_vae_dir, capsys):
     """``--classifier-epochs 0`` measures PSNR alone (how the second shipped VAE's quality was recorded)."""
     out = tmp_path / "q.json"
