@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import asdict
 
@@ -28,6 +29,13 @@ from gendistill.data import get_dataset
 from gendistill.evaluate import EvalConfig, psnr, reconstruct, train_and_test
 from gendistill.io import write_json
 from gendistill.storage import get_codec
+
+
+def _progress(what: str, epochs: int, t0: float):
+    """A line on stderr after each epoch: a run of 60,000 images takes minutes an epoch on a CPU."""
+    def report(done: int) -> None:
+        print(f"{what}: epoch {done}/{epochs} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return report
 
 
 def main(argv=None) -> None:
@@ -68,7 +76,8 @@ def main(argv=None) -> None:
         accs, t0 = [], time.time()
         for run in range(args.runs):
             g = torch.Generator().manual_seed(run)
-            accs.append(train_and_test(images, labels, test, cfg, g, torch.device("cpu"), test.mean, test.std))
+            accs.append(train_and_test(images, labels, test, cfg, g, torch.device("cpu"), test.mean, test.std,
+                                       on_epoch=_progress(f"{name} run {run + 1}/{args.runs}", args.epochs, t0)))
         result[name] = {"accs": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
                         "seconds": round(time.time() - t0, 1)}
         print(f"{name:8s} {n} training images, {args.epochs} epochs x {args.runs} runs: test accuracy "

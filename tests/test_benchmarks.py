@@ -60,13 +60,15 @@ def test_time_to_accuracy_prints_the_ratio(tmp_path, tiny_vae_dir, capsys):
 
 
 @pytest.mark.slow  # trains a net on 40 decoded images
-def test_decoder_ceiling_writes_its_json(tmp_path, tiny_vae_dir):
+def test_decoder_ceiling_writes_its_json(tmp_path, tiny_vae_dir, capsys):
     out = tmp_path / "ceiling.json"
-    bench("decoder_ceiling").main(["--backbone", str(tiny_vae_dir), "--epochs", "1", "--limit", "40", "--no-raw",
+    bench("decoder_ceiling").main(["--backbone", str(tiny_vae_dir), "--epochs", "2", "--limit", "40", "--no-raw",
                                    "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["images"] == 40 and "decoded" in result and "raw" not in result
     assert 0 <= result["decoded"]["mean"] <= 1
+    progress = [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()]
+    assert progress == ["decoded run 1/1: epoch 1/2", "decoded run 1/1: epoch 2/2"]
 
 
 @pytest.mark.slow  # trains a net on 40 raw images
