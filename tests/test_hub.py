@@ -245,8 +245,8 @@ def test_save_pretrained_writes_a_model_card(tmp_path, tiny_vae_dir, kind):
     assert "No measured quality figures are recorded" in card.text  # a random test model has none: the card says so
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist-vae", "fashion-mnist-vae-c2", "fashion-mnist-gan",
-                                  "fashion-mnist-ldm"])
+@pytest.mark.parametrize("name", ["fashion-mnist-vae", "fashion-mnist-vae-c2", "fashion-mnist-vae-e12",
+                                  "fashion-mnist-gan", "fashion-mnist-ldm"])
 def test_shipped_backbones_carry_their_card_and_measured_quality(name):
     d = ASSETS / name
     measured = json.loads((d / "gendistill.json").read_text())["measured"]

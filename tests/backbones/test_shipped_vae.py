@@ -1,4 +1,4 @@
-"""The shipped Fashion-MNIST VAE is the measured one and reconstructs real test images as well as its gendistill.json
+"""Each shipped Fashion-MNIST VAE is the measured one and reconstructs real test images as well as its gendistill.json
 records (``measured``: what recipes/eval_autoencoder.py gave on the whole test split)."""
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from gendistill.evaluate import psnr, reconstruct
 pytestmark = pytest.mark.slow  # reads the shipped assets/backbones and real data
 
 
-def test_shipped_vae_reconstructs_real_test_images(monkeypatch):
+@pytest.mark.parametrize(("name", "latent_shape"), [("fashion-mnist-vae", (4, 7, 7)),
+                                                    ("fashion-mnist-vae-e12", (4, 7, 7)),
+                                                    ("fashion-mnist-vae-c2", (2, 7, 7))])
+def test_shipped_vae_reconstructs_real_test_images(monkeypatch, name, latent_shape):
     monkeypatch.delenv("GENDISTILL_FASHION_MNIST_DIR")  # the real files from Debian's package (make setup installs it)
     test = get_dataset("fashion-mnist", "test")
     assert len(test) == 10000
-    facts = measured_facts("fashion-mnist-vae")
-    vae = load_backbone("fashion-mnist-vae")
-    assert vae.kind == "vae" and tuple(vae.latent_shape) == (4, 7, 7)
+    facts = measured_facts(name)
+    vae = load_backbone(name)
+    assert vae.kind == "vae" and tuple(vae.latent_shape) == latent_shape
     assert vae.weights_sha256() == facts["weights_sha256"]
     idx = torch.cat([test.class_indices(c)[:20] for c in range(test.num_classes)])  # 200 images, every class
     images = test.float_images(idx)
