@@ -138,6 +138,31 @@ class EvalState:
             pass
 
 
+def time_left(done: int, seconds: float, left: int) -> str:
+    """`` (35.2 s an epoch, 2 h 42 min left)`` after ``done`` epochs in ``seconds``, ``left`` epochs to go; ``""``
+    before the first epoch ends or after the last."""
+    if done <= 0 or left <= 0:
+        return ""
+    pace = seconds / done
+    rest = round(pace * left)
+    h, m, sec = rest // 3600, rest // 60 % 60, rest % 60
+    when = f"{h} h {m} min" if h else f"{m} min" if m else f"{sec} s"
+    return f" ({pace:.1f} s an epoch, {when} left)"
+
+
+class Pace:
+    """Called with each finished epoch of an ``epochs``-epoch network: the time left at the pace since this object was
+    made (a continued network counts from the epoch it continued at)."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.start, self.first = epochs, time.monotonic(), None
+
+    def __call__(self, epoch: int) -> str:
+        if self.first is None:
+            self.first = epoch - 1
+        return time_left(epoch - self.first, time.monotonic() - self.start, self.epochs - epoch)
+
+
 def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
@@ -261,9 +286,11 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, test: ImageDataset, cfg
                                    f"of {cfg.epochs} ({ck.path})", file=sys.stderr)
                 g = torch.Generator().manual_seed(cfg.seed * 1000 + run)
                 done = " ".join(f"{100 * a:.2f}" for a in mine.values())
+                pace = Pace(cfg.epochs)
 
-                def shown(epoch, bar=bar, before=f"accs={done} " if done else ""):  # a network can take hours on a CPU
-                    bar.set_postfix_str(f"{before}epoch {epoch}/{cfg.epochs}")
+                def shown(epoch, bar=bar, before=f"accs={done} " if done else "", pace=pace):
+                    # a network can take hours on a CPU: its epochs, and the time left at this process's pace
+                    bar.set_postfix_str(f"{before}epoch {epoch}/{cfg.epochs}{pace(epoch)}")
 
                 acc = train_and_test(images, labels, test, cfg, g, device, mean, std, lr=lr, arch=arch, checkpoint=ck,
                                      on_epoch=shown if progress else None)

@@ -207,3 +207,15 @@ def _every_epoch(of):
         return state
 
     return wrapped
+
+
+def test_time_left_reads_as_a_pace_and_a_duration(monkeypatch):
+    assert E.time_left(0, 5.0, 10) == "" and E.time_left(3, 5.0, 0) == ""
+    assert E.time_left(2, 70.4, 298) == " (35.2 s an epoch, 2 h 54 min left)"
+    assert E.time_left(4, 10.0, 30) == " (2.5 s an epoch, 1 min left)"
+    assert E.time_left(1, 0.5, 3) == " (0.5 s an epoch, 2 s left)"
+    clock = iter([100.0, 130.0, 190.0])  # made at 100 s; epoch 143 (continued from 142) ends at 130, 145 at 190
+    monkeypatch.setattr(E.time, "monotonic", lambda: next(clock))
+    pace = E.Pace(300)
+    assert pace(143) == " (30.0 s an epoch, 1 h 18 min left)"
+    assert pace(145) == " (30.0 s an epoch, 1 h 17 min left)"
