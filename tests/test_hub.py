@@ -246,7 +246,7 @@ def test_save_pretrained_writes_a_model_card(tmp_path, tiny_vae_dir, kind):
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist-vae", "fashion-mnist-vae-c2", "fashion-mnist-vae-e12",
-                                  "fashion-mnist-gan", "fashion-mnist-ldm"])
+                                  "fashion-mnist-vae-e24", "fashion-mnist-gan", "fashion-mnist-ldm"])
 def test_shipped_backbones_carry_their_card_and_measured_quality(name):
     d = ASSETS / name
     measured = json.loads((d / "gendistill.json").read_text())["measured"]

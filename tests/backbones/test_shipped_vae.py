@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow  # reads the shipped assets/backbones and real dat
 
 @pytest.mark.parametrize(("name", "latent_shape"), [("fashion-mnist-vae", (4, 7, 7)),
                                                     ("fashion-mnist-vae-e12", (4, 7, 7)),
+                                                    ("fashion-mnist-vae-e24", (4, 7, 7)),
                                                     ("fashion-mnist-vae-c2", (2, 7, 7))])
 def test_shipped_vae_reconstructs_real_test_images(monkeypatch, name, latent_shape):
     monkeypatch.delenv("GENDISTILL_FASHION_MNIST_DIR")  # the real files from Debian's package (make setup installs it)
