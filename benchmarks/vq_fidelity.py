@@ -1,7 +1,8 @@
 """What each latent storage dtype keeps of the images: real test images encoded by a backbone, their latents written
-in each dtype and read back (as a set file holds them: int8/int4 scales and vq codebooks fitted to these latents),
-then decoded. Prints, per dtype, the bytes of one latent, how many fit per class at budgets 1 and 10, the latents'
-relative squared error, and the decoded images' mean PSNR against the real images and against the float32 decoding.
+in each dtype and read back (as a set file holds them: int8/int4 scales, sq4 levels and vq codebooks fitted to these
+latents), then decoded. Prints, per dtype, the bytes of one latent, how many fit per class at budgets 1 and 10, the
+latents' relative squared error, and the decoded images' mean PSNR against the real images and against the float32
+decoding.
 
     python benchmarks/vq_fidelity.py [--backbone fashion-mnist-vae] [--images 2000] [--out fidelity.json]
 
@@ -20,7 +21,7 @@ from gendistill.data import get_dataset
 from gendistill.io import write_json
 from gendistill.storage import get_codec, latents_per_class
 
-DTYPES = ("float32", "float16", "int8", "int4", "vq8", "vq4")
+DTYPES = ("float32", "float16", "int8", "int4", "sq4", "vq8", "vq4")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -512,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("convert", help="rewrite a set with another latent storage dtype (float32, float16, "
-                                       "bfloat16, int8, int4, vq8, vq4)")
+                                       "bfloat16, int8, int4, sq4, vq8, vq4)")
     s.add_argument("file")
     s.add_argument("--latent-dtype", required=True, help=f"one of: {', '.join(LATENT_DTYPES.names())}")
     s.add_argument("--out", required=True)

@@ -52,7 +52,7 @@ from .io import fsync_path, replace_dir, write_json
 from .metric import METRICS, channel_mix, decoder_metric
 from .objectives import Objective, RealBatches, StepContext
 from .state import load_state, save_state
-from .storage import get_codec
+from .storage import FITTED_DTYPES, get_codec
 from .synthetic import SyntheticSet
 
 MATCH_SPACES = ("latent", "pixel")
@@ -426,9 +426,10 @@ def distill(syn: SyntheticSet, objective: Objective, backbone: Backbone, real: L
         raise ValueError("--quantise-aware matches the latents as their storage dtype holds them, but the set is "
                          "stored as float32; give --latent-dtype int8, int4, float16 or bfloat16, or drop "
                          "--quantise-aware")
-    if cfg.quantise_aware and syn.latent_dtype.startswith("vq"):
-        raise ValueError(f"--quantise-aware does not support --latent-dtype {syn.latent_dtype}: its codebook is "
-                         "fitted to the whole set when it is saved; use int8 or int4, or drop --quantise-aware")
+    if cfg.quantise_aware and syn.latent_dtype in FITTED_DTYPES:
+        raise ValueError(f"--quantise-aware does not support --latent-dtype {syn.latent_dtype}: its codebook or "
+                         "levels are fitted to the whole set when it is saved; use int8 or int4, or drop "
+                         "--quantise-aware")
     stored = get_codec(syn.latent_dtype) if cfg.quantise_aware else None
     device = accelerator.device
     space = effective_match_space(backbone.kind, cfg.match_space)

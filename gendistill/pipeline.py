@@ -25,7 +25,7 @@ from .objectives import Objective
 from .outputs import RunOutput, staging_path
 from .plots import image_grid, loss_plot, save_png
 from .sampler import SAMPLERS
-from .storage import check_ipc_args, get_codec, resolve_ipc
+from .storage import FITTED_DTYPES, check_ipc_args, get_codec, resolve_ipc
 from .synthetic import INITS, SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
@@ -100,9 +100,10 @@ class RecipeConfig(DataConfig, Checked):
         if self.quantise_aware and self.latent_dtype == "float32":
             raise ValueError("--quantise-aware matches the latents as their storage dtype holds them; give "
                              "--latent-dtype int8, int4, float16 or bfloat16, or drop --quantise-aware")
-        if self.quantise_aware and self.latent_dtype.startswith("vq"):
-            raise ValueError(f"--quantise-aware does not support --latent-dtype {self.latent_dtype}: its codebook is "
-                             "fitted to the whole set when it is saved; use int8 or int4, or drop --quantise-aware")
+        if self.quantise_aware and self.latent_dtype in FITTED_DTYPES:
+            raise ValueError(f"--quantise-aware does not support --latent-dtype {self.latent_dtype}: its codebook or "
+                             "levels are fitted to the whole set when it is saved; use int8 or int4, or drop "
+                             "--quantise-aware")
         distill_config(self)  # the loop's (DistillConfig: steps, lr, batch_real, ...)
         NetSpec(self.net, self.depth, self.width)  # the matching net's
 

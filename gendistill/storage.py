@@ -13,7 +13,9 @@ for each index of the latents' dimension 1, ``q = clamp(round(z / scale) + zero_
 ``latents`` int8, ``latents_scale`` float32 (C,) and ``latents_zero_point`` int32 (C,); ``z ~ (q - zero_point) *
 scale``, off by at most ``scale / 2``) and ``int4`` (the same with 16 levels, ``q`` in 0..15, two codes a byte: the
 file's ``latents`` is uint8 (N, ceil(D / 2)) for D numbers per latent, low nibble first, and ``latents_shape`` int32
-holds the latent's shape to unpack it). ``vq8`` and ``vq4`` quantise *vectors*: the C numbers of a latent at one
+holds the latent's shape to unpack it); ``sq4`` (int4's packed codes, but each channel's 16 levels fitted to its
+numbers by Lloyd's algorithm, ``latents_levels`` float32 (C, 16), instead of even steps from min to max). ``vq8``
+and ``vq4`` quantise *vectors*: the C numbers of a latent at one
 spatial position (dimension 1 of an (N, C, H, W) latent) are replaced by the nearest of K learned vectors (K = 256 for
 ``vq8``, one byte a position; K = 16 for ``vq4``, half a byte, packed as int4), the codebook (K, C) float32 fitted
 to the set's own vectors by k-means when it is written (``latents_codebook``, counted in the set's bytes); a 4x7x7
@@ -34,7 +36,8 @@ from .registry import Registry
 LEDGER_KEY = "gendistill.storage"
 LEDGER_VERSION = 1
 BUDGET_COUNTS = "latents"  # what --ipc-budget counts: the latents (+ their int8 scales), not labels, lr or decoder
-QUANTISATION_KEYS = ("latents_scale", "latents_zero_point", "latents_shape", "latents_codebook")  # int8/int4/vq extras
+QUANTISATION_KEYS = ("latents_scale", "latents_zero_point", "latents_shape", "latents_codebook",  # int8/int4/vq/sq
+                     "latents_levels")
 FLOAT32_BYTES = 4
 LATENT_DTYPES: Registry = Registry("latent dtype")
 LABEL_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # soft labels' storage
@@ -62,7 +65,7 @@ class Codec:
 
     def claims(self, tensors: dict[str, torch.Tensor]) -> bool:
         """Whether a file's tensors were written by this codec."""
-        return tensors["latents"].dtype == self.dtype and "latents_codebook" not in tensors
+        return tensors["latents"].dtype == self.dtype and not {"latents_codebook", "latents_levels"} & tensors.keys()
 
     def encode(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"latents": latents.detach().to(self.dtype)}
@@ -291,6 +294,90 @@ LATENT_DTYPES.register("vq8")(VQCodec("vq8", 8))
 LATENT_DTYPES.register("vq4")(VQCodec("vq4", 4))
 
 
+def fit_levels(values: torch.Tensor, k: int, iters: int = 100) -> torch.Tensor:
+    """``k`` ascending levels for the numbers ``values`` by Lloyd's algorithm in one dimension (the Lloyd-Max
+    quantiser): starts at the ``(i + 1/2) / k`` quantiles, assigns each number to its nearest level (the midpoints are
+    the boundaries), moves each level to the mean of its numbers, until nothing moves. Deterministic. Fewer than ``k``
+    distinct numbers give those numbers, each exactly, the last repeated."""
+    v = values.detach().double().flatten()
+    distinct = torch.unique(v)
+    if len(distinct) <= k:
+        return torch.cat([distinct, distinct[-1:].expand(k - len(distinct))]).float()
+    probs = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    # torch.quantile refuses more than 2^24 numbers: the sorted values give the same quantiles
+    ranks = (probs * (len(v) - 1)).round().long()
+    levels = torch.sort(v).values[ranks]
+    for _ in range(iters):
+        which = torch.bucketize(v, (levels[1:] + levels[:-1]) / 2)
+        counts = torch.bincount(which, minlength=k)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, which, v)
+        moved = torch.where(counts > 0, sums / counts.clamp_min(1), levels)
+        moved = torch.sort(moved).values
+        if torch.equal(moved, levels):
+            break
+        levels = moved
+    return levels.float()
+
+
+class SQCodec(Codec):
+    """Scalar quantisation with fitted levels per channel (dimension 1 of the latents): each number is stored as the
+    4-bit index of the nearest of 16 levels of its channel, fitted to the set's own numbers by Lloyd's algorithm when
+    it is written (the Lloyd-Max quantiser), packed two a byte like int4. The same bytes as int4 (plus 16 float32
+    levels a channel instead of a scale and zero point), with the levels where the numbers are: int4's even steps
+    from the minimum to the maximum spend most of their 16 levels on the tails of a bell-shaped channel."""
+
+    LEVELS = 16
+
+    @property
+    def bits(self) -> int:
+        return 4
+
+    def overhead_bytes(self, latent_shape) -> int:
+        return self.LEVELS * int(latent_shape[0]) * FLOAT32_BYTES + 4 * len(latent_shape)  # levels + latents_shape
+
+    def claims(self, tensors: dict[str, torch.Tensor]) -> bool:
+        return tensors["latents"].dtype == self.dtype and "latents_levels" in tensors
+
+    def encode(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        if latents.numel() == 0:
+            raise ValueError(f"an empty set cannot be stored as {self.name}; use --latent-dtype float32")
+        if latents.ndim < 2:
+            raise ValueError(f"{self.name} stores latents of shape (N, C, ...), got {tuple(latents.shape)}")
+        z = latents.detach().float().cpu()
+        channels = z.transpose(0, 1).reshape(z.shape[1], -1)
+        levels = torch.stack([fit_levels(c, self.LEVELS) for c in channels])  # (C, 16), each row ascending
+        bounds = (levels[:, 1:].double() + levels[:, :-1].double()) / 2
+        q = torch.stack([torch.bucketize(c.double(), b) for c, b in zip(channels, bounds)])  # (C, N * rest)
+        q = q.reshape(z.shape[1], len(z), -1).transpose(0, 1).reshape(len(z), -1).to(torch.uint8)
+        if q.shape[1] % 2:
+            q = torch.cat([q, q.new_zeros(len(q), 1)], 1)
+        return {"latents": (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous(), "latents_levels": levels.contiguous(),
+                "latents_shape": torch.tensor(list(latents.shape[1:]), dtype=torch.int32)}
+
+    def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
+        missing = [k for k in ("latents_shape", "latents_levels") if k not in tensors]
+        if missing:
+            raise ValueError(f"{where} holds {self.name} latents but no {' or '.join(repr(k) for k in missing)} tensor "
+                             f"to read them back; the file is incomplete: re-save the set (--latent-dtype {self.name} "
+                             "writes them)")
+        packed, shape, levels = tensors["latents"], tensors["latents_shape"], tensors["latents_levels"]
+        dims = [int(d) for d in shape.flatten().tolist()] if shape.dtype in (torch.int32, torch.int64) else []
+        numbers = math.prod(dims) if dims else 0
+        if (packed.ndim != 2 or not dims or min(dims) < 1 or packed.shape[1] != (numbers + 1) // 2
+                or levels.ndim != 2 or tuple(levels.shape) != (dims[0], self.LEVELS)):
+            raise ValueError(f"{where}: {self.name} latents of {tuple(packed.shape)} bytes with levels of "
+                             f"{tuple(levels.shape)} do not hold latents of shape {tuple(dims)}; the file is "
+                             "inconsistent, re-save the set")
+        q = torch.stack([packed & 0x0F, packed >> 4], 2).reshape(len(packed), -1)[:, :numbers]
+        q = q.long().reshape(len(packed), dims[0], -1)  # (N, C, rest)
+        channel = torch.arange(dims[0]).view(1, -1, 1)
+        return levels.float()[channel, q].reshape(len(packed), *dims).contiguous()
+
+
+LATENT_DTYPES.register("sq4")(SQCodec("sq4", torch.uint8))
+FITTED_DTYPES = ("vq8", "vq4", "sq4")  # their codebook or levels are fitted to the whole set when it is written
+
+
 def get_codec(name: str) -> Codec:
     """The storage codec of ``name``; an unknown one is a one-line error naming the choices."""
     if name not in LATENT_DTYPES:
@@ -301,9 +388,9 @@ def get_codec(name: str) -> Codec:
 def codec_of(tensors: dict[str, torch.Tensor]) -> Codec:
     """The codec a file's ``latents`` tensor was written with (from its dtype)."""
     dtype = tensors["latents"].dtype
-    if dtype == torch.uint8 and not any(k in tensors for k in QUANTISATION_KEYS[:2] + ("latents_codebook",)):
-        raise ValueError("the set holds packed uint8 latents but neither 'latents_scale' (int4) nor 'latents_codebook' "
-                         "(vq8, vq4) to read them back; the file is incomplete: re-save the set")
+    if dtype == torch.uint8 and not any(k in tensors for k in QUANTISATION_KEYS[:2] + QUANTISATION_KEYS[3:]):
+        raise ValueError("the set holds packed uint8 latents but no 'latents_scale' (int4), 'latents_codebook' (vq8, "
+                         "vq4) or 'latents_levels' (sq4) to read them back; the file is incomplete: re-save the set")
     for name in LATENT_DTYPES.names():
         if LATENT_DTYPES.get(name).claims(tensors):
             return LATENT_DTYPES.get(name)

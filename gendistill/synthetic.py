@@ -1,8 +1,8 @@
 """The synthetic set: latents (a parameter), labels (hard ids or soft), an optional learnable eval lr.
 
 File contract (``*.safetensors``): tensors ``latents`` (in the set's storage dtype; int8 adds ``latents_scale`` and
-``latents_zero_point``, int4 those and ``latents_shape``, vq8/vq4 ``latents_codebook`` and ``latents_shape``, see
-``gendistill.storage``), ``labels`` and optional ``lr``;
+``latents_zero_point``, int4 those and ``latents_shape``, sq4 ``latents_levels`` and ``latents_shape``, vq8/vq4
+``latents_codebook`` and ``latents_shape``, see ``gendistill.storage``), ``labels`` and optional ``lr``;
 string metadata ``gendistill.format``, ``gendistill.backbone`` / ``gendistill.dataset`` / ``gendistill.run`` and the
 storage ledger ``gendistill.storage`` (JSON). Files written before the ledger existed load all the same (it is
 computed on reading).

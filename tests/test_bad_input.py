@@ -263,8 +263,8 @@ SET_CASES = {
     "latents-int8-without-scales": (_tensor("latents", lambda t: t["latents"].to(torch.int8)),
                                     "holds int8 latents but no 'latents_scale'"),
     "latents-uint8-without-scales-or-codebook": (_tensor("latents", lambda t: t["latents"].to(torch.uint8)),
-                                                 "uint8 latents but neither 'latents_scale' (int4) nor "
-                                                 "'latents_codebook'"),
+                                                 "uint8 latents but no 'latents_scale' (int4), "
+                                                 "'latents_codebook' (vq8, vq4) or 'latents_levels' (sq4)"),
     "latents-int8-nan-scale": (lambda t, m: ({**t, "latents": t["latents"].to(torch.int8),
                                               "latents_scale": torch.full((2,), float("nan")),
                                                "latents_zero_point": torch.zeros(2, dtype=torch.int32)}, m),

@@ -139,11 +139,14 @@ def test_vq_fidelity_measures_every_dtype(tmp_path, tiny_vae_dir, capsys):
     result = bench("vq_fidelity").main(["--backbone", str(tiny_vae_dir), "--images", "40", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     rows = {r["dtype"]: r for r in result["rows"]}
-    assert list(rows) == ["float32", "float16", "int8", "int4", "vq8", "vq4"] and result["images"] == 40
+    assert list(rows) == ["float32", "float16", "int8", "int4", "sq4", "vq8", "vq4"] and result["images"] == 40
     # bytes fall and counts rise down the list; the errors are measured, not assumed: zero only for float32
     assert [rows[d]["latent_bytes"] for d in rows] == sorted((rows[d]["latent_bytes"] for d in rows), reverse=True)
     assert rows["float32"]["latent_rel_sq_error"] == 0 < rows["float16"]["latent_rel_sq_error"]
     assert rows["int4"]["latent_rel_sq_error"] > rows["int8"]["latent_rel_sq_error"]
+    assert rows["sq4"]["latent_bytes"] == rows["int4"]["latent_bytes"]  # the same codes, levels where the numbers are
+    errors = [rows[d]["latent_rel_sq_error"] for d in ("int4", "sq4", "int8")]
+    assert errors == sorted(errors, reverse=True) and errors[1] < errors[0]
     assert rows["vq4"]["latent_rel_sq_error"] > rows["vq8"]["latent_rel_sq_error"] > 0
     assert rows["vq4"]["per_class_budget10"] > rows["vq8"]["per_class_budget10"]
     assert rows["float16"]["psnr_vs_float32"] > rows["vq4"]["psnr_vs_float32"]

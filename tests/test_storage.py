@@ -108,7 +108,7 @@ def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
     with pytest.raises(ValueError, match="positive"):
         latents_per_class(0, (4, 7, 7), (1, 28, 28), 10)
     with pytest.raises(ValueError, match="unknown --latent-dtype 'fp8'; choose one of: bfloat16, float16, "
-                                         "float32, int4, int8, vq4, vq8"):
+                                         "float32, int4, int8, sq4, vq4, vq8"):
         get_codec("fp8")
     with pytest.raises(ValueError, match="both given"):
         resolve_ipc(3, 1.0, (4, 7, 7), (1, 28, 28), 10)
@@ -120,6 +120,8 @@ def test_impossible_budget_unknown_dtype_and_both_flags_are_clear_errors():
         RecipeConfig(latent_dtype="float8")
     with pytest.raises(ValueError, match="--quantise-aware does not support --latent-dtype vq8: its codebook"):
         RecipeConfig(latent_dtype="vq8", quantise_aware=True)
+    with pytest.raises(ValueError, match="does not support --latent-dtype sq4: its codebook or levels"):
+        RecipeConfig(latent_dtype="sq4", quantise_aware=True)
     assert RecipeConfig().ipc == 10 and RecipeConfig(ipc_budget=1.0).ipc is None
 
 
@@ -320,7 +322,7 @@ def test_vq_budget_arithmetic_and_few_distinct_vectors():
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda t: t.pop("latents_codebook"), "uint8 latents but neither 'latents_scale' \\(int4\\) nor"),
+    (lambda t: t.pop("latents_codebook"), "uint8 latents but no 'latents_scale' \\(int4\\), "),
     (lambda t: t.pop("latents_shape"), "vq8 latents but no 'latents_shape' tensor"),
     (lambda t: t.__setitem__("latents_codebook", torch.zeros(100, 4)), "matches no vq storage dtype"),
     (lambda t: t.__setitem__("latents_codebook", torch.zeros(256, 3)), "do not hold latents"),
@@ -331,6 +333,82 @@ def test_damaged_vq_set_is_a_one_line_error(tmp_path, capsys, damage, message):
     with pytest.raises(ValueError, match=message):
         SyntheticSet.load(broken)
     one_line_error(cli(capsys, "info", broken), message.split("|")[-1].split("'")[0].split(" tensor")[0])
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 7), (3, 3, 3)])  # an even and an odd count of numbers per latent
+def test_sq4_round_trip_nearest_fitted_level_and_file(tmp_path, shape):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(60, *shape, generator=g) * torch.tensor([0.1, 1.0, 10.0, 3.0][: shape[0]]).view(1, -1, 1, 1)
+    codec = get_codec("sq4")
+    stored = codec.encode(z)
+    numbers, c = math.prod(shape), shape[0]
+    assert stored["latents"].dtype == torch.uint8 and stored["latents"].shape == (60, (numbers + 1) // 2)
+    assert stored["latents_levels"].shape == (c, 16) and stored["latents_shape"].tolist() == list(shape)
+    levels = stored["latents_levels"]
+    assert torch.all(levels[:, 1:] > levels[:, :-1])  # 16 distinct ascending levels a channel
+    back = codec.decode(stored)
+    assert back.shape == z.shape and back.dtype == torch.float32
+    for i in range(c):  # every number comes back as its channel's nearest level
+        got, orig = back[:, i].flatten(), z[:, i].flatten()
+        assert torch.isin(got, levels[i]).all()
+        nearest = (orig[:, None] - levels[i][None]).abs().min(1).values
+        assert torch.allclose((orig - got).abs(), nearest, atol=1e-6)
+        # Lloyd's fixed point: each level is the mean of the numbers it stands for
+        for level in levels[i]:
+            mine = orig[got == level]
+            assert len(mine) == 0 or abs(float(mine.double().mean()) - float(level)) < 1e-5
+    # the low nibble is the first number: unpacking by hand gives the decoder's value
+    assert torch.equal(levels[0][(stored["latents"][:, 0] & 0x0F).long()], back.reshape(60, -1)[:, 0])
+    # the same bytes as int4, and on bell-shaped numbers a smaller error than int4's even steps from min to max
+    int4 = get_codec("int4")
+    assert codec.latent_bytes(shape) == int4.latent_bytes(shape)
+    assert (back - z).square().mean() < 0.8 * (int4.decode(int4.encode(z)) - z).square().mean()  # 0.54 and 0.75
+    syn = SyntheticSet(z, torch.arange(10).repeat_interleave(6), dataset=FMNIST, latent_dtype="sq4", decoder=DECODER)
+    syn.save(tmp_path / "q.safetensors")
+    loaded = SyntheticSet.load(tmp_path / "q.safetensors")
+    assert loaded.latent_dtype == "sq4" and torch.equal(loaded.latents, back)
+    ledger = loaded.ledger()
+    assert ledger["latents"]["bytes"] == 60 * ((numbers + 1) // 2) and ledger["latents"]["dtype"] == "sq4"
+    assert ledger["latents"]["quantisation_bytes"] == 16 * c * 4 + 4 * len(shape)
+    loaded.save(tmp_path / "q2.safetensors")  # re-saving keeps every number (its levels are a fixed point)
+    assert torch.equal(SyntheticSet.load(tmp_path / "q2.safetensors").latents, back)
+    assert torch.equal(SyntheticSet(z.clone(), syn.labels, latent_dtype="sq4").round_trip_().latents, back)
+    assert torch.equal(codec.encode(z)["latents"], stored["latents"])  # deterministic
+
+
+def test_sq4_budget_arithmetic_and_few_distinct_numbers():
+    # 98 B a 4x7x7 latent as int4; 16 x 4 float32 levels (256 B) and the shape (12 B): floor((313,600 - 268) / 980)
+    assert latents_per_class(10, (4, 7, 7), (1, 28, 28), 10, "sq4") == 319
+    assert latents_per_class(50, (4, 7, 7), (1, 28, 28), 10, "sq4") == 1599
+    with pytest.raises(ValueError, match=r"sq4 stores latents of shape \(N, C, ...\)"):
+        get_codec("sq4").encode(torch.randn(5))
+    with pytest.raises(ValueError, match="an empty set cannot be stored as sq4"):
+        get_codec("sq4").encode(torch.zeros(0, 4, 7, 7))
+    # a channel of fewer than 16 distinct numbers (a constant one among them) comes back exactly
+    z = torch.tensor([1.0, -2.0, 3.0]).view(3, 1, 1, 1).expand(3, 2, 2, 2).contiguous()
+    z[:, 1] = -7.5
+    stored = get_codec("sq4").encode(z)
+    assert stored["latents_levels"].shape == (2, 16) and torch.equal(get_codec("sq4").decode(stored), z)
+    # flat latents (a GAN's (N, D) codes): one row of levels per number of the latent
+    flat = torch.randn(40, 6, generator=torch.Generator().manual_seed(4))
+    stored = get_codec("sq4").encode(flat)
+    assert stored["latents_levels"].shape == (6, 16) and stored["latents"].shape == (40, 3)
+    back = get_codec("sq4").decode(stored)
+    assert back.shape == flat.shape and all(torch.isin(back[:, i], stored["latents_levels"][i]).all() for i in range(6))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda t: t.pop("latents_levels"), "'latents_levels' \\(sq4\\)"),
+    (lambda t: t.pop("latents_shape"), "sq4 latents but no 'latents_shape' tensor"),
+    (lambda t: t.__setitem__("latents_levels", torch.zeros(4, 8)), "do not hold latents"),
+    (lambda t: t.__setitem__("latents_levels", torch.zeros(3, 16)), "do not hold latents"),
+    (lambda t: t.__setitem__("latents_shape", torch.tensor([4, 7, 8], dtype=torch.int32)), "do not hold latents"),
+])
+def test_damaged_sq4_set_is_a_one_line_error(tmp_path, capsys, damage, message):
+    broken = damaged_set(tmp_path, "sq4", damage)
+    with pytest.raises(ValueError, match=message):
+        SyntheticSet.load(broken)
+    one_line_error(cli(capsys, "info", broken), message.replace("\\", "").split("'")[0].split(" tensor")[0] or "sq4")
 
 
 @pytest.mark.parametrize("dtype,tol", [("float16", 1e-3), ("bfloat16", 8e-3)])
