@@ -9,9 +9,10 @@ DSA augmentation), only shorter: a few epochs over 60,000 images instead of hund
     python benchmarks/decoder_ceiling.py [--backbone fashion-mnist-vae] [--epochs 3] [--runs 1] [--out ceiling.json]
         [--latent-dtype int4] [--only decoded|raw]
 
-``--latent-dtype`` stores every code as a set of that dtype would (int4/int8: per-channel scale and zero point fitted
-to all the codes; vq8/vq4: one codebook fitted to all their vectors) before decoding, so the figure bounds the sets of
-that storage class. ``--only`` trains one of the two, so that the two can run side by side as separate processes.
+``--latent-dtype`` stores every code as a set of that dtype would (int4/int8: per-channel scale and zero point fitted to
+all the codes; sq4: 16 levels per channel fitted to all the codes; vq8/vq4: one codebook fitted to all their vectors)
+before decoding, so the figure bounds the sets of that storage class. ``--only`` trains one of the two, so that the two
+can run side by side as separate processes.
 """
 
 from __future__ import annotations
