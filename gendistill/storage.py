@@ -504,7 +504,7 @@ def format_ledger(ledger: dict) -> list[str]:
     """The ledger as the lines ``gendistill info`` prints."""
     what = "images" if "images" in ledger else "latents"
     d, lab = ledger[what], ledger["labels"]
-    extra = "codebook" if str(d["dtype"]).startswith("vq") else "scales"
+    extra = {"vq": "codebook", "sq": "levels"}.get(str(d["dtype"])[:2], "scales")
     q = f" + {d['quantisation_bytes']:,} B {d['dtype']} {extra}" if d.get("quantisation_bytes") else ""
     lines = [f"storage   {what} {d['count']} x {tuple(d['shape'])} {d['dtype']}: {d['bytes']:,} B{q}",
              f"          labels ({lab['kind']}, {lab['dtype']}): {lab['bytes']:,} B; lr: {ledger['lr_bytes']:,} B; "

@@ -13,7 +13,7 @@ from conftest import ROOT, cli, load_recipe
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gendistill.storage import LEDGER_KEY, get_codec, latents_per_class, resolve_ipc
+from gendistill.storage import LEDGER_KEY, format_ledger, get_codec, latents_per_class, resolve_ipc
 from gendistill.synthetic import SyntheticSet
 
 FMNIST = {"name": "fashion-mnist", "num_classes": 10, "image_shape": [1, 28, 28], "mean": [0.286], "std": [0.353]}
@@ -368,6 +368,7 @@ def test_sq4_round_trip_nearest_fitted_level_and_file(tmp_path, shape):
     loaded = SyntheticSet.load(tmp_path / "q.safetensors")
     assert loaded.latent_dtype == "sq4" and torch.equal(loaded.latents, back)
     ledger = loaded.ledger()
+    assert f"+ {16 * c * 4 + 4 * len(shape)} B sq4 levels" in "\n".join(format_ledger(ledger))
     assert ledger["latents"]["bytes"] == 60 * ((numbers + 1) // 2) and ledger["latents"]["dtype"] == "sq4"
     assert ledger["latents"]["quantisation_bytes"] == 16 * c * 4 + 4 * len(shape)
     loaded.save(tmp_path / "q2.safetensors")  # re-saving keeps every number (its levels are a fixed point)
