@@ -134,6 +134,30 @@ class Int8Codec(Codec):
 LATENT_DTYPES.register("int8")(Int8Codec("int8", torch.int8))
 
 
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(N, D) codes in 0..15 as (N, ceil(D / 2)) uint8 bytes, two a byte, low nibble first."""
+    q = q.to(torch.uint8).reshape(len(q), -1)
+    if q.shape[1] % 2:
+        q = torch.cat([q, q.new_zeros(len(q), 1)], 1)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` 4-bit codes of each row of :func:`pack_nibbles`' bytes, as uint8 (N, count)."""
+    return torch.stack([packed & 0x0F, packed >> 4], 2).reshape(len(packed), -1)[:, :count]
+
+
+def require(tensors: dict[str, torch.Tensor], keys, dtype: str, where: str) -> list[int]:
+    """The latent shape a packed file's ``latents_shape`` holds ([] when it is not integers), after a one-line error
+    naming any of ``keys`` the file lacks."""
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise ValueError(f"{where} holds {dtype} latents but no {' or '.join(repr(k) for k in missing)} tensor to read "
+                         f"them back; the file is incomplete: re-save the set (--latent-dtype {dtype} writes them)")
+    shape = tensors["latents_shape"]
+    return [int(d) for d in shape.flatten().tolist()] if shape.dtype in (torch.int32, torch.int64) else []
+
+
 class Int4Codec(Int8Codec):
     """Affine per-channel 4-bit codes (0..15), packed two to a byte per latent, with the latent's shape beside."""
 
@@ -152,27 +176,17 @@ class Int4Codec(Int8Codec):
         if latents.ndim < 2:
             raise ValueError(f"int4 stores latents of shape (N, C, ...), got {tuple(latents.shape)}")
         stored = super().encode(latents)  # q in 0..15 as int8
-        q = stored["latents"].to(torch.uint8).reshape(len(latents), -1)
-        if q.shape[1] % 2:
-            q = torch.cat([q, q.new_zeros(len(q), 1)], 1)
-        packed = q[:, 0::2] | (q[:, 1::2] << 4)
-        return {**stored, "latents": packed.contiguous(),
+        return {**stored, "latents": pack_nibbles(stored["latents"]),
                 "latents_shape": torch.tensor(list(latents.shape[1:]), dtype=torch.int32)}
 
     def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
-        missing = [k for k in ("latents_shape", "latents_scale", "latents_zero_point") if k not in tensors]
-        if missing:
-            raise ValueError(f"{where} holds int4 latents but no {' or '.join(repr(k) for k in missing)} tensor to "
-                             "read them back; the file is incomplete: re-save the set (--latent-dtype int4 "
-                             "writes them)")
+        dims = require(tensors, ("latents_shape", "latents_scale", "latents_zero_point"), "int4", where)
         packed, shape = tensors["latents"], tensors["latents_shape"]
-        dims = [int(d) for d in shape.flatten().tolist()] if shape.dtype in (torch.int32, torch.int64) else []
         numbers = math.prod(dims) if dims else 0
         if packed.ndim != 2 or not dims or min(dims) < 1 or packed.shape[1] != (numbers + 1) // 2:
             raise ValueError(f"{where}: int4 latents of {tuple(packed.shape)} bytes do not hold latents of shape "
                              f"{tuple(shape.tolist())}; the file is inconsistent, re-save the set")
-        q = torch.stack([packed & 0x0F, packed >> 4], 2).reshape(len(packed), -1)[:, :numbers]
-        unpacked = q.to(torch.int16).reshape(len(packed), *dims)
+        unpacked = unpack_nibbles(packed, numbers).to(torch.int16).reshape(len(packed), *dims)
         return super().decode({**tensors, "latents": unpacked}, where)
 
 
@@ -263,20 +277,13 @@ class VQCodec(Codec):
         book = fit_codebook(vectors, self.size)
         q = nearest(vectors.double(), book.double())[1].to(torch.uint8).reshape(len(z), -1)
         if self.index_bits == 4:
-            if q.shape[1] % 2:
-                q = torch.cat([q, q.new_zeros(len(q), 1)], 1)
-            q = q[:, 0::2] | (q[:, 1::2] << 4)
+            q = pack_nibbles(q)
         return {"latents": q.contiguous(), "latents_codebook": book.contiguous(),
                 "latents_shape": torch.tensor(list(latents.shape[1:]), dtype=torch.int32)}
 
     def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
-        missing = [k for k in ("latents_shape", "latents_codebook") if k not in tensors]
-        if missing:
-            raise ValueError(f"{where} holds {self.name} latents but no {' or '.join(repr(k) for k in missing)} tensor "
-                             f"to read them back; the file is incomplete: re-save the set (--latent-dtype {self.name} "
-                             "writes them)")
-        q, shape, book = tensors["latents"], tensors["latents_shape"], tensors["latents_codebook"]
-        dims = [int(d) for d in shape.flatten().tolist()] if shape.dtype in (torch.int32, torch.int64) else []
+        dims = require(tensors, ("latents_shape", "latents_codebook"), self.name, where)
+        q, book = tensors["latents"], tensors["latents_codebook"]
         positions = math.prod(dims[1:]) if len(dims) >= 2 else 0
         stored = math.ceil(positions * self.index_bits / 8)
         if (q.ndim != 2 or len(dims) < 2 or min(dims) < 1 or q.shape[1] != stored or book.ndim != 2
@@ -285,7 +292,7 @@ class VQCodec(Codec):
                              f"{tuple(book.shape)} do not hold latents of shape {tuple(dims)}; the file is "
                              "inconsistent, re-save the set")
         if self.index_bits == 4:
-            q = torch.stack([q & 0x0F, q >> 4], 2).reshape(len(q), -1)[:, :positions]
+            q = unpack_nibbles(q, positions)
         vectors = book.float()[q.long()]  # (N, positions, C)
         return vectors.movedim(-1, 1).reshape(len(q), *dims).contiguous()
 
@@ -348,28 +355,20 @@ class SQCodec(Codec):
         levels = torch.stack([fit_levels(c, self.LEVELS) for c in channels])  # (C, 16), each row ascending
         bounds = (levels[:, 1:].double() + levels[:, :-1].double()) / 2
         q = torch.stack([torch.bucketize(c.double(), b) for c, b in zip(channels, bounds)])  # (C, N * rest)
-        q = q.reshape(z.shape[1], len(z), -1).transpose(0, 1).reshape(len(z), -1).to(torch.uint8)
-        if q.shape[1] % 2:
-            q = torch.cat([q, q.new_zeros(len(q), 1)], 1)
-        return {"latents": (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous(), "latents_levels": levels.contiguous(),
+        q = q.reshape(z.shape[1], len(z), -1).transpose(0, 1).reshape(len(z), -1)
+        return {"latents": pack_nibbles(q), "latents_levels": levels.contiguous(),
                 "latents_shape": torch.tensor(list(latents.shape[1:]), dtype=torch.int32)}
 
     def decode(self, tensors: dict[str, torch.Tensor], where: str = "the set") -> torch.Tensor:
-        missing = [k for k in ("latents_shape", "latents_levels") if k not in tensors]
-        if missing:
-            raise ValueError(f"{where} holds {self.name} latents but no {' or '.join(repr(k) for k in missing)} tensor "
-                             f"to read them back; the file is incomplete: re-save the set (--latent-dtype {self.name} "
-                             "writes them)")
-        packed, shape, levels = tensors["latents"], tensors["latents_shape"], tensors["latents_levels"]
-        dims = [int(d) for d in shape.flatten().tolist()] if shape.dtype in (torch.int32, torch.int64) else []
+        dims = require(tensors, ("latents_shape", "latents_levels"), self.name, where)
+        packed, levels = tensors["latents"], tensors["latents_levels"]
         numbers = math.prod(dims) if dims else 0
         if (packed.ndim != 2 or not dims or min(dims) < 1 or packed.shape[1] != (numbers + 1) // 2
                 or levels.ndim != 2 or tuple(levels.shape) != (dims[0], self.LEVELS)):
             raise ValueError(f"{where}: {self.name} latents of {tuple(packed.shape)} bytes with levels of "
                              f"{tuple(levels.shape)} do not hold latents of shape {tuple(dims)}; the file is "
                              "inconsistent, re-save the set")
-        q = torch.stack([packed & 0x0F, packed >> 4], 2).reshape(len(packed), -1)[:, :numbers]
-        q = q.long().reshape(len(packed), dims[0], -1)  # (N, C, rest)
+        q = unpack_nibbles(packed, numbers).long().reshape(len(packed), dims[0], -1)  # (N, C, rest)
         channel = torch.arange(dims[0]).view(1, -1, 1)
         return levels.float()[channel, q].reshape(len(packed), *dims).contiguous()
 
