@@ -338,7 +338,7 @@ def cmd_eval(args) -> int:
     if not name:
         raise ValueError(f"{args.file!r} does not record its dataset; pass --dataset")
     test = load_split(DataConfig(name, args.data_dir, args.download), "test")
-    cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed)
+    cfg = EvalConfig(epochs=args.epochs, runs=args.runs, seed=args.seed, compile=args.compile)
     if args.scores:
         from .cli_plugins import check_score_args
 
@@ -547,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=flag_type(EvalConfig, "seed"), default=EvalConfig.seed)
     add_data_flags(s, DataConfig(dataset=None), "test split to use (default: the one recorded)", choices=False)
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
+    s.add_argument("--compile", action="store_true", help="torch.compile each network's training step: the same "
+                   "protocol, about 1.3x faster on a CPU after a compile of about 30 s a network (needs a C compiler)")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json); OUT.partial/ holds the "
                    "progress until it is written: run the same command again to continue an interrupted evaluation")
     s.add_argument("--state-every", type=_seconds, default=60.0, metavar="SECONDS",

@@ -29,8 +29,8 @@ from .storage import FITTED_DTYPES, check_ipc_args, get_codec, resolve_ipc
 from .synthetic import INITS, SyntheticSet, set_backbone_options
 
 # keys that may change between an interrupted run and its resume
-RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "checkpoint_every", "log_with", "output",
-               "mixed_precision", "cache_dir"}
+RESUME_FREE = {"steps", "resume", "overwrite", "eval_epochs", "eval_runs", "eval_compile", "checkpoint_every",
+               "log_with", "output", "mixed_precision", "cache_dir"}
 
 
 def run_name(method: str, cfg) -> str:
@@ -91,6 +91,7 @@ class RecipeConfig(DataConfig, Checked):
     cache_dir: str | None = None
     eval_epochs: int = setting(300, min=1)
     eval_runs: int = setting(3, min=0)  # 0: no evaluation
+    eval_compile: bool = False  # torch.compile the evaluation networks' training step (gendistill eval --compile)
 
     def __post_init__(self):
         check_config(self)  # its own fields' types and limits, then the pieces it feeds:
@@ -231,7 +232,7 @@ def write_outputs(cfg, pieces: Pieces, state: TrainState, accelerator: Accelerat
     if not evaluating:
         accelerator.print(f"wrote {final}/set.safetensors (evaluation skipped: --eval-runs 0)")
         return None
-    ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed)
+    ecfg = EvalConfig(epochs=cfg.eval_epochs, runs=cfg.eval_runs, seed=cfg.seed, compile=cfg.eval_compile)
     lr = float(syn.lr.detach()) if syn.lr is not None else None
     images = images.cpu() if accelerator.device.type == "cpu" else images
     # an evaluation stopped part-way continues under --resume (the networks already tested are not trained again)

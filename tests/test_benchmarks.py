@@ -151,3 +151,20 @@ def test_vq_fidelity_measures_every_dtype(tmp_path, tiny_vae_dir, capsys):
     assert rows["vq4"]["per_class_budget10"] > rows["vq8"]["per_class_budget10"]
     assert rows["float16"]["psnr_vs_float32"] > rows["vq4"]["psnr_vs_float32"]
     assert "vq8" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a real torch.compile (a C compiler, about 10 s)
+def test_eval_compile_prints_the_ratio_and_the_same_loss(tmp_path, capsys):
+    out = tmp_path / "compile.json"
+    bench("eval_compile").main(["--images", "20", "--epochs", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "compile speed ratio" in printed
+    r = json.loads(out.read_text())
+    assert r["steps_per_epoch"] == 1 and r["timed_epochs"] == 1
+    assert r["plain"]["loss"] == pytest.approx(r["compiled"]["loss"], abs=1e-3)  # the same maths, fused kernels
+    assert r["ratio"] > 0
+
+
+def test_eval_compile_refuses_a_count_below_one():
+    with pytest.raises(SystemExit):
+        bench("eval_compile").main(["--images", "0"])

@@ -219,3 +219,57 @@ def test_time_left_reads_as_a_pace_and_a_duration(monkeypatch):
     pace = E.Pace(300)
     assert pace(143) == " (30.0 s an epoch, 1 h 18 min left)"
     assert pace(145) == " (30.0 s an epoch, 1 h 17 min left)"
+
+
+class _Wrapped(torch.nn.Module):
+    """What torch.compile returns, as far as training cares: a module whose state names carry ``_orig_mod.``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self._orig_mod = net
+
+    def forward(self, x):
+        return self._orig_mod(x)
+
+
+def test_compile_trains_the_compiled_step_and_saves_the_plain_network(tmp_path, data, monkeypatch):
+    calls = []
+
+    def spy(net, **kwargs):
+        calls.append(kwargs)
+        return _Wrapped(net)
+
+    plain = Recording(tmp_path / "plain.safetensors")
+    acc = _train(data, plain, epochs=3)
+    monkeypatch.setattr(E.torch, "compile", spy)
+    x, y, test = data
+    cfg = E.EvalConfig(epochs=3, runs=1, batch=8, compile=True)
+    ck = Recording(tmp_path / "compiled.safetensors")
+    assert E.train_and_test(x, y, test, cfg, torch.Generator().manual_seed(7), "cpu", test.mean, test.std,
+                            checkpoint=ck) == acc
+    assert calls == [{"dynamic": False}]  # one wrapper a network; full and last batches compile once each
+    # the checkpoint holds the network itself, so an evaluation continues whichever wrapper trained it
+    assert list(ck.states[2]["net"]) == list(plain.states[2]["net"])
+    assert all(torch.equal(ck.states[2]["net"][k], v) for k, v in plain.states[2]["net"].items())
+
+
+def test_the_compile_setting_is_recorded_and_keys_the_state(tmp_path, data):
+    x, y, test = data
+    on, off = (E.EvalConfig(epochs=2, runs=1, compile=c) for c in (True, False))
+    assert E.state_key(x, y, test, on, None) != E.state_key(x, y, test, off, None)  # other kernels: not bit for bit
+
+
+@pytest.mark.slow  # a real torch.compile (a C compiler, about 10 s)
+def test_cli_eval_compile_is_the_same_protocol(capsys, tmp_path):
+    s = tmp_path / "real.safetensors"
+    assert cli(capsys, "init", "--backbone", "pixel", "--ipc", 1, "--init", "real", "--out", s)[0] == 0
+    accs = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        code, _, err = cli(capsys, "eval", s, "--epochs", 2, "--runs", 1, "--out", out, *flag)
+        assert code == 0, err
+        result = json.loads(out.read_text())
+        assert result["settings"]["compile"] is bool(flag)
+        accs[bool(flag)] = result["mean"]
+    # the same maths with fused kernels: float rounding moves one of the 50 tiny test images at most
+    assert abs(accs[True] - accs[False]) <= 1 / 50 + 1e-9
