@@ -548,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_flags(s, DataConfig(dataset=None), "test split to use (default: the one recorded)", choices=False)
     s.add_argument("--ignore-lr", action="store_true", help="use the protocol's lr even if the set holds a learned one")
     s.add_argument("--compile", action="store_true", help="torch.compile each network's training step: the same "
-                   "protocol, about 1.3x faster on a CPU after a compile of about 30 s a network (needs a C compiler)")
+                   "protocol, 1.19x faster a step at one CPU thread (benchmarks/eval_compile.py) after a "
+                   "compile of each network (needs a C compiler)")
     s.add_argument("--out", default=None, help="result JSON (default: FILE.eval.json); OUT.partial/ holds the "
                    "progress until it is written: run the same command again to continue an interrupted evaluation")
     s.add_argument("--state-every", type=_seconds, default=60.0, metavar="SECONDS",

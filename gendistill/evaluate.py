@@ -39,8 +39,8 @@ class EvalConfig(Checked):
     augment: str = "dsa"
     seed: int = setting(0, min=0)
     test_batch: int = setting(1000, min=1)
-    # torch.compile the network's training step (the same maths, fused kernels: 1.3x faster at one CPU thread,
-    # docs/protocol.md); it costs a compile of about 30 s per network and a C compiler, so it is opt-in
+    # torch.compile the network's training step (the same maths, fused kernels: 1.19x faster a step at one CPU thread,
+    # benchmarks/eval_compile.py); it costs a compile per network (2-13 s measured) and a C compiler, so it is opt-in
     compile: bool = False
 
 

@@ -253,7 +253,7 @@ def test_compile_trains_the_compiled_step_and_saves_the_plain_network(tmp_path, 
     assert all(torch.equal(ck.states[2]["net"][k], v) for k, v in plain.states[2]["net"].items())
 
 
-def test_the_compile_setting_is_recorded_and_keys_the_state(tmp_path, data):
+def test_the_compile_setting_keys_the_state(tmp_path, data):
     x, y, test = data
     on, off = (E.EvalConfig(epochs=2, runs=1, compile=c) for c in (True, False))
     assert E.state_key(x, y, test, on, None) != E.state_key(x, y, test, off, None)  # other kernels: not bit for bit
